@@ -1,0 +1,68 @@
+"""What every script needs around its algorithm: one-line user errors, the CLI entry point, device and seeding."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for (a flag value, a path, an env id).
+
+    Scripts print it as one line, `error: <message>`, and exit with status 2 instead of showing a traceback. The
+    message says what was wrong, the value given, and what is allowed.
+    """
+
+
+def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | None = None) -> None:
+    """Parse `args_type` with tyro and run `main(args)`.
+
+    A `UsageError` becomes one line on stderr and exit status 2; any other exception propagates (non-zero exit, so a
+    crash never looks like success to a sweep or a batch system).
+    """
+    import tyro
+
+    args = tyro.cli(args_type, args=argv)
+    try:
+        main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; optionally ask cuDNN for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def pick_device(cuda: bool) -> torch.device:
+    """`cuda:0` when asked for and available; otherwise the CPU, saying so when CUDA was asked for."""
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda")
+    if cuda:
+        print("CUDA was requested but is not available; running on the CPU.", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def default_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """`<env>__<exp>__<seed>__<unix time>`, CleanRL's run naming (unique per launch, sortable)."""
+    import time
+
+    return f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{int(time.time())}"
+
+
+def setup_headless_rendering() -> None:
+    """Default MuJoCo to EGL off-screen rendering when no display is set (a user's own MUJOCO_GL wins)."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ.get("MUJOCO_GL", "egl"))
