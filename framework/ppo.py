@@ -165,7 +165,7 @@ def main(args: Args) -> dict:
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     eval_history: list[tuple[int, float]] = []
-    global_step, next_eval = 0, args.eval_frequency
+    global_step, next_eval, eval_time = 0, args.eval_frequency, 0.0
     start_time = time.perf_counter()
     raw_obs, _ = envs.reset(seed=args.seed)
     if args.norm_obs:
@@ -271,7 +271,9 @@ def main(args: Args) -> dict:
         tracker.steps_per_second(global_step)
 
         if global_step >= next_eval or iteration == num_iterations:
+            t0 = time.perf_counter()
             result = evaluator(policy)
+            eval_time += time.perf_counter() - t0
             tracker.scalars(result.as_scalars(), global_step)
             eval_history.append((global_step, result.mean_return))
             print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
@@ -285,7 +287,8 @@ def main(args: Args) -> dict:
         "total_timesteps": global_step,
         "final_eval_return": eval_history[-1][1],
         "eval_history": eval_history,
-        "sps": global_step / (end_time - start_time),
+        "sps": global_step / (end_time - start_time - eval_time),  # evaluation time excluded
+        "eval_time_s": eval_time,
         "wall_time_s": end_time - start_time,
         "run_dir": run_dir,
     }

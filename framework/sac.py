@@ -175,9 +175,13 @@ def main(args: Args) -> dict:
             return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
 
     eval_history: list[tuple[int, float]] = []
+    eval_time = 0.0
 
     def evaluate(step: int) -> float:
+        nonlocal eval_time
+        t0 = time.perf_counter()
         result = evaluator(policy)
+        eval_time += time.perf_counter() - t0
         tracker.scalars(result.as_scalars(), step)
         eval_history.append((step, result.mean_return))
         print(f"step={step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
@@ -205,7 +209,7 @@ def main(args: Args) -> dict:
         # learn
         if global_step > args.learning_starts:
             if learn_start_time is None:
-                learn_start_time, learn_start_step = time.perf_counter(), global_step
+                learn_start_time, learn_start_step, eval_time_before_learning = time.perf_counter(), global_step, eval_time
             b_obs, b_next_obs, b_actions, b_rewards, b_dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():
                 next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
@@ -251,7 +255,10 @@ def main(args: Args) -> dict:
             evaluate(global_step)
 
     end_time = time.perf_counter()
-    learn_sps = (args.total_timesteps - learn_start_step + 1) / (end_time - learn_start_time) if learn_start_time else float("nan")
+    learn_sps = float("nan")  # steps/s while learning, evaluation time excluded
+    if learn_start_time is not None:
+        learn_time = end_time - learn_start_time - (eval_time - eval_time_before_learning)
+        learn_sps = (args.total_timesteps - learn_start_step + 1) / learn_time
     summary = {
         "algorithm": "sac",
         "env_id": args.env_id,
@@ -259,8 +266,9 @@ def main(args: Args) -> dict:
         "total_timesteps": args.total_timesteps,
         "final_eval_return": eval_history[-1][1],
         "eval_history": eval_history,
-        "sps": args.total_timesteps / (end_time - start_time),
+        "sps": args.total_timesteps / (end_time - start_time - eval_time),
         "learning_sps": learn_sps,
+        "eval_time_s": eval_time,
         "wall_time_s": end_time - start_time,
         "run_dir": run_dir,
     }

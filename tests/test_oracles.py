@@ -1,0 +1,88 @@
+"""Oracle baselines: they learn on the true reward, and every output a run promises is written."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_script
+from framework.checkpoint import load_checkpoint
+from framework.networks import SACActor
+
+# The untrained deterministic policies score about 4-10 on InvertedPendulum-v5 (a step of reward per step balanced).
+RANDOM_RETURN = 10.0
+
+
+def summary_of(runs_dir, name) -> dict:
+    return json.loads((runs_dir / name / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_sac_learns_inverted_pendulum(runs_dir):
+    # SAC_BUDGET
+    result = run_script("sac.py", *SAC_FLAGS, "--runs-dir", str(runs_dir), "--run-name", "sac")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = summary_of(runs_dir, "sac")
+    assert summary["final_eval_return"] >= SAC_THRESHOLD, summary["eval_history"]
+
+
+@pytest.mark.slow
+def test_ppo_learns_inverted_pendulum(runs_dir):
+    result = run_script("ppo.py", *PPO_FLAGS, "--runs-dir", str(runs_dir), "--run-name", "ppo")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = summary_of(runs_dir, "ppo")
+    first, last = summary["eval_history"][0][1], summary["eval_history"][-1][1]
+    assert last >= PPO_THRESHOLD and last > 5 * first, summary["eval_history"]
+
+
+def test_sac_run_writes_logs_video_wandb_and_model(runs_dir):
+    result = run_script(
+        "sac.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "1200", "--learning-starts", "1000",
+        "--eval-frequency", "600", "--eval-episodes", "2", "--capture-video", "--track", "--save-model",
+        "--runs-dir", str(runs_dir), "--run-name", "full", "--no-cuda", "--log-frequency", "100",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = runs_dir / "full"
+    summary = summary_of(runs_dir, "full")
+    assert [step for step, _ in summary["eval_history"]] == [600, 1200]
+    assert summary["learning_sps"] > 0 and summary["sps"] > summary["learning_sps"]
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("eval/episodic_return", "charts/episodic_return", "charts/SPS", "losses/qf_loss", "losses/alpha"):
+        assert tag in tags, tag
+    assert [e.step for e in acc.Scalars("eval/episodic_return")] == [600, 1200]
+
+    videos = sorted(glob.glob(str(run / "videos" / "*.mp4")))
+    assert len(videos) == 2, "first episode of each of the two evaluations"
+    for video in videos:
+        head = open(video, "rb").read(12)
+        assert head[4:8] == b"ftyp", f"{video} is not an mp4"
+
+    assert glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+
+    checkpoint = load_checkpoint(str(run / "sac.pt"))
+    actor = SACActor(4, [-3.0], [3.0], checkpoint["args"]["hidden_size"], checkpoint["args"]["depth"])
+    actor.load_state_dict(checkpoint["actor"])
+    action = actor.get_action(torch.zeros(1, 4))[2]
+    assert action.shape == (1, 1) and -3 <= action.item() <= 3
+
+
+def test_ppo_run_writes_logs_and_model_with_normaliser(runs_dir):
+    result = run_script(
+        "ppo.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "4096", "--num-steps", "256",
+        "--eval-episodes", "2", "--save-model", "--runs-dir", str(runs_dir), "--run-name", "ppo", "--no-cuda",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = summary_of(runs_dir, "ppo")
+    assert summary["total_timesteps"] == 4096 and summary["sps"] > 0
+    checkpoint = load_checkpoint(str(runs_dir / "ppo" / "ppo.pt"))
+    assert checkpoint["obs_norm"]["count"] > 4096, "the observation normaliser saw every observation"
+    acc = EventAccumulator(str(runs_dir / "ppo"))
+    acc.Reload()
+    assert {"eval/episodic_return", "losses/approx_kl", "charts/SPS"} <= set(acc.Tags()["scalars"])

@@ -1,0 +1,173 @@
+"""The simulated teacher: each B-Pref parameter does what it says, and user-written rewards load and run."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pytest
+
+from framework.envs import make_env
+from framework.runtime import UsageError
+from framework.teacher import EQUAL, SimulatedTeacher, load_reward_function
+
+N, T = 20_000, 10
+
+
+def random_pairs(seed: int = 0, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, T)) * scale, rng.normal(size=(N, T)) * scale
+
+
+def test_perfect_teacher_agrees_with_return_ordering():
+    a, b = random_pairs()
+    labels = SimulatedTeacher().label(a, b)
+    np.testing.assert_array_equal(labels, (b.sum(1) > a.sum(1)).astype(float))
+
+
+def test_mistake_flips_that_fraction():
+    a, b = random_pairs()
+    correct = (b.sum(1) > a.sum(1)).astype(float)
+    for eps in (0.1, 0.3):
+        labels = SimulatedTeacher(eps_mistake=eps, seed=1).label(a, b)
+        assert abs(np.mean(labels != correct) - eps) < 0.015
+
+
+def test_beta_follows_bradley_terry():
+    a, b = random_pairs()
+    diff = b.sum(1) - a.sum(1)
+    agreement = {}
+    for beta in (0.001, 1.0, 100.0):
+        labels = SimulatedTeacher(beta=beta, seed=2).label(a, b)
+        p_b = 1 / (1 + np.exp(np.clip(-beta * diff, -50, 50)))
+        # the empirical rate of "B" answers matches the model's mean probability
+        assert abs(labels.mean() - p_b.mean()) < 0.015
+        agreement[beta] = np.mean(labels == (diff > 0))
+        expected = np.mean(np.where(diff > 0, p_b, 1 - p_b))
+        assert abs(agreement[beta] - expected) < 0.015
+    # beta really changes the answers: near-random, noisy, near-perfect
+    assert agreement[0.001] < 0.52 < 0.7 < agreement[1.0] < 0.9 < 0.98 < agreement[100.0]
+
+
+def test_gamma_weighs_the_end_of_a_segment_more():
+    a, b = np.zeros((1, T)), np.zeros((1, T))
+    a[0, 0] = 1.1  # A is better overall but its reward comes first
+    b[0, -1] = 1.0  # B's reward comes last
+    assert SimulatedTeacher(gamma=1.0).label(a, b)[0] == 0.0
+    assert SimulatedTeacher(gamma=0.9).label(a, b)[0] == 1.0
+    # and the weights are gamma^(T-1-t): with gamma=0.99 the 1.1 at t=0 weighs 1.1*0.99^9 = 1.005 > 1.0
+    assert SimulatedTeacher(gamma=0.99).label(a, b)[0] == 0.0
+
+
+def test_skip_threshold_is_relative_to_the_return_scale():
+    a = np.array([[0.1] * T, [0.1] * T, [1.0] * T])
+    b = np.array([[0.2] * T, [0.9] * T, [0.1] * T])  # max returns: 2, 9, 10
+    teacher = SimulatedTeacher(skip_threshold=0.5)
+    teacher.set_return_scale(10.0)  # skip when neither return exceeds 5
+    labels = teacher.label(a, b)
+    assert math.isnan(labels[0]) and labels[1] == 1.0 and labels[2] == 0.0
+    teacher.set_return_scale(1.0)  # now only returns <= 0.5 are skipped
+    assert not np.isnan(teacher.label(a, b)).any()
+
+
+def test_equal_threshold_gives_half_labels():
+    a = np.array([[1.0] * T, [1.0] * T])
+    b = np.array([[1.02] * T, [1.5] * T])  # return differences: 0.2 and 5
+    teacher = SimulatedTeacher(equal_threshold=0.1)
+    teacher.set_return_scale(10.0)  # "equal" below a difference of 1
+    np.testing.assert_array_equal(teacher.label(a, b), [EQUAL, 1.0])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"beta": 0}, {"beta": -1}, {"gamma": 0}, {"gamma": 1.5}, {"eps_mistake": 2}, {"skip_threshold": -1}]
+)
+def test_bad_teacher_parameters_are_usage_errors(kwargs):
+    with pytest.raises(UsageError):
+        SimulatedTeacher(**kwargs)
+
+
+REWARD_FILE = textwrap.dedent(
+    """
+    def hop_backwards(qvel):
+        return -float(qvel[0])
+
+    def everything(obs, action, next_obs, qpos, qvel, info):
+        return float(len(obs) + len(action) + len(next_obs) + len(qpos) + len(qvel) + ("x_position" in info))
+
+    def with_kwargs(**step):
+        return float(sorted(step) == ["action", "info", "next_obs", "obs", "qpos", "qvel"])
+
+    def bad_param(obs, speed):
+        return 0.0
+
+    def broken(obs):
+        return 1 / 0
+
+    def not_a_number(obs):
+        return float("nan")
+
+    NOT_CALLABLE = 3
+    """
+)
+
+
+@pytest.fixture
+def reward_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(REWARD_FILE)
+    return path
+
+
+def test_custom_reward_from_file_is_used_per_step(reward_file):
+    fn = load_reward_function(f"{reward_file}:hop_backwards")
+    env = make_env("Hopper-v5", seed=0, teacher_reward=fn)
+    env.reset(seed=0)
+    for _ in range(5):
+        _, _, _, _, info = env.step(env.action_space.sample())
+        assert info["teacher_reward"] == pytest.approx(-env.unwrapped.data.qvel[0])
+    everything = load_reward_function(f"{reward_file}:everything")
+    env = make_env("Hopper-v5", seed=0, teacher_reward=everything)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["teacher_reward"] == 11 + 3 + 11 + 6 + 6 + 1
+    assert load_reward_function(f"{reward_file}:with_kwargs")(
+        obs=0, action=0, next_obs=0, qpos=0, qvel=0, info={}
+    ) == 1.0
+
+
+def test_custom_reward_drives_the_teacher(reward_file):
+    """A teacher on 'hop backwards' prefers the segment that moves backwards, whatever the env's reward says."""
+    fn = load_reward_function(f"{reward_file}:hop_backwards")
+    backwards = [fn(qvel=np.array([-1.0])) for _ in range(T)]
+    forwards = [fn(qvel=np.array([2.0])) for _ in range(T)]
+    assert SimulatedTeacher().label(np.array([forwards]), np.array([backwards]))[0] == 1.0
+
+
+def test_custom_reward_from_module(tmp_path, monkeypatch, reward_file):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = load_reward_function("my_rewards:hop_backwards")
+    assert fn(qvel=np.array([3.0])) == -3.0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon_here", "must look like"),
+        ("missing/file.py:f", "does not exist"),
+        ("no_such_module_xyz:f", "could not import"),
+        ("{file}:nope", "has no function 'nope'"),
+        ("{file}:NOT_CALLABLE", "not a function"),
+        ("{file}:bad_param", "parameter(s) speed"),
+    ],
+)
+def test_bad_reward_specs_are_usage_errors(reward_file, spec, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_reward_function(spec.format(file=reward_file))
+
+
+def test_failing_reward_function_reports_where(reward_file):
+    with pytest.raises(UsageError, match=r"ZeroDivisionError.*my_rewards.py:\d+"):
+        load_reward_function(f"{reward_file}:broken")(obs=1)
+    with pytest.raises(UsageError, match="finite"):
+        load_reward_function(f"{reward_file}:not_a_number")(obs=1)
