@@ -13,8 +13,16 @@ from conftest import run_script
 from framework.checkpoint import load_checkpoint
 from framework.networks import SACActor
 
-# The untrained deterministic policies score about 4-10 on InvertedPendulum-v5 (a step of reward per step balanced).
-RANDOM_RETURN = 10.0
+# Measured on a 2-core CPU (seeds 1-3): the untrained deterministic policies score 4-10 on InvertedPendulum-v5;
+# SAC with these flags reached 96, 88 and 64 after 5000 steps (~30 s); PPO reached 662, 178 and 99 after 16384
+# steps (~17 s), up from 22-54 at its first evaluation (2048 steps).
+SAC_FLAGS = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "5000", "--learning-starts", "500",
+             "--hidden-size", "64", "--batch-size", "128", "--eval-frequency", "5000", "--eval-episodes", "5",
+             "--no-cuda", "--seed", "1"]
+SAC_THRESHOLD = 40.0
+PPO_FLAGS = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "16384", "--eval-frequency", "2048",
+             "--eval-episodes", "5", "--no-cuda", "--seed", "1"]
+PPO_THRESHOLD = 80.0
 
 
 def summary_of(runs_dir, name) -> dict:
@@ -23,7 +31,6 @@ def summary_of(runs_dir, name) -> dict:
 
 @pytest.mark.slow
 def test_sac_learns_inverted_pendulum(runs_dir):
-    # SAC_BUDGET
     result = run_script("sac.py", *SAC_FLAGS, "--runs-dir", str(runs_dir), "--run-name", "sac")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = summary_of(runs_dir, "sac")
@@ -36,7 +43,7 @@ def test_ppo_learns_inverted_pendulum(runs_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = summary_of(runs_dir, "ppo")
     first, last = summary["eval_history"][0][1], summary["eval_history"][-1][1]
-    assert last >= PPO_THRESHOLD and last > 5 * first, summary["eval_history"]
+    assert last >= PPO_THRESHOLD and last >= 2 * first, summary["eval_history"]
 
 
 def test_sac_run_writes_logs_video_wandb_and_model(runs_dir):
