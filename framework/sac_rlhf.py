@@ -650,8 +650,9 @@ def main(args: Args) -> dict:
             raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
         checkpoint = load_checkpoint(path)
         saved = checkpoint["args"]
+        folder = os.path.normpath(args.resume)
         args = Args(**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(Args)})
-        args.runs_dir, args.run_name = os.path.dirname(os.path.normpath(args.resume)), os.path.basename(os.path.normpath(args.resume))
+        args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
     validate(args)
     setup_headless_rendering()
     check_env_id(args.env_id)

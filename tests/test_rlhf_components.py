@@ -1,0 +1,315 @@
+"""The inline pieces of the preference-based scripts, tested through their public names.
+
+Every test is parametrised over the scripts that carry a copy of the pieces, so the copies cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from framework.envs import make_env
+from framework.runtime import UsageError
+from framework.teacher import SimulatedTeacher
+
+SCRIPTS = ["framework.sac_rlhf"]
+
+
+@pytest.fixture(params=SCRIPTS)
+def algo(request):
+    return importlib.import_module(request.param)
+
+
+CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------------- reward ensemble
+def test_ensemble_is_one_batched_op_equal_to_each_member(algo):
+    torch.manual_seed(0)
+    ens = algo.RewardEnsemble(in_dim=5, members=4, hidden_size=16, depth=2)
+    x = torch.randn(7, 5)
+    out = ens(x)
+    assert out.shape == (4, 7)
+    layers = [m for m in ens.net if isinstance(m, algo.EnsembleLinear)]
+    for member in range(4):  # the same computation done member by member
+        h = x
+        for i, layer in enumerate(layers):
+            h = h @ layer.weight[member] + layer.bias[member]
+            h = torch.nn.functional.leaky_relu(h) if i < len(layers) - 1 else torch.tanh(h)
+        torch.testing.assert_close(out[member], h.squeeze(-1))
+    assert out.std(0).mean() > 0, "members are initialised differently"
+    assert (out.abs() <= 1).all(), "rewards are tanh-bounded"
+
+
+def test_predict_turns_dropout_off(algo):
+    """Relabeling must give the same reward for the same input (dropout off), whatever mode the model is in."""
+    ens = algo.RewardEnsemble(in_dim=5, members=3, hidden_size=32, depth=2, dropout=0.5)
+    ens.train()
+    x = torch.randn(50, 5)
+    assert not torch.equal(ens(x), ens(x)), "dropout is active while training"
+    mean1, std1 = ens.predict(x)
+    mean2, std2 = ens.predict(x)
+    assert torch.equal(mean1, mean2) and torch.equal(std1, std2)
+    assert ens.training, "predict leaves the training mode as it found it"
+
+
+def test_segment_returns_ignore_masked_steps(algo):
+    ens = algo.RewardEnsemble(in_dim=3, members=2, hidden_size=8, depth=1)
+    seg = torch.randn(4, 6, 3)
+    mask = torch.ones(4, 6)
+    mask[:, 3:] = 0
+    changed = seg.clone()
+    changed[:, 3:] = 100.0  # whatever lies beyond an episode end must not count
+    torch.testing.assert_close(ens.segment_returns(seg, mask), ens.segment_returns(changed, mask))
+    torch.testing.assert_close(ens.segment_returns(seg, mask), (ens(seg.reshape(-1, 3)).reshape(2, 4, 6) * mask).sum(-1))
+
+
+# ----------------------------------------------------------------------------------------------- preference buffer
+def test_preference_buffer_stores_copies_and_round_trips(algo):
+    rng = np.random.default_rng(0)
+    prefs = algo.PreferenceBuffer(capacity=100, seg_len=4, in_dim=2, val_fraction=0.25)
+    seg_a, seg_b = np.ones((80, 4, 2), np.float32), np.zeros((80, 4, 2), np.float32)
+    masks = np.ones((80, 4), np.float32)
+    labels = rng.choice([0.0, 0.5, 1.0], 80).astype(np.float32)
+    prefs.add(seg_a, masks, seg_b, masks, labels, step=123, rng=rng)
+    seg_a[:] = -5  # the source buffer is overwritten later: stored labels keep their own data
+    assert (prefs.seg_a[:80] == 1).all() and (prefs.steps[:80] == 123).all()
+    train, val = prefs.split()
+    assert len(train) + len(val) == 80 and 10 <= len(val) <= 30 and not set(train) & set(val)
+    with pytest.raises(ValueError, match="full"):
+        prefs.add(seg_a[:30], masks[:30], seg_b[:30], masks[:30], labels[:30], 1, rng)
+
+    restored = algo.PreferenceBuffer(capacity=100, seg_len=4, in_dim=2)
+    restored.load_state_dict(prefs.state_dict())
+    assert restored.size == 80
+    for key, value in prefs.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[key], value)
+
+
+# ------------------------------------------------------------------------------------------------- query selection
+def test_select_queries_methods(algo):
+    rng = np.random.default_rng(0)
+    probs = torch.tensor([
+        [0.5, 0.9, 0.1, 0.52, 0.99],
+        [0.5, 0.1, 0.1, 0.48, 0.99],
+        [0.5, 0.5, 0.1, 0.50, 0.99],
+    ])
+    assert list(algo.select_queries("disagreement", probs, 1, rng)) == [1]  # members disagree most on pair 1
+    assert set(algo.select_queries("entropy", probs, 2, rng)) == {0, 3}  # mean preference closest to 0.5
+    uniform = algo.select_queries("uniform", probs, 5, rng)
+    assert sorted(uniform) == [0, 1, 2, 3, 4]
+    with pytest.raises(UsageError, match="unknown query sampling method 'random'"):
+        algo.select_queries("random", probs, 1, rng)
+
+
+def test_entropy_is_over_the_two_segment_returns(algo):
+    """Entropy sampling ranks pairs by the entropy of P(B better) = softmax over the two segment returns."""
+    ens = algo.RewardEnsemble(in_dim=2, members=1, hidden_size=8, depth=1)
+    seg_a, seg_b = torch.randn(30, 5, 2), torch.randn(30, 5, 2)
+    mask = torch.ones(30, 5)
+    probs = algo.preference_probabilities(ens, seg_a, mask, seg_b, mask)
+    returns = torch.stack([ens.segment_returns(seg_a, mask)[0], ens.segment_returns(seg_b, mask)[0]], 1)
+    torch.testing.assert_close(probs[0], torch.softmax(returns, 1)[:, 1])
+    chosen = algo.select_queries("entropy", probs, 3, np.random.default_rng(0))
+    gap = (returns[:, 0] - returns[:, 1]).abs()
+    assert set(chosen) == set(torch.topk(-gap, 3).indices.tolist())
+
+
+# ------------------------------------------------------------------------------------------------------ SURF, RUNE
+def test_surf_crop_takes_contiguous_windows(algo):
+    rng = np.random.default_rng(1)
+    seg = np.arange(6 * 10, dtype=np.float32).reshape(6, 10, 1)
+    mask = np.ones((6, 10), np.float32)
+    cropped, cropped_mask = algo.surf_crop(seg, mask, crop=3, rng=rng, length=8)
+    assert cropped.shape == (6, 8, 1) and cropped_mask.shape == (6, 8)
+    assert (np.diff(cropped[..., 0], axis=1) == 1).all(), "a window of consecutive steps"
+    starts = cropped[:, 0, 0] - np.arange(6) * 10
+    assert ((0 <= starts) & (starts <= 2)).all() and len(set(starts)) > 1, "independent offsets"
+    lengths = {algo.surf_crop(seg, mask, 3, rng)[0].shape[1] for _ in range(50)}
+    assert lengths == {7, 8, 9, 10}
+
+
+def test_surf_pseudo_labels_only_when_confident(algo):
+    probs = torch.tensor([[0.999, 0.6, 0.001, 0.995], [0.998, 0.7, 0.002, 0.90]])
+    labels, confident = algo.surf_pseudo_labels(probs, tau=0.99)
+    assert labels.tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert confident.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_rune_bonus_decays(algo):
+    std = torch.tensor([0.2, 0.4])
+    torch.testing.assert_close(algo.rune_bonus(std, 0.05, 1e-3, 0), 0.05 * std)
+    torch.testing.assert_close(algo.rune_bonus(std, 0.05, 1e-3, 1000), 0.05 * (1 - 1e-3) ** 1000 * std)
+    assert algo.rune_bonus(std, 0.05, 1e-3, 5000).sum() < algo.rune_bonus(std, 0.05, 1e-3, 100).sum()
+
+
+# ------------------------------------------------------------------------------------------------------ k-NN entropy
+def test_knn_state_entropy_matches_brute_force(algo):
+    gen = torch.Generator().manual_seed(0)
+    all_obs = torch.randn(3000, 4, generator=gen)
+    obs = all_obs[:50]  # states that are in the set themselves: their own distance 0 is excluded
+    got = algo.knn_state_entropy(obs, all_obs, k=5, chunk=700)
+    brute = np.sort(np.linalg.norm(obs.numpy()[:, None] - all_obs.numpy()[None], axis=-1), axis=1)[:, 5]
+    np.testing.assert_allclose(got.numpy(), brute, rtol=1e-4)
+    # spread-out states score higher than clustered ones
+    assert algo.knn_state_entropy(obs * 10, all_obs * 10, 5).mean() > got.mean()
+
+
+# ---------------------------------------------------------------------------------------------------- label schedule
+@pytest.mark.parametrize("kind", ["linear", "exponential", "rl-teacher"])
+def test_label_schedules_respect_the_budget(algo, kind):
+    sessions = algo.build_label_schedule(kind, first_step=5000, total_timesteps=200_000, total_labels=1000,
+                                         labels_per_session=100, feedback_frequency=10_000, growth=1.5,
+                                         pretrain_labels=250)
+    steps, counts = zip(*sessions)
+    assert steps[0] == 5000 and all(5000 <= s < 200_000 for s in steps) and list(steps) == sorted(steps)
+    assert sum(counts) <= 1000 and all(c > 0 for c in counts)
+    gaps = np.diff(steps)
+    if kind == "linear":
+        assert sum(counts) == 1000 and set(counts) == {100} and set(gaps) == {10_000}
+    if kind == "exponential":
+        assert set(counts) == {100} and all(b > a for a, b in zip(gaps, gaps[1:]))
+    if kind == "rl-teacher":
+        assert counts[0] == 250 and sum(counts) >= 900
+        assert counts[1] > counts[-1], "the label rate decays"
+
+
+# ----------------------------------------------------------------------------------------------------- replay buffer
+def test_replay_buffer_segments_stop_at_episode_ends(algo):
+    rb = algo.ReplayBuffer(capacity=100, obs_dim=1, action_dim=1, physics_dim=2, device=CPU)
+    for t in range(40):
+        end = t in (9, 24)  # episodes of 10, 15 and 15+ steps
+        rb.add([t], [t + 1], [0.0], 1.0, 2.0, end, end, np.array([t, -t]))
+    seg = rb.sample_segments(200, 8, np.random.default_rng(0))
+    for obs, mask, rewards, physics in zip(seg["obs"][..., 0], seg["mask"], seg["teacher_rewards"], seg["physics"]):
+        assert (np.diff(obs) == 1).all()
+        ended = [i for i, o in enumerate(obs) if o in (9, 24)]
+        expected = np.ones(8) if not ended else (np.arange(8) <= ended[0]).astype(float)
+        np.testing.assert_array_equal(mask, expected)
+        np.testing.assert_array_equal(rewards, 2.0 * expected)
+        np.testing.assert_array_equal(physics[:, 0], obs)
+
+
+def test_replay_buffer_wraps_around(algo):
+    rb = algo.ReplayBuffer(capacity=10, obs_dim=1, action_dim=1, physics_dim=1, device=CPU)
+    for t in range(25):
+        rb.add([t], [t + 1], [0.0], 0.0, 0.0, False, False, None)
+    assert rb.size == 10 and rb.pos == 5
+    seg = rb.sample_segments(50, 4, np.random.default_rng(0))
+    assert seg["obs"].min() >= 15 and (np.diff(seg["obs"][..., 0], axis=1) == 1).all(), "oldest-to-newest order"
+
+
+def test_relabel_touches_only_filled_rows_with_the_ensemble_mean(algo):
+    rb = algo.ReplayBuffer(capacity=1000, obs_dim=3, action_dim=2, physics_dim=1, device=CPU)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rb.add(rng.normal(size=3), rng.normal(size=3), rng.normal(size=2), 0.0, 0.0, False, False, None)
+    ens = algo.RewardEnsemble(5, members=3, hidden_size=16, depth=2, dropout=0.3)
+    ens.train()
+    rb.relabel(ens, chunk=128)
+    x = torch.from_numpy(np.concatenate([rb.obs[:300], rb.actions[:300]], 1))
+    mean, std = ens.predict(x)
+    np.testing.assert_allclose(rb.learned_rewards[:300], mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rb.reward_std[:300], std.numpy(), rtol=1e-5, atol=1e-6)
+    assert (rb.learned_rewards[300:] == 0).all() and (rb.reward_std[300:] == 0).all()
+
+
+def test_replay_buffer_state_round_trip_keeps_every_column(algo):
+    rb = algo.ReplayBuffer(capacity=50, obs_dim=2, action_dim=1, physics_dim=3, device=CPU)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        rb.add(rng.normal(size=2), rng.normal(size=2), rng.normal(size=1), t, -t, t % 7 == 0, t % 5 == 0, rng.normal(size=3))
+    rb.learned_rewards[:30] = rng.normal(size=30)
+    restored = algo.ReplayBuffer(capacity=50, obs_dim=2, action_dim=1, physics_dim=3, device=CPU)
+    restored.load_state_dict(rb.state_dict())
+    assert (restored.pos, restored.size) == (30, 30)
+    for column in ("obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "dones",
+                   "episode_ends", "physics"):
+        np.testing.assert_array_equal(getattr(restored, column), getattr(rb, column))
+
+
+# ---------------------------------------------------------------------------------------------------- reward learning
+@pytest.fixture(scope="module")
+def cheetah_buffers():
+    """Two real HalfCheetah-v5 buffers (train, held-out) from random actions with a per-episode bias, so that
+    segments span slow, fast and backwards running."""
+    buffers = []
+    for seed in (0, 1):
+        env = make_env("HalfCheetah-v5", seed)
+        rng = np.random.default_rng(seed)
+        module = importlib.import_module(SCRIPTS[0])
+        rb = module.ReplayBuffer(12_000, 17, 6, 18, CPU)
+        obs, info = env.reset(seed=seed)
+        bias = rng.uniform(-1, 1, 6)
+        for t in range(12_000):
+            action = np.clip(bias + 0.5 * rng.normal(size=6), -1, 1).astype(np.float32)
+            next_obs, reward, terminated, truncated, next_info = env.step(action)
+            end = terminated or truncated or t % 200 == 199
+            rb.add(obs, next_obs, action, reward, reward, terminated, end, info["physics_state"])
+            obs, info = next_obs, next_info
+            if end:
+                obs, info = env.reset()
+                bias = rng.uniform(-1, 1, 6)
+        buffers.append(rb)
+    return buffers
+
+
+def labelled_pairs(rb, n, seg_len, rng):
+    a, b = rb.sample_segments(n, seg_len, rng), rb.sample_segments(n, seg_len, rng)
+    labels = SimulatedTeacher().label(a["teacher_rewards"], b["teacher_rewards"])
+    x = lambda s: np.concatenate([s["obs"], s["actions"]], -1)
+    return x(a), a["mask"], x(b), b["mask"], labels
+
+
+def test_reward_model_ranks_held_out_pairs(algo, cheetah_buffers):
+    train_rb, test_rb = cheetah_buffers
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    # measured (seeds 0-2): 88-92 % held-out accuracy from 400 labels in about 6 s
+    args = algo.Args(segment_length=25, reward_epochs=40, reward_batch_size=64, reward_val_fraction=0.0,
+                     reward_target_accuracy=1.01)
+    ens = algo.RewardEnsemble(23, members=3, hidden_size=128, depth=2)
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    prefs = algo.PreferenceBuffer(400, 25, 23)
+    seg_a, mask_a, seg_b, mask_b, labels = labelled_pairs(train_rb, 400, 25, rng)
+    prefs.add(seg_a, mask_a, seg_b, mask_b, labels, 0, rng)
+    stats = algo.train_reward_model(ens, opt, prefs, args, rng, CPU)
+    assert stats["reward/train_accuracy"] > 0.9 and stats["reward/epochs"] == 40
+
+    seg_a, mask_a, seg_b, mask_b, labels = labelled_pairs(test_rb, 2000, 25, rng)
+    t = torch.from_numpy
+    probs = algo.preference_probabilities(ens, t(seg_a), t(mask_a), t(seg_b), t(mask_b)).mean(0).numpy()
+    accuracy = np.mean((probs > 0.5) == (labels == 1.0))
+    assert accuracy >= 0.85, f"held-out ranking accuracy {accuracy:.3f}"
+
+
+def test_disagreement_sampling_finds_more_disagreement_than_uniform(algo, cheetah_buffers):
+    train_rb, _ = cheetah_buffers
+    rng = np.random.default_rng(2)
+    torch.manual_seed(2)
+    args = algo.Args(segment_length=25, reward_epochs=10, reward_batch_size=64, reward_val_fraction=0.0)
+    ens = algo.RewardEnsemble(23, members=3, hidden_size=64, depth=2)
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    prefs = algo.PreferenceBuffer(100, 25, 23)
+    seg_a, mask_a, seg_b, mask_b, labels = labelled_pairs(train_rb, 100, 25, rng)
+    prefs.add(seg_a, mask_a, seg_b, mask_b, labels, 0, rng)
+    algo.train_reward_model(ens, opt, prefs, args, rng, CPU)
+    seg_a, mask_a, seg_b, mask_b, _ = labelled_pairs(train_rb, 1000, 25, rng)
+    t = torch.from_numpy
+    probs = algo.preference_probabilities(ens, t(seg_a), t(mask_a), t(seg_b), t(mask_b))
+    spread = probs.std(0).numpy()
+    picked = spread[algo.select_queries("disagreement", probs, 100, rng)].mean()
+    uniform = np.mean([spread[algo.select_queries("uniform", probs, 100, rng)].mean() for _ in range(20)])
+    assert picked > 2 * uniform, (picked, uniform)
+
+
+def test_correlations(algo):
+    x = np.arange(100.0)
+    stats = algo.reward_correlations(x, x ** 3)
+    assert stats["reward/spearman"] == pytest.approx(1.0) and 0.8 < stats["reward/pearson"] < 1.0
+    assert algo.reward_correlations(np.ones(10), x[:10]) == {}
+    assert math.isclose(algo.reward_correlations(x, -x)["reward/pearson"], -1.0)

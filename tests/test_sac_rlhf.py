@@ -1,0 +1,193 @@
+"""sac_rlhf.py end to end: every feature on, resume after a kill, reuse of a pre-exploration, stopping, bad input."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_script
+from framework.checkpoint import load_checkpoint
+from framework.sac_rlhf import load_labels
+
+# A small but complete configuration: 200 random steps, 300 steps of pre-exploration, feedback every 400 steps.
+TINY = ["--env-id", "InvertedPendulum-v5", "--learning-starts", "200", "--unsupervised-steps", "300",
+        "--segment-length", "20", "--feedback-frequency", "400", "--labels-per-session", "20", "--total-labels", "100",
+        "--hidden-size", "64", "--batch-size", "64", "--reward-hidden-size", "64", "--reward-epochs", "20",
+        "--eval-episodes", "2", "--no-cuda"]
+
+UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
+
+
+def summary_of(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def scalar_tags(run_dir) -> set[str]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_every_feature_on(runs_dir, tmp_path):
+    reward_file = tmp_path / "rewards.py"
+    reward_file.write_text(UPRIGHT_REWARD)
+    result = run_script(
+        "sac_rlhf.py", *TINY, "--total-timesteps", "1800", "--eval-frequency", "900", "--checkpoint-frequency", "600",
+        "--surf", "--rune", "--query-sampling", "entropy", "--label-schedule", "exponential", "--schedule-growth", "1.5",
+        "--teacher-beta", "50", "--teacher-gamma", "0.99", "--teacher-eps-mistake", "0.1", "--teacher-eps-skip", "0.05",
+        "--teacher-eps-equal", "0.05", "--teacher-reward", f"{reward_file}:upright", "--reward-dropout", "0.1",
+        "--capture-video", "--track", "--runs-dir", str(runs_dir), "--run-name", "all",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = runs_dir / "all"
+    summary = summary_of(run)
+    assert summary["total_timesteps"] == 1800 and summary["stop_reason"] == "budget"
+    assert summary["labels_used"] == 60 and summary["sessions"] == 3  # sessions at 500, 900 and 1500
+    assert 0 < summary["labels_stored"] <= 60
+    assert summary["main_phase_sps"] > 0 and summary["phase_time_s"]["reward_training"] > 0
+
+    labels = load_labels(str(run / "labels.npz"))
+    assert len(labels["labels"]) == summary["labels_stored"]
+    assert labels["seg_a"].shape == (summary["labels_stored"], 20, 5) and set(np.unique(labels["labels"])) <= {0, 0.5, 1}
+    assert sorted(set(labels["steps"])) == [500, 900, 1500]
+
+    checkpoint = load_checkpoint(str(run / "checkpoint.pt"))
+    assert checkpoint["state"]["global_step"] == 1800 and checkpoint["replay_buffer"]["size"] == 1800
+    assert os.path.isfile(run / "exploration.pt") and os.path.isfile(run / "label_schedule.png")
+    assert len(glob.glob(str(run / "videos" / "*.mp4"))) == 2
+    assert glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+
+    tags = scalar_tags(run)
+    for tag in ["eval/episodic_return", "eval/teacher_return", "charts/episodic_return", "charts/episodic_teacher_return",
+                "charts/SPS", "feedback/labels_used", "reward/train_accuracy", "reward/val_accuracy", "reward/pearson",
+                "reward/spearman", "time/agent_update", "time/exploration_update", "time/reward_training",
+                "time/relabel", "losses/qf_loss"]:
+        assert tag in tags, tag
+
+
+def test_resume_after_kill_matches_a_straight_run(runs_dir):
+    """A run SIGKILLed after a checkpoint and resumed ends exactly like one run straight through."""
+    flags = [*TINY, "--total-timesteps", "2400", "--eval-frequency", "1200", "--checkpoint-frequency", "300",
+             "--runs-dir", str(runs_dir)]
+    straight = run_script("sac_rlhf.py", *flags, "--run-name", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = runs_dir / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags, "--run-name", "killed"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # kill it hard once it has checkpointed after its second feedback session
+        if "saved checkpoint" in line and int(line.split("step ")[1].split()[0]) > 1000:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = load_checkpoint(str(killed_dir / "checkpoint.pt"))["state"]["global_step"]
+    assert 1000 < killed_at < 2400
+
+    resumed = run_script("sac_rlhf.py", "--resume", str(killed_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {killed_dir} at step {killed_at}" in resumed.stdout
+
+    a, b = summary_of(runs_dir / "straight"), summary_of(killed_dir)
+    assert a["total_timesteps"] == b["total_timesteps"] == 2400
+    assert a["buffer_size"] == b["buffer_size"] == 2400
+    assert a["labels_used"] == b["labels_used"]
+    labels_a, labels_b = load_labels(str(runs_dir / "straight" / "labels.npz")), load_labels(str(killed_dir / "labels.npz"))
+    for key in labels_a:
+        np.testing.assert_array_equal(labels_a[key], labels_b[key], err_msg=key)
+    assert a["eval_history"] == b["eval_history"], "the resumed run continues exactly where the killed one was"
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(runs_dir):
+    flags = [*TINY, "--total-timesteps", "3000", "--eval-frequency", "3000", "--checkpoint-frequency", "0",
+             "--runs-dir", str(runs_dir), "--run-name", "term"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "session=1" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "continue with --resume" in stderr and "Traceback" not in stderr
+    saved = load_checkpoint(str(runs_dir / "term" / "checkpoint.pt"))
+    assert saved["state"]["global_step"] >= 500 and len(saved["preferences"]["labels"]) > 0
+
+    resumed = run_script("sac_rlhf.py", "--resume", str(runs_dir / "term"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = summary_of(runs_dir / "term")
+    assert summary["total_timesteps"] == 3000 and summary["labels_used"] == 100
+
+
+def test_exploration_is_saved_and_reused(runs_dir):
+    first = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "900", "--eval-frequency", "900",
+                       "--runs-dir", str(runs_dir), "--run-name", "explorer")
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = load_checkpoint(str(runs_dir / "explorer" / "exploration.pt"))
+    assert saved["state"]["global_step"] == 500 and saved["replay_buffer"]["size"] == 500
+    assert np.abs(saved["replay_buffer"]["obs"]).sum() > 0 and np.abs(saved["replay_buffer"]["physics"]).sum() > 0
+
+    start = time.perf_counter()
+    second = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "900", "--eval-frequency", "900",
+                        "--exploration-load", str(runs_dir / "explorer"), "--runs-dir", str(runs_dir), "--run-name", "reuser")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "loaded pre-exploration" in second.stdout and "500 transitions" in second.stdout
+    summary = summary_of(runs_dir / "reuser")
+    assert summary["buffer_size"] == 900 and summary["total_timesteps"] == 900
+    assert "exploration_update" not in summary["phase_time_s"], "no pre-exploration ran again"
+    assert not os.path.exists(runs_dir / "reuser" / "exploration.pt")
+    assert time.perf_counter() - start < 120
+
+    wrong = run_script("sac_rlhf.py", *TINY, "--env-id", "InvertedDoublePendulum-v5", "--total-timesteps", "900",
+                       "--exploration-load", str(runs_dir / "explorer"), "--runs-dir", str(runs_dir))
+    assert wrong.returncode == 2 and "was made on 'InvertedPendulum-v5'" in wrong.stderr
+
+
+def test_early_stopping(runs_dir):
+    result = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "5000", "--eval-frequency", "600",
+                        "--early-stop-return", "-1", "--runs-dir", str(runs_dir), "--run-name", "stop")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(runs_dir / "stop")
+    assert summary["total_timesteps"] == 600 and "--early-stop-return" in summary["stop_reason"]
+
+    result = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "5000", "--eval-frequency", "550",
+                        "--early-stop-patience", "1", "--runs-dir", str(runs_dir), "--run-name", "patience")
+    summary = summary_of(runs_dir / "patience")
+    history = [r for _, r in summary["eval_history"]]
+    assert "without a new best" in summary["stop_reason"] and summary["total_timesteps"] < 5000
+    assert history[-1] <= max(history[:-1])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--total-labels", "-5"], "--total-labels must be >= 0, got -5"),
+        (["--labels-per-session", "200", "--total-labels", "100"], "is more than the whole label budget"),
+        (["--total-timesteps", "400"], "leave no training steps"),
+        (["--surf-crop", "30"], "--surf-crop (30) must be shorter than --segment-length (20)"),
+        (["--teacher-beta", "0"], "teacher beta must be > 0"),
+        (["--teacher-reward", "nowhere/missing.py:f"], "teacher reward file 'nowhere/missing.py' does not exist"),
+        (["--resume", "/nonexistent/run"], "no checkpoint.pt in that folder"),
+        (["--exploration-load", "/nonexistent/run"], "no exploration.pt in that folder"),
+        (["--env-id", "Pendulum"], "unknown environment id 'Pendulum'"),
+    ],
+)
+def test_bad_input_is_one_line(runs_dir, flags, message):
+    result = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "2000", *flags, "--runs-dir", str(runs_dir))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and message in result.stderr
+
+
+def test_unknown_sampling_method_is_rejected_by_the_parser(runs_dir):
+    result = run_script("sac_rlhf.py", "--query-sampling", "random", "--runs-dir", str(runs_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "uniform" in result.stderr and "disagreement" in result.stderr
