@@ -30,14 +30,17 @@ system-deps:
 	  fi; \
 	fi
 
+# PEBBLE on Hopper-v5 with a perfect simulated teacher: 5k exploration steps, then 5 sessions of 50 labels.
 run: setup
-	$(PY) framework/sac.py --env-id Hopper-v5 --total-timesteps 20000
+	$(PY) framework/sac_rlhf.py --env-id Hopper-v5 --total-timesteps 20000 --unsupervised-steps 4000 \
+	  --feedback-frequency 3000 --labels-per-session 50 --total-labels 250 --eval-frequency 5000 --eval-episodes 5
 
 test: setup
 	$(PY) -m pytest tests
 
 bench: setup
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/learning.py
 
 clean:
 	rm -rf $(VENV) runs wandb videos

@@ -40,7 +40,7 @@ from framework.evaluation import Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
 from framework.runtime import UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
-from framework.teacher import SimulatedTeacher, load_reward_function
+from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
 from framework.tracking import Tracker
 
 
@@ -671,7 +671,7 @@ def main(args: Args) -> dict:
     evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
                           os.path.join(run_dir, "videos"), teacher_reward)
     rng = np.random.default_rng(args.seed)
-    teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake, args.teacher_eps_skip,
+    teacher: Teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake, args.teacher_eps_skip,
                                args.teacher_eps_equal, seed=args.seed + 1)
 
     obs_dim = int(np.prod(env.observation_space.shape))
@@ -725,6 +725,7 @@ def main(args: Args) -> dict:
             "entropy_stats": entropy_stats.state_dict(), "teacher_scale": teacher.return_scale,
             "rng": {"numpy": rng.bit_generator.state, "teacher": teacher.rng.bit_generator.state,
                     "torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                     "env": env_rng_before_reset,
                     "action_space": env.action_space.np_random.bit_generator.state},
             "evaluator_calls": evaluator.calls,
@@ -752,6 +753,8 @@ def main(args: Args) -> dict:
         rng.bit_generator.state = checkpoint["rng"]["numpy"]
         teacher.rng.bit_generator.state = checkpoint["rng"]["teacher"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         random.setstate(checkpoint["rng"]["python"])
         env.unwrapped.np_random.bit_generator.state = checkpoint["rng"]["env"]
         env.action_space.np_random.bit_generator.state = checkpoint["rng"]["action_space"]
@@ -809,7 +812,9 @@ def main(args: Args) -> dict:
                 recent = state["recent_episodes"]
                 per_step = sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1)
                 teacher.set_return_scale(per_step * args.segment_length)
-            labels = teacher.label(seg_a["teacher_rewards"][chosen], seg_b["teacher_rewards"][chosen])
+            queries = QueryBatch(args.env_id, step, seg_a["teacher_rewards"][chosen], seg_b["teacher_rewards"][chosen],
+                                 seg_a["mask"][chosen], seg_b["mask"][chosen], seg_a["physics"][chosen], seg_b["physics"][chosen])
+            labels = teacher.answer(queries)
             answered = ~np.isnan(labels)
             keep = chosen[answered]
             prefs.add(x_a[keep], seg_a["mask"][keep], x_b[keep], seg_b["mask"][keep], labels[answered], step, rng)
@@ -850,7 +855,8 @@ def main(args: Args) -> dict:
 
     # ---------------------------------------------------------------- the loop
     start_time = time.perf_counter()
-    main_phase_start = None
+    main_phase_start = exploration_start = None
+    exploration_sps = float("nan")
     next_checkpoint = ((state["global_step"] // args.checkpoint_frequency) + 1) * args.checkpoint_frequency if args.checkpoint_frequency else math.inf
     stop_reason = "budget"
     # states seen before the end of pre-exploration, on the device, for the state-entropy reward; new rows are
@@ -888,6 +894,8 @@ def main(args: Args) -> dict:
                 env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
                 obs, info = env.reset()
 
+            if exploration_start is None and global_step > args.learning_starts and exploring:
+                exploration_start = (time.perf_counter(), global_step - 1)
             if main_phase_start is None and global_step > exploration_end:
                 main_phase_start = (time.perf_counter(), global_step - 1, state["phase_time"].get("evaluation", 0.0))
 
@@ -957,6 +965,7 @@ def main(args: Args) -> dict:
                                     global_step)
 
             if exploring and global_step == exploration_end:
+                exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
                 save_checkpoint({**snapshot(), "env_id": args.env_id}, os.path.join(run_dir, "exploration.pt"))
             if global_step % args.log_frequency == 0:
                 tracker.steps_per_second(global_step)
@@ -1008,6 +1017,7 @@ def main(args: Args) -> dict:
         "sessions": state["session"],
         "phase_time_s": phase,
         "main_phase_sps": main_steps / main_time if main_steps else float("nan"),
+        "exploration_sps": exploration_sps,
         "wall_time_s": end_time - start_time,
         "run_dir": run_dir,
     }

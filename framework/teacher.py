@@ -33,7 +33,8 @@ import math
 import os
 import sys
 import traceback
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -48,6 +49,34 @@ SKIP = float("nan")
 STEP_FIELDS = ("obs", "action", "next_obs", "qpos", "qvel", "info")
 """What a user reward function may ask for: the observation before the step, the action, the observation after it,
 the MuJoCo state after the step (qpos, qvel), and the env's info dict."""
+
+
+@dataclass
+class QueryBatch:
+    """Pairs of segments put to a teacher in one feedback session (A = left clip, B = right clip).
+
+    Rewards are the teacher's per-step rewards (the user reward when one is given, else the environment's), zero
+    where the mask is 0 (after an episode ended inside the segment). Physics states let a human teacher's clips be
+    rendered from the stored states.
+    """
+
+    env_id: str
+    step: int
+    rewards_a: np.ndarray  # (n, T)
+    rewards_b: np.ndarray  # (n, T)
+    mask_a: np.ndarray  # (n, T), 1 for steps inside the episode
+    mask_b: np.ndarray  # (n, T)
+    physics_a: np.ndarray  # (n, T, nq + nv)
+    physics_b: np.ndarray  # (n, T, nq + nv)
+
+    def __len__(self) -> int:
+        return len(self.rewards_a)
+
+
+class Teacher(Protocol):
+    """Anything that answers queries: returns one label per pair, P(B better) in {0, 0.5, 1}, or NaN to skip."""
+
+    def answer(self, queries: QueryBatch) -> np.ndarray: ...
 
 
 class SimulatedTeacher:
@@ -83,6 +112,10 @@ class SimulatedTeacher:
     def set_return_scale(self, scale: float) -> None:
         """Set the segment-return scale that the skip and equal thresholds are multiplied by."""
         self.return_scale = abs(float(scale))
+
+    def answer(self, queries: QueryBatch) -> np.ndarray:
+        """The `Teacher` interface: label a session's queries from their rewards."""
+        return self.label(queries.rewards_a, queries.rewards_b)
 
     def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
         """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`.

@@ -171,3 +171,14 @@ def test_failing_reward_function_reports_where(reward_file):
         load_reward_function(f"{reward_file}:broken")(obs=1)
     with pytest.raises(UsageError, match="finite"):
         load_reward_function(f"{reward_file}:not_a_number")(obs=1)
+
+
+def test_simulated_teacher_answers_query_batches():
+    from framework.teacher import QueryBatch
+
+    a, b = random_pairs()
+    mask = np.ones_like(a)
+    physics = np.zeros(a.shape + (3,))
+    queries = QueryBatch("Hopper-v5", 100, a, b, mask, mask, physics, physics)
+    assert len(queries) == N
+    np.testing.assert_array_equal(SimulatedTeacher().answer(queries), (b.sum(1) > a.sum(1)).astype(float))

@@ -74,3 +74,26 @@ def test_wandb_offline_run_is_written_and_readable(tmp_path, monkeypatch):
         if (item.key or "/".join(item.nested_key)) == "charts/episodic_return"
     ]
     assert returns == [10.0, 11.0, 12.0, 13.0, 14.0]
+
+
+def test_compare_runs_tabulates_and_plots(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for name, slope in (("Hopper-v5__sac__1__1", 1.0), ("Hopper-v5__sac__2__1", 3.0), ("Hopper-v5__ppo__1__1", 0.5)):
+        tracker = Tracker(name, {}, runs_dir=str(tmp_path))
+        for step in (1000, 2000, 3000):
+            tracker.scalar("eval/episodic_return", slope * step, step)
+        tracker.close()
+    out = tmp_path / "curve.png"
+    result = subprocess.run([sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), *map(str, sorted(tmp_path.glob("Hopper*"))),
+                             "--group-by", "exp", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "| sac | 2 | 3000 | 6000.0 +- 3000.0 | 6000.0 |" in result.stdout
+    assert "| ppo | 1 | 3000 | 1500.0 +- 0.0 | 1500.0 |" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "not a run folder" in missing.stderr and "Traceback" not in missing.stderr

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 @dataclass
 class Args:
-    runs: tuple[str, ...]
+    runs: tyro.conf.Positional[tuple[str, ...]]
     """run folders (each holding TensorBoard event files)"""
     tag: str = "eval/episodic_return"
     """the scalar to compare"""

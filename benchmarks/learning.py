@@ -1,0 +1,164 @@
+"""Learning quality: a preference-based agent (perfect simulated teacher) against its oracle on the true reward.
+
+Runs `sac_rlhf.py` and the oracle `sac.py` on the same env, budget, network sizes and seeds, and prints a table:
+final evaluation return of each, the ratio to the oracle, labels used, steps/s of each phase, wall time. Saves it
+to benchmarks/results/learning_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
+
+    python benchmarks/learning.py                                 # HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
+    python benchmarks/learning.py --env-id Hopper-v5 --seeds 1 --total-timesteps 20000 --total-labels 200
+
+By default two runs train at a time with one torch thread each (a 2-core machine), so each pair of runs shares the
+machine under the same conditions; `--parallel 1 --torch-threads 0` runs them one by one with all cores.
+Steps/s measured here are under that sharing: benchmarks/speed.py compares speeds on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import tyro
+
+from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
+
+
+@dataclass
+class Args:
+    env_id: str = "HalfCheetah-v5"
+    """environment of every run"""
+    total_timesteps: int = 50_000
+    """env steps of every run (pre-exploration included for the preference-based agent)"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds; each algorithm runs once per seed"""
+    total_labels: int = 500
+    """label budget of the preference-based agent"""
+    learning_starts: int = 1000
+    """random steps before learning, preference-based agent"""
+    unsupervised_steps: int = 4000
+    """steps of pre-exploration of the preference-based agent"""
+    sessions: int = 10
+    """feedback sessions, evenly spread from the end of pre-exploration"""
+    query_sampling: str = "disagreement"
+    """query selection of the preference-based agent"""
+    oracle_learning_starts: int = 5000
+    """random steps before the oracle learns (CleanRL's default)"""
+    hidden_size: int = 256
+    """actor/critic width, both agents"""
+    depth: int = 2
+    """actor/critic depth, both agents"""
+    eval_frequency: int = 5000
+    """evaluation interval, both agents"""
+    eval_episodes: int = 5
+    """episodes per evaluation, both agents"""
+    parallel: int = 2
+    """runs training at the same time"""
+    torch_threads: int = 1
+    """torch threads per run (0: torch's default)"""
+    runs_dir: str | None = None
+    """keep the runs here (default: a temporary folder)"""
+    extra_rlhf_flags: str = ""
+    """more flags for sac_rlhf.py, space-separated"""
+
+
+def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
+    first = args.learning_starts + args.unsupervised_steps
+    interval = max((args.total_timesteps - first) // args.sessions, 1)
+    per_session = -(-args.total_labels // args.sessions)
+    common = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps), "--hidden-size", str(args.hidden_size),
+              "--depth", str(args.depth), "--eval-frequency", str(args.eval_frequency), "--eval-episodes",
+              str(args.eval_episodes), "--torch-threads", str(args.torch_threads), "--no-cuda", "--runs-dir", runs_dir]
+    out = []
+    for seed in args.seeds:
+        out.append(("sac_rlhf", seed, [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *common, "--seed", str(seed),
+                    "--run-name", f"sac_rlhf_{seed}", "--learning-starts", str(args.learning_starts),
+                    "--unsupervised-steps", str(args.unsupervised_steps), "--total-labels", str(args.total_labels),
+                    "--labels-per-session", str(per_session), "--feedback-frequency", str(interval),
+                    "--query-sampling", args.query_sampling, *args.extra_rlhf_flags.split()]))
+        out.append(("sac", seed, [sys.executable, str(ROOT / "framework" / "sac.py"), *common, "--seed", str(seed),
+                    "--run-name", f"sac_{seed}", "--learning-starts", str(args.oracle_learning_starts)]))
+    return out
+
+
+def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str) -> dict[tuple[str, int], dict]:
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    pending, running, results = list(jobs), [], {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            algo, seed, cmd = pending.pop(0)
+            log = open(Path(runs_dir) / f"{algo}_{seed}.log", "w")
+            running.append((algo, seed, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            print(f"started {algo} seed {seed}", flush=True)
+        for item in list(running):
+            algo, seed, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                raise SystemExit(f"{algo} seed {seed} failed; see {log.name}")
+            results[(algo, seed)] = json.loads((Path(runs_dir) / f"{algo}_{seed}" / "summary.json").read_text())
+            print(f"finished {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}", flush=True)
+        time.sleep(2)
+    return results
+
+
+def main(args: Args) -> None:
+    runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-learning-")
+    os.makedirs(runs_dir, exist_ok=True)
+    results = run_all(commands(args, runs_dir), args.parallel, runs_dir)
+
+    rows = []
+    for seed in args.seeds:
+        rl, oracle = results[("sac_rlhf", seed)], results[("sac", seed)]
+        rows.append([seed, rl["final_eval_return"], oracle["final_eval_return"],
+                     f'{rl["final_eval_return"] / oracle["final_eval_return"]:.2f}', rl["labels_used"],
+                     rl["exploration_sps"], rl["main_phase_sps"], oracle["learning_sps"],
+                     rl["wall_time_s"] / 60, oracle["wall_time_s"] / 60])
+    rl_mean = np.mean([r[1] for r in rows])
+    oracle_mean = np.mean([r[2] for r in rows])
+    rows.append(["mean", rl_mean, oracle_mean, f"{rl_mean / oracle_mean:.2f}", int(np.mean([r[4] for r in rows])),
+                 *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)]])
+    headers = ["seed", "PEBBLE return", "oracle SAC return", "ratio", "labels", "PEBBLE exploration steps/s",
+               "PEBBLE main steps/s", "oracle learning steps/s", "PEBBLE wall (min)", "oracle wall (min)"]
+    table = markdown_table(headers, rows)
+    print(table)
+    settings = (f"{args.env_id}, {args.total_timesteps} env steps, seeds {list(args.seeds)}, {args.total_labels} labels from a "
+                f"perfect simulated teacher in {args.sessions} sessions, {args.query_sampling} query sampling, "
+                f"{args.learning_starts} random + {args.unsupervised_steps} pre-exploration steps; oracle learning starts "
+                f"at {args.oracle_learning_starts}; {args.hidden_size}x{args.depth} networks; {args.parallel} runs at a "
+                f"time with {args.torch_threads or 'default'} torch thread(s) each; {machine_description()}.")
+    command = "python benchmarks/learning.py " + " ".join(
+        f"--{k.replace('_', '-')} {v if not isinstance(v, tuple) else ' '.join(map(str, v))}"
+        for k, v in vars(args).items() if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None))
+    name = f"learning_{args.env_id.split('-')[0].lower()}"
+    body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
+    print(f"saved {save_markdown(name, 'PEBBLE against the oracle SAC', body)}")
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for algo, label in (("sac_rlhf", f"sac_rlhf.py (PEBBLE, {args.total_labels} labels)"), ("sac", "sac.py (oracle, true reward)")):
+        histories = [results[(algo, s)]["eval_history"] for s in args.seeds]
+        steps = [s for s, _ in histories[0]]
+        values = np.array([[v for _, v in h] for h in histories])
+        ax.plot(steps, values.mean(0), label=label)
+        ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return (true reward)")
+    ax.set_title(f"{args.env_id}, {len(args.seeds)} seed(s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
