@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -66,3 +68,21 @@ def setup_headless_rendering() -> None:
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ.get("MUJOCO_GL", "egl"))
+
+
+class Interrupted(Exception):
+    """Raised inside a training loop when the process receives SIGTERM (a batch system's preemption, `kill`)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises_interrupted() -> Iterator[None]:
+    """Within this block SIGTERM raises `Interrupted`, so a run can save a checkpoint as it does on Ctrl-C."""
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

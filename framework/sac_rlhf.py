@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -39,7 +38,8 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
-from framework.runtime import UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
+from framework.runtime import (Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
+                               setup_headless_rendering, sigterm_raises_interrupted)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
 from framework.tracking import Tracker
 
@@ -637,10 +637,6 @@ def load_labels(path: str) -> dict[str, np.ndarray]:
 
 
 # ============================================================================================================== main
-class Interrupted(Exception):
-    """Raised by the SIGTERM handler so that a terminated run saves a checkpoint like Ctrl-C does."""
-
-
 def main(args: Args) -> dict:
     # ---------------------------------------------------------------- resume: the saved flags win
     checkpoint = None
@@ -848,11 +844,6 @@ def main(args: Args) -> dict:
             save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
         print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
 
-    def on_sigterm(signum, frame):
-        raise Interrupted()
-
-    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-
     # ---------------------------------------------------------------- the loop
     start_time = time.perf_counter()
     main_phase_start = exploration_start = None
@@ -863,140 +854,139 @@ def main(args: Args) -> dict:
     # copied in as they arrive (nothing is rebuilt per step)
     explore_obs = torch.zeros((min(exploration_end, rb.capacity), obs_dim), device=device) if args.unsupervised_exploration else None
     explore_filled = 0
-    try:
-        while state["global_step"] < args.total_timesteps:
-            state["global_step"] += 1
-            global_step = state["global_step"]
-            exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
+    with sigterm_raises_interrupted():
+        try:
+            while state["global_step"] < args.total_timesteps:
+                state["global_step"] += 1
+                global_step = state["global_step"]
+                exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
 
-            # act: random at first, then the stochastic policy
-            if global_step <= args.learning_starts:
-                action = env.action_space.sample()
-            else:
-                with torch.no_grad():
-                    action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
-            physics = info.get("physics_state")
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            teacher_r = info.get("teacher_reward", reward)
-            rb.add(obs, next_obs, action, reward, teacher_r, terminated, terminated or truncated, physics)
-            state["mid_episode"] = not (terminated or truncated)
-            obs = next_obs
-            if terminated or truncated:
-                ep = info["episode"]
-                length = int(ep["l"])
-                rows = rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))
-                state["recent_episodes"] = (state["recent_episodes"] + [(float(rb.teacher_rewards[rows].sum()), length)])[-20:]
-                tracker.scalars({"charts/episodic_return": ep["r"], "charts/episodic_length": ep["l"]}, global_step)
-                if teacher_reward is not None:
-                    tracker.scalar("charts/episodic_teacher_return", state["recent_episodes"][-1][0], global_step)
-                state["episodes"] += 1
-                # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
-                env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
-                obs, info = env.reset()
-
-            if exploration_start is None and global_step > args.learning_starts and exploring:
-                exploration_start = (time.perf_counter(), global_step - 1)
-            if main_phase_start is None and global_step > exploration_end:
-                main_phase_start = (time.perf_counter(), global_step - 1, state["phase_time"].get("evaluation", 0.0))
-
-            # feedback sessions
-            if state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
-                feedback_session(global_step, sessions[state["session"]][1])
-                if not state["critic_reset_done"] and args.unsupervised_exploration:
-                    # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
-                    for q, q_t in ((qf1, qf1_target), (qf2, qf2_target)):
-                        for layer in q.modules():
-                            if isinstance(layer, nn.Linear):
-                                layer.reset_parameters()
-                        q_t.load_state_dict(q.state_dict())
-                    q_optimizer.state.clear()
-                state["critic_reset_done"] = True
-
-            # learn
-            if global_step > args.learning_starts:
-                with timed("agent_update" if not exploring else "exploration_update"):
-                    idx = rb.sample_indices(args.batch_size, rng)
-                    b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
-                    if exploring:
-                        # PEBBLE pre-exploration: reward = k-NN distance of the next state, normalised by its std
-                        if explore_filled < rb.size:
-                            explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
-                            explore_filled = rb.size
-                        b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
-                        entropy_stats.update(b_rewards.double())
-                        b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
-                    else:
-                        b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
-                        if args.rune:
-                            b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
-                    with torch.no_grad():
-                        next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
-                        min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                        min_q_next = min_q_next - alpha * next_log_pi
-                        next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
-                    qf1_values = qf1(b_obs, b_actions).view(-1)
-                    qf2_values = qf2(b_obs, b_actions).view(-1)
-                    qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
-                    q_optimizer.zero_grad()
-                    qf_loss.backward()
-                    q_optimizer.step()
-
-                    if global_step % args.policy_frequency == 0:
-                        for _ in range(args.policy_frequency):
-                            pi, log_pi, _ = actor.get_action(b_obs)
-                            actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
-                            actor_optimizer.zero_grad()
-                            actor_loss.backward()
-                            actor_optimizer.step()
-                            if args.autotune:
-                                alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                                a_optimizer.zero_grad()
-                                alpha_loss.backward()
-                                a_optimizer.step()
-                                alpha = log_alpha.exp().detach()
-                    if global_step % args.target_network_frequency == 0:
-                        polyak_update(qf1_target, qf1, args.tau)
-                        polyak_update(qf2_target, qf2, args.tau)
-
-                if global_step % args.log_frequency == 0:
-                    tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
-                                     "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else float("nan"),
-                                     "losses/alpha": alpha.item(), "charts/learned_reward_batch": b_rewards.mean().item()},
-                                    global_step)
-
-            if exploring and global_step == exploration_end:
-                exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
-                save_checkpoint({**snapshot(), "env_id": args.env_id}, os.path.join(run_dir, "exploration.pt"))
-            if global_step % args.log_frequency == 0:
-                tracker.steps_per_second(global_step)
-                tracker.scalars({f"time/{k}": v for k, v in state["phase_time"].items()}, global_step)
-            if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-                with timed("evaluation"):
-                    result = evaluator(policy)
-                tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
-                state["eval_history"].append((global_step, result.mean_return))
-                print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
-                      f"labels={state['labels_used']}", flush=True)
-                if result.mean_return > state["best_eval"]:
-                    state["best_eval"], state["evals_since_best"] = result.mean_return, 0
+                # act: random at first, then the stochastic policy
+                if global_step <= args.learning_starts:
+                    action = env.action_space.sample()
                 else:
-                    state["evals_since_best"] += 1
-                if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
-                    stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
-                    break
-                if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
-                    stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
-                    break
-            if global_step >= next_checkpoint and not state["mid_episode"]:
-                save("periodic")
-                next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
-    except (KeyboardInterrupt, Interrupted):
-        save("interrupted")
-        tracker.close()
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
-        sys.exit(130)
-    signal.signal(signal.SIGTERM, previous_sigterm)
+                    with torch.no_grad():
+                        action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+                physics = info.get("physics_state")
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                teacher_r = info.get("teacher_reward", reward)
+                rb.add(obs, next_obs, action, reward, teacher_r, terminated, terminated or truncated, physics)
+                state["mid_episode"] = not (terminated or truncated)
+                obs = next_obs
+                if terminated or truncated:
+                    ep = info["episode"]
+                    length = int(ep["l"])
+                    rows = rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))
+                    state["recent_episodes"] = (state["recent_episodes"] + [(float(rb.teacher_rewards[rows].sum()), length)])[-20:]
+                    tracker.scalars({"charts/episodic_return": ep["r"], "charts/episodic_length": ep["l"]}, global_step)
+                    if teacher_reward is not None:
+                        tracker.scalar("charts/episodic_teacher_return", state["recent_episodes"][-1][0], global_step)
+                    state["episodes"] += 1
+                    # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
+                    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+                    obs, info = env.reset()
+
+                if exploration_start is None and global_step > args.learning_starts and exploring:
+                    exploration_start = (time.perf_counter(), global_step - 1)
+                if main_phase_start is None and global_step > exploration_end:
+                    main_phase_start = (time.perf_counter(), global_step - 1, state["phase_time"].get("evaluation", 0.0))
+
+                # feedback sessions
+                if state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
+                    feedback_session(global_step, sessions[state["session"]][1])
+                    if not state["critic_reset_done"] and args.unsupervised_exploration:
+                        # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
+                        for q, q_t in ((qf1, qf1_target), (qf2, qf2_target)):
+                            for layer in q.modules():
+                                if isinstance(layer, nn.Linear):
+                                    layer.reset_parameters()
+                            q_t.load_state_dict(q.state_dict())
+                        q_optimizer.state.clear()
+                    state["critic_reset_done"] = True
+
+                # learn
+                if global_step > args.learning_starts:
+                    with timed("agent_update" if not exploring else "exploration_update"):
+                        idx = rb.sample_indices(args.batch_size, rng)
+                        b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
+                        if exploring:
+                            # PEBBLE pre-exploration: reward = k-NN distance of the next state, normalised by its std
+                            if explore_filled < rb.size:
+                                explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
+                                explore_filled = rb.size
+                            b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
+                            entropy_stats.update(b_rewards.double())
+                            b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
+                        else:
+                            b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
+                            if args.rune:
+                                b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
+                        with torch.no_grad():
+                            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+                            min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                            min_q_next = min_q_next - alpha * next_log_pi
+                            next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
+                        qf1_values = qf1(b_obs, b_actions).view(-1)
+                        qf2_values = qf2(b_obs, b_actions).view(-1)
+                        qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
+                        q_optimizer.zero_grad()
+                        qf_loss.backward()
+                        q_optimizer.step()
+
+                        if global_step % args.policy_frequency == 0:
+                            for _ in range(args.policy_frequency):
+                                pi, log_pi, _ = actor.get_action(b_obs)
+                                actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
+                                actor_optimizer.zero_grad()
+                                actor_loss.backward()
+                                actor_optimizer.step()
+                                if args.autotune:
+                                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                                    a_optimizer.zero_grad()
+                                    alpha_loss.backward()
+                                    a_optimizer.step()
+                                    alpha = log_alpha.exp().detach()
+                        if global_step % args.target_network_frequency == 0:
+                            polyak_update(qf1_target, qf1, args.tau)
+                            polyak_update(qf2_target, qf2, args.tau)
+
+                    if global_step % args.log_frequency == 0:
+                        tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
+                                         "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else float("nan"),
+                                         "losses/alpha": alpha.item(), "charts/learned_reward_batch": b_rewards.mean().item()},
+                                        global_step)
+
+                if exploring and global_step == exploration_end:
+                    exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
+                    save_checkpoint({**snapshot(), "env_id": args.env_id}, os.path.join(run_dir, "exploration.pt"))
+                if global_step % args.log_frequency == 0:
+                    tracker.steps_per_second(global_step)
+                    tracker.scalars({f"time/{k}": v for k, v in state["phase_time"].items()}, global_step)
+                if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+                    with timed("evaluation"):
+                        result = evaluator(policy)
+                    tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
+                    state["eval_history"].append((global_step, result.mean_return))
+                    print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
+                          f"labels={state['labels_used']}", flush=True)
+                    if result.mean_return > state["best_eval"]:
+                        state["best_eval"], state["evals_since_best"] = result.mean_return, 0
+                    else:
+                        state["evals_since_best"] += 1
+                    if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
+                        stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
+                        break
+                    if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
+                        stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
+                        break
+                if global_step >= next_checkpoint and not state["mid_episode"]:
+                    save("periodic")
+                    next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
+        except (KeyboardInterrupt, Interrupted):
+            save("interrupted")
+            tracker.close()
+            print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
+            sys.exit(130)
 
     end_time = time.perf_counter()
     save("end")
