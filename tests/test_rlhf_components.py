@@ -6,6 +6,7 @@ Every test is parametrised over the scripts that carry a copy of the pieces, so 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 
 import numpy as np
@@ -16,12 +17,34 @@ from framework.envs import make_env
 from framework.runtime import UsageError
 from framework.teacher import SimulatedTeacher
 
-SCRIPTS = ["framework.sac_rlhf"]
+SCRIPTS = ["framework.sac_rlhf", "framework.pref_ppo"]
+
+# The pieces each script carries its own copy of (CleanRL style: every detail of an algorithm in its file).
+SHARED_PIECES = ["EnsembleLinear", "RewardEnsemble", "preference_probabilities", "PreferenceBuffer", "select_queries",
+                 "surf_crop", "surf_pseudo_labels", "rune_bonus", "knn_state_entropy", "build_label_schedule",
+                 "plot_label_schedule", "train_reward_model", "reward_correlations", "save_labels", "load_labels"]
 
 
 @pytest.fixture(params=SCRIPTS)
 def algo(request):
     return importlib.import_module(request.param)
+
+
+@pytest.mark.parametrize("name", SHARED_PIECES)
+def test_inline_copies_are_identical(name):
+    """The copies in sac_rlhf.py and pref_ppo.py must not drift apart: same source, line for line."""
+    first, *others = [inspect.getsource(getattr(importlib.import_module(m), name)) for m in SCRIPTS]
+    for other in others:
+        assert other == first, f"{name} differs between {SCRIPTS[0]} and another script"
+
+
+@pytest.mark.parametrize("field", ["segment_length", "query_sampling", "query_pool_multiplier", "total_labels",
+                                   "labels_per_session", "label_schedule", "feedback_frequency", "reward_ensemble_size",
+                                   "reward_lr", "reward_epochs", "surf", "surf_tau", "rune", "rune_beta", "teacher_beta",
+                                   "teacher_gamma", "teacher_eps_mistake", "unsupervised_steps", "entropy_k"])
+def test_flags_with_the_same_meaning_have_the_same_defaults(field):
+    defaults = [getattr(importlib.import_module(m).Args(), field) for m in SCRIPTS]
+    assert len(set(map(str, defaults))) == 1, (field, defaults)
 
 
 CPU = torch.device("cpu")
@@ -179,7 +202,8 @@ def test_label_schedules_respect_the_budget(algo, kind):
 
 
 # ----------------------------------------------------------------------------------------------------- replay buffer
-def test_replay_buffer_segments_stop_at_episode_ends(algo):
+def test_replay_buffer_segments_stop_at_episode_ends():
+    algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=100, obs_dim=1, action_dim=1, physics_dim=2, device=CPU)
     for t in range(40):
         end = t in (9, 24)  # episodes of 10, 15 and 15+ steps
@@ -194,7 +218,8 @@ def test_replay_buffer_segments_stop_at_episode_ends(algo):
         np.testing.assert_array_equal(physics[:, 0], obs)
 
 
-def test_replay_buffer_wraps_around(algo):
+def test_replay_buffer_wraps_around():
+    algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=10, obs_dim=1, action_dim=1, physics_dim=1, device=CPU)
     for t in range(25):
         rb.add([t], [t + 1], [0.0], 0.0, 0.0, False, False, None)
@@ -203,7 +228,8 @@ def test_replay_buffer_wraps_around(algo):
     assert seg["obs"].min() >= 15 and (np.diff(seg["obs"][..., 0], axis=1) == 1).all(), "oldest-to-newest order"
 
 
-def test_relabel_touches_only_filled_rows_with_the_ensemble_mean(algo):
+def test_relabel_touches_only_filled_rows_with_the_ensemble_mean():
+    algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=1000, obs_dim=3, action_dim=2, physics_dim=1, device=CPU)
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -218,7 +244,8 @@ def test_relabel_touches_only_filled_rows_with_the_ensemble_mean(algo):
     assert (rb.learned_rewards[300:] == 0).all() and (rb.reward_std[300:] == 0).all()
 
 
-def test_replay_buffer_state_round_trip_keeps_every_column(algo):
+def test_replay_buffer_state_round_trip_keeps_every_column():
+    algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=50, obs_dim=2, action_dim=1, physics_dim=3, device=CPU)
     rng = np.random.default_rng(0)
     for t in range(30):
@@ -230,6 +257,41 @@ def test_replay_buffer_state_round_trip_keeps_every_column(algo):
     for column in ("obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "dones",
                    "episode_ends", "physics"):
         np.testing.assert_array_equal(getattr(restored, column), getattr(rb, column))
+
+
+# ----------------------------------------------------------------------------------------------------- segment store
+def test_segment_store_cuts_rollouts_per_env_and_masks_episode_ends():
+    from framework.pref_ppo import SegmentStore
+
+    store = SegmentStore(capacity=100, seg_len=4, obs_dim=1, action_dim=1, physics_dim=1)
+    steps, envs = 10, 3  # 2 segments per env, the last 2 steps of each env dropped
+    obs = (np.arange(steps)[:, None] * 10 + np.arange(envs)[None]).astype(np.float32)[..., None]  # obs = 10 t + env
+    ends = np.zeros((steps, envs), bool)
+    ends[1, 0] = True  # env 0's episode ends at t = 1
+    store.add_rollout(obs, np.zeros((steps, envs, 1)), np.ones((steps, envs)), np.ones((steps, envs)) * 2, ends, obs.astype(np.float64))
+    assert store.size == 6
+    first = store.obs[0, :, 0]
+    np.testing.assert_array_equal(first, [0, 10, 20, 30])  # env 0, t = 0..3, consecutive steps of ONE env
+    np.testing.assert_array_equal(store.mask[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(store.teacher_rewards[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(store.obs[2, :, 0], [1, 11, 21, 31])  # env 1
+    assert store.mask[1:6].all()
+
+
+def test_segment_store_is_a_bounded_ring_that_round_trips():
+    from framework.pref_ppo import SegmentStore
+
+    store = SegmentStore(capacity=5, seg_len=2, obs_dim=1, action_dim=1, physics_dim=1)
+    for rollout in range(4):  # 2 segments per rollout: 8 segments into a ring of 5
+        obs = np.full((4, 1, 1), rollout, np.float32)
+        store.add_rollout(obs, np.zeros((4, 1, 1)), np.zeros((4, 1)), np.zeros((4, 1)), np.zeros((4, 1), bool), np.zeros((4, 1, 1)))
+    assert store.size == 5 and sorted(store.obs[:, 0, 0]) == [1, 2, 2, 3, 3], "the oldest segments were dropped"
+    sampled = store.sample_segments(50, 2, np.random.default_rng(0))
+    assert set(sampled["obs"][:, 0, 0]) <= {1, 2, 3} and sampled["obs"].shape == (50, 2, 1)
+    restored = SegmentStore(capacity=5, seg_len=2, obs_dim=1, action_dim=1, physics_dim=1)
+    restored.load_state_dict(store.state_dict())
+    assert (restored.pos, restored.size) == (store.pos, store.size)
+    np.testing.assert_array_equal(restored.obs, store.obs)
 
 
 # ---------------------------------------------------------------------------------------------------- reward learning

@@ -1,0 +1,136 @@
+"""pref_ppo.py end to end: every feature on, resume after a kill, SIGTERM, bad input, and learning from preferences."""
+
+from __future__ import annotations
+
+import glob
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_script
+from framework.checkpoint import load_checkpoint
+from framework.pref_ppo import load_labels
+
+# 2 envs x 256 steps per rollout (512 env steps), pre-exploration for 1024 steps, feedback every 1024 steps.
+TINY = ["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--num-steps", "256", "--num-minibatches", "8",
+        "--update-epochs", "4", "--unsupervised-steps", "1024", "--segment-length", "32", "--feedback-frequency", "1024",
+        "--labels-per-session", "20", "--total-labels", "60", "--reward-hidden-size", "64", "--reward-epochs", "20",
+        "--eval-episodes", "2", "--no-cuda"]
+
+UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
+
+
+def summary_of(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_every_feature_on(runs_dir, tmp_path):
+    reward_file = tmp_path / "rewards.py"
+    reward_file.write_text(UPRIGHT_REWARD)
+    result = run_script(
+        "pref_ppo.py", *TINY, "--total-timesteps", "4096", "--eval-frequency", "2048", "--checkpoint-frequency", "1024",
+        "--surf", "--rune", "--query-sampling", "entropy", "--label-schedule", "rl-teacher", "--pretrain-labels", "30",
+        "--teacher-beta", "50", "--teacher-gamma", "0.99", "--teacher-eps-mistake", "0.1", "--teacher-eps-skip", "0.05",
+        "--teacher-eps-equal", "0.05", "--teacher-reward", f"{reward_file}:upright", "--reward-dropout", "0.1",
+        "--capture-video", "--track", "--runs-dir", str(runs_dir), "--run-name", "all",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = runs_dir / "all"
+    summary = summary_of(run)
+    assert summary["total_timesteps"] == 4096 and summary["stop_reason"] == "budget"
+    assert 30 <= summary["labels_used"] <= 60 and summary["sessions"] >= 2
+    assert summary["segments_stored"] == 4096 // 32 and summary["main_phase_sps"] > 0
+    labels = load_labels(str(run / "labels.npz"))
+    assert len(labels["labels"]) == summary["labels_stored"] > 0 and labels["seg_a"].shape[1:] == (32, 5)
+    assert labels["steps"].min() == 1024, "the first session comes right after pre-exploration"
+    checkpoint = load_checkpoint(str(run / "checkpoint.pt"))
+    assert checkpoint["state"]["global_step"] == 4096 and checkpoint["obs_norm"]["count"] > 4096
+    assert len(glob.glob(str(run / "videos" / "*.mp4"))) == 2
+    assert glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ["eval/episodic_return", "eval/teacher_return", "charts/episodic_return", "charts/SPS",
+                "feedback/labels_used", "reward/train_accuracy", "reward/pearson", "reward/spearman",
+                "time/rollout", "time/reward_training", "losses/approx_kl"]:
+        assert tag in tags, tag
+
+
+def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
+    flags = [*TINY, "--total-timesteps", "5120", "--eval-frequency", "5120", "--checkpoint-frequency", "1024",
+             "--runs-dir", str(runs_dir)]
+    straight = run_script("pref_ppo.py", *flags, "--run-name", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = runs_dir / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *flags, "--run-name", "killed"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if "saved checkpoint at step 2048" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = load_labels(str(killed_dir / "labels.npz"))
+    resumed = run_script("pref_ppo.py", "--resume", str(killed_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {killed_dir} at step 2048" in resumed.stdout
+
+    a, b = summary_of(runs_dir / "straight"), summary_of(killed_dir)
+    assert a["total_timesteps"] == b["total_timesteps"] == 5120
+    assert a["labels_used"] == b["labels_used"] == 60 and a["sessions"] == b["sessions"]
+    assert a["segments_stored"] == b["segments_stored"]
+    after = load_labels(str(killed_dir / "labels.npz"))
+    n = len(before["labels"])  # the labels given before the kill are all still there, unchanged
+    for key in before:
+        np.testing.assert_array_equal(after[key][:n], before[key], err_msg=key)
+
+
+def test_sigterm_saves_and_exits_130(runs_dir):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *TINY, "--total-timesteps", "8192",
+                             "--runs-dir", str(runs_dir), "--run-name", "term"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "session=1" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "continue with --resume" in stderr and "Traceback" not in stderr
+    assert load_checkpoint(str(runs_dir / "term" / "checkpoint.pt"))["state"]["labels_used"] >= 20
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--total-labels", "-1"], "--total-labels must be >= 0, got -1"),
+        (["--labels-per-session", "100", "--total-labels", "60"], "is more than the whole label budget"),
+        (["--num-steps", "16"], "--num-steps (16) must be at least --segment-length (32)"),
+        (["--total-timesteps", "600"], "at least two rollouts"),
+        (["--teacher-reward", "rewards.py"], "must look like path/to/file.py:function"),
+        (["--resume", "/nonexistent"], "no checkpoint.pt in that folder"),
+        (["--env-id", "Pendulum-v0"], "unknown environment id 'Pendulum-v0'"),
+    ],
+)
+def test_bad_input_is_one_line(runs_dir, flags, message):
+    result = run_script("pref_ppo.py", *TINY, "--total-timesteps", "4096", *flags, "--runs-dir", str(runs_dir))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and message in result.stderr
+
+
+def test_discrete_env_is_refused(runs_dir):
+    result = run_script("pref_ppo.py", "--env-id", "CartPole-v1", "--runs-dir", str(runs_dir))
+    assert result.returncode == 2 and "needs continuous (Box) actions" in result.stderr
+
+
+@pytest.mark.slow
+def test_pref_ppo_learns_inverted_pendulum_from_preferences(runs_dir):
+    # PREF_PPO_LEARNING
+    result = run_script("pref_ppo.py", *PREF_PPO_FLAGS, "--runs-dir", str(runs_dir), "--run-name", "learn")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(runs_dir / "learn")
+    assert summary["final_eval_return"] >= PREF_PPO_THRESHOLD, summary["eval_history"]
