@@ -1,10 +1,12 @@
 """Learning quality: a preference-based agent (perfect simulated teacher) against its oracle on the true reward.
 
-Runs `sac_rlhf.py` and the oracle `sac.py` on the same env, budget, network sizes and seeds, and prints a table:
-final evaluation return of each, the ratio to the oracle, labels used, steps/s of each phase, wall time. Saves it
-to benchmarks/results/learning_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
+Runs `sac_rlhf.py` against the oracle `sac.py` (`--pair pebble`), or `pref_ppo.py` against `ppo.py`
+(`--pair prefppo`), on the same env, budget, network sizes and seeds, and prints a table: final evaluation return of
+each, the ratio to the oracle, labels used, steps/s of each phase, wall time. Saves it to
+benchmarks/results/learning_<pair>_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
 
-    python benchmarks/learning.py                                 # HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
+    python benchmarks/learning.py                                 # PEBBLE, HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
+    python benchmarks/learning.py --pair prefppo                  # PrefPPO against ppo.py, the same settings
     python benchmarks/learning.py --env-id Hopper-v5 --seeds 1 --total-timesteps 20000 --total-labels 200
 
 By default two runs train at a time with one torch thread each (a 2-core machine), so each pair of runs shares the
@@ -22,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -33,8 +36,16 @@ import tyro
 from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
 
 
+PAIRS = {  # preference-based script, its oracle, and how the table names them
+    "pebble": ("sac_rlhf", "sac", "PEBBLE", "oracle SAC"),
+    "prefppo": ("pref_ppo", "ppo", "PrefPPO", "oracle PPO"),
+}
+
+
 @dataclass
 class Args:
+    pair: Literal["pebble", "prefppo"] = "pebble"
+    """which preference-based script to compare with its oracle"""
     env_id: str = "HalfCheetah-v5"
     """environment of every run"""
     total_timesteps: int = 50_000
@@ -44,7 +55,7 @@ class Args:
     total_labels: int = 500
     """label budget of the preference-based agent"""
     learning_starts: int = 1000
-    """random steps before learning, preference-based agent"""
+    """random steps before learning, PEBBLE (PrefPPO has none)"""
     unsupervised_steps: int = 4000
     """steps of pre-exploration of the preference-based agent"""
     sessions: int = 10
@@ -52,9 +63,9 @@ class Args:
     query_sampling: str = "disagreement"
     """query selection of the preference-based agent"""
     oracle_learning_starts: int = 5000
-    """random steps before the oracle learns (CleanRL's default)"""
-    hidden_size: int = 256
-    """actor/critic width, both agents"""
+    """random steps before the oracle SAC learns (CleanRL's default)"""
+    hidden_size: int | None = None
+    """actor/critic width, both agents (default: the scripts' own, 256 for SAC, 64 for PPO)"""
     depth: int = 2
     """actor/critic depth, both agents"""
     eval_frequency: int = 5000
@@ -72,21 +83,28 @@ class Args:
 
 
 def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
-    first = args.learning_starts + args.unsupervised_steps
+    rlhf, oracle = PAIRS[args.pair][:2]
+    random_steps = args.learning_starts if args.pair == "pebble" else 0
+    first = random_steps + args.unsupervised_steps
     interval = max((args.total_timesteps - first) // args.sessions, 1)
     per_session = -(-args.total_labels // args.sessions)
-    common = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps), "--hidden-size", str(args.hidden_size),
-              "--depth", str(args.depth), "--eval-frequency", str(args.eval_frequency), "--eval-episodes",
-              str(args.eval_episodes), "--torch-threads", str(args.torch_threads), "--no-cuda", "--runs-dir", runs_dir]
+    common = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps), "--depth", str(args.depth),
+              "--eval-frequency", str(args.eval_frequency), "--eval-episodes", str(args.eval_episodes),
+              "--torch-threads", str(args.torch_threads), "--no-cuda", "--runs-dir", runs_dir]
+    if args.hidden_size is not None:
+        common += ["--hidden-size", str(args.hidden_size)]
+    rlhf_flags = ["--unsupervised-steps", str(args.unsupervised_steps), "--total-labels", str(args.total_labels),
+                  "--labels-per-session", str(per_session), "--feedback-frequency", str(interval),
+                  "--query-sampling", args.query_sampling, *args.extra_rlhf_flags.split()]
+    if args.pair == "pebble":
+        rlhf_flags += ["--learning-starts", str(args.learning_starts)]
+    oracle_flags = ["--learning-starts", str(args.oracle_learning_starts)] if oracle == "sac" else []
     out = []
     for seed in args.seeds:
-        out.append(("sac_rlhf", seed, [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *common, "--seed", str(seed),
-                    "--run-name", f"sac_rlhf_{seed}", "--learning-starts", str(args.learning_starts),
-                    "--unsupervised-steps", str(args.unsupervised_steps), "--total-labels", str(args.total_labels),
-                    "--labels-per-session", str(per_session), "--feedback-frequency", str(interval),
-                    "--query-sampling", args.query_sampling, *args.extra_rlhf_flags.split()]))
-        out.append(("sac", seed, [sys.executable, str(ROOT / "framework" / "sac.py"), *common, "--seed", str(seed),
-                    "--run-name", f"sac_{seed}", "--learning-starts", str(args.oracle_learning_starts)]))
+        out.append((rlhf, seed, [sys.executable, str(ROOT / "framework" / f"{rlhf}.py"), *common, "--seed", str(seed),
+                    "--run-name", f"{rlhf}_{seed}", *rlhf_flags]))
+        out.append((oracle, seed, [sys.executable, str(ROOT / "framework" / f"{oracle}.py"), *common, "--seed", str(seed),
+                    "--run-name", f"{oracle}_{seed}", *oracle_flags]))
     return out
 
 
@@ -118,35 +136,39 @@ def main(args: Args) -> None:
     os.makedirs(runs_dir, exist_ok=True)
     results = run_all(commands(args, runs_dir), args.parallel, runs_dir)
 
+    rlhf, oracle_name, rl_label, oracle_label = PAIRS[args.pair]
     rows = []
     for seed in args.seeds:
-        rl, oracle = results[("sac_rlhf", seed)], results[("sac", seed)]
+        rl, oracle = results[(rlhf, seed)], results[(oracle_name, seed)]
         rows.append([seed, rl["final_eval_return"], oracle["final_eval_return"],
                      f'{rl["final_eval_return"] / oracle["final_eval_return"]:.2f}', rl["labels_used"],
-                     rl["exploration_sps"], rl["main_phase_sps"], oracle["learning_sps"],
+                     rl["exploration_sps"], rl["main_phase_sps"], oracle.get("learning_sps", oracle["sps"]),
                      rl["wall_time_s"] / 60, oracle["wall_time_s"] / 60])
     rl_mean = np.mean([r[1] for r in rows])
     oracle_mean = np.mean([r[2] for r in rows])
     rows.append(["mean", rl_mean, oracle_mean, f"{rl_mean / oracle_mean:.2f}", int(np.mean([r[4] for r in rows])),
                  *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)]])
-    headers = ["seed", "PEBBLE return", "oracle SAC return", "ratio", "labels", "PEBBLE exploration steps/s",
-               "PEBBLE main steps/s", "oracle learning steps/s", "PEBBLE wall (min)", "oracle wall (min)"]
+    headers = ["seed", f"{rl_label} return", f"{oracle_label} return", "ratio", "labels", f"{rl_label} exploration steps/s",
+               f"{rl_label} main steps/s", "oracle learning steps/s", f"{rl_label} wall (min)", "oracle wall (min)"]
     table = markdown_table(headers, rows)
     print(table)
-    settings = (f"{args.env_id}, {args.total_timesteps} env steps, seeds {list(args.seeds)}, {args.total_labels} labels from a "
-                f"perfect simulated teacher in {args.sessions} sessions, {args.query_sampling} query sampling, "
-                f"{args.learning_starts} random + {args.unsupervised_steps} pre-exploration steps; oracle learning starts "
-                f"at {args.oracle_learning_starts}; {args.hidden_size}x{args.depth} networks; {args.parallel} runs at a "
-                f"time with {args.torch_threads or 'default'} torch thread(s) each; {machine_description()}.")
+    random_steps = f"{args.learning_starts} random + " if args.pair == "pebble" else ""
+    oracle_start = f"; oracle learning starts at {args.oracle_learning_starts}" if args.pair == "pebble" else ""
+    width = args.hidden_size or ("256" if args.pair == "pebble" else "64")
+    settings = (f"{rl_label} ({rlhf}.py) against {oracle_label} ({oracle_name}.py): {args.env_id}, {args.total_timesteps} env "
+                f"steps, seeds {list(args.seeds)}, {args.total_labels} labels from a perfect simulated teacher in "
+                f"{args.sessions} sessions, {args.query_sampling} query sampling, {random_steps}{args.unsupervised_steps} "
+                f"pre-exploration steps{oracle_start}; {width}x{args.depth} networks; {args.parallel} runs at a time with "
+                f"{args.torch_threads or 'default'} torch thread(s) each; {machine_description()}.")
     command = "python benchmarks/learning.py " + " ".join(
         f"--{k.replace('_', '-')} {v if not isinstance(v, tuple) else ' '.join(map(str, v))}"
         for k, v in vars(args).items() if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None))
-    name = f"learning_{args.env_id.split('-')[0].lower()}"
+    name = f"learning_{args.pair}_{args.env_id.split('-')[0].lower()}"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
-    print(f"saved {save_markdown(name, 'PEBBLE against the oracle SAC', body)}")
+    print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo, label in (("sac_rlhf", f"sac_rlhf.py (PEBBLE, {args.total_labels} labels)"), ("sac", "sac.py (oracle, true reward)")):
+    for algo, label in ((rlhf, f"{rlhf}.py ({rl_label}, {args.total_labels} labels)"), (oracle_name, f"{oracle_name}.py (oracle, true reward)")):
         histories = [results[(algo, s)]["eval_history"] for s in args.seeds]
         steps = [s for s, _ in histories[0]]
         values = np.array([[v for _, v in h] for h in histories])

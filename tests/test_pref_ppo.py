@@ -129,8 +129,15 @@ def test_discrete_env_is_refused(runs_dir):
 
 @pytest.mark.slow
 def test_pref_ppo_learns_inverted_pendulum_from_preferences(runs_dir):
-    # PREF_PPO_LEARNING
-    result = run_script("pref_ppo.py", *PREF_PPO_FLAGS, "--runs-dir", str(runs_dir), "--run-name", "learn")
+    """Measured (2-core CPU, seeds 1-3): 1000 (the maximum) after 20480 steps and 180 labels, in 33-44 s; the
+    untrained policy scores 4-10, and ppo.py on the true reward reached 99-662 after 16384 steps."""
+    result = run_script(
+        "pref_ppo.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "20480", "--unsupervised-steps", "2048",
+        "--segment-length", "32", "--feedback-frequency", "2048", "--labels-per-session", "20", "--total-labels", "200",
+        "--reward-hidden-size", "128", "--eval-frequency", "4096", "--eval-episodes", "5", "--no-cuda", "--seed", "1",
+        "--runs-dir", str(runs_dir), "--run-name", "learn",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(runs_dir / "learn")
-    assert summary["final_eval_return"] >= PREF_PPO_THRESHOLD, summary["eval_history"]
+    assert summary["labels_used"] == 180  # the 10th session would fall after the last step
+    assert summary["final_eval_return"] >= 500.0, summary["eval_history"]
