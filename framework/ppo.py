@@ -25,34 +25,14 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import Evaluator
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler
-from framework.runtime import UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
+from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
 from framework.tracking import Tracker
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = "ppo"
     """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to the CPU with a message)"""
-    torch_threads: int = 0
-    """CPU threads for torch (0: torch's default)"""
-    track: bool = False
-    """log to Weights & Biases too (honours WANDB_MODE=offline)"""
-    wandb_project_name: str = "prefrl"
-    """the W&B project"""
-    wandb_entity: str | None = None
-    """the W&B entity (team)"""
-    runs_dir: str = "runs"
-    """folder that holds one sub-folder per run"""
-    run_name: str | None = None
-    """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation to <run>/videos"""
     save_model: bool = False
     """save the agent and its normalisers to <run>/ppo.pt at the end"""
 

@@ -40,36 +40,16 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import Evaluator
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
-from framework.runtime import (Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
+from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
                                setup_headless_rendering, sigterm_raises_interrupted)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
-from framework.tracking import Tracker
+from framework.tracking import Tracker, timed
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = "pref_ppo"
     """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to the CPU with a message)"""
-    torch_threads: int = 0
-    """CPU threads for torch (0: torch's default)"""
-    track: bool = False
-    """log to Weights & Biases too (honours WANDB_MODE=offline)"""
-    wandb_project_name: str = "prefrl"
-    """the W&B project"""
-    wandb_entity: str | None = None
-    """the W&B entity (team)"""
-    runs_dir: str = "runs"
-    """folder that holds one sub-folder per run"""
-    run_name: str | None = None
-    """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation to <run>/videos"""
     resume: str | None = None
     """continue the run in this folder from its last checkpoint (its saved flags are used)"""
     checkpoint_frequency: int = 10_000
@@ -731,15 +711,6 @@ def main(args: Args) -> dict:
         print(f"resumed {run_dir} at step {state['global_step']} with {prefs.size} labels", flush=True)
 
     # ---------------------------------------------------------------- the loop's helpers
-    def timed(phase: str):
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                state["phase_time"][phase] = state["phase_time"].get(phase, 0.0) + time.perf_counter() - self.t0
-        return _Timer()
-
     def normalize(o: np.ndarray) -> np.ndarray:
         return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
 
@@ -750,7 +721,7 @@ def main(args: Args) -> dict:
 
     def feedback_session(step: int, n_labels: int) -> None:
         """Query pairs of stored segments, label them, train the reward model."""
-        with timed("query"):
+        with timed(state["phase_time"], "query"):
             pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
             seg_a = store.sample_segments(pool, args.segment_length, rng)
             seg_b = store.sample_segments(pool, args.segment_length, rng)
@@ -762,7 +733,7 @@ def main(args: Args) -> dict:
                 t = lambda a: torch.from_numpy(a).to(device)
                 probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
                 chosen = select_queries(args.query_sampling, probs, n_labels, rng)
-        with timed("label"):
+        with timed(state["phase_time"], "label"):
             if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
                 recent = state["recent_episodes"]
                 teacher.set_return_scale(sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1) * args.segment_length)
@@ -774,7 +745,7 @@ def main(args: Args) -> dict:
             prefs.add(x_a[keep], seg_a["mask"][keep], x_b[keep], seg_b["mask"][keep], labels[answered], step, rng)
             state["labels_used"] += n_labels
             save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-        with timed("reward_training"):
+        with timed(state["phase_time"], "reward_training"):
             unlabeled = None
             if args.surf:
                 ua = store.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
@@ -797,7 +768,7 @@ def main(args: Args) -> dict:
         state["session"] += 1
 
     def save(reason: str) -> None:
-        with timed("checkpoint"):
+        with timed(state["phase_time"], "checkpoint"):
             save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
         print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
 
@@ -838,7 +809,7 @@ def main(args: Args) -> dict:
                 if args.anneal_lr:
                     optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
-                with timed("rollout"):
+                with timed(state["phase_time"], "rollout"):
                     for step in range(args.num_steps):
                         state["global_step"] += args.num_envs
                         obs[step], dones[step] = next_obs, next_done
@@ -881,7 +852,7 @@ def main(args: Args) -> dict:
                     feedback_session(global_step, sessions[state["session"]][1])
 
                 # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
-                with timed("reward"):
+                with timed(state["phase_time"], "reward"):
                     flat_obs = torch.from_numpy(raw_obs_buf.reshape(-1, obs_dim)).to(device)
                     if exploring:
                         filled = state["explore_filled"]
@@ -902,7 +873,7 @@ def main(args: Args) -> dict:
                 if exploring and global_step + batch_size > exploration_end:
                     exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
 
-                with timed("agent_update"):
+                with timed(state["phase_time"], "agent_update"):
                     # generalised advantage estimation
                     with torch.no_grad():
                         next_value = agent.get_value(next_obs).reshape(1, -1)
@@ -957,7 +928,7 @@ def main(args: Args) -> dict:
                 tracker.steps_per_second(global_step)
 
                 if global_step >= state["next_eval"] or iteration == num_iterations:
-                    with timed("evaluation"):
+                    with timed(state["phase_time"], "evaluation"):
                         result = evaluator(policy)
                     tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
                     state["eval_history"].append((global_step, result.mean_return))

@@ -7,12 +7,42 @@ import os
 import random
 import signal
 import sys
+from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
 T = TypeVar("T")
+
+
+@dataclass
+class RunArgs:
+    """The flags every script shares (naming, seeding, device, tracking, run folder); each script's `Args`
+    extends it with its algorithm's flags."""
+
+    exp_name: str = "run"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to the CPU with a message)"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default)"""
+    track: bool = False
+    """log to Weights & Biases too (honours WANDB_MODE=offline)"""
+    wandb_project_name: str = "prefrl"
+    """the W&B project"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    runs_dir: str = "runs"
+    """folder that holds one sub-folder per run"""
+    run_name: str | None = None
+    """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
+    capture_video: bool = False
+    """record the first episode of every evaluation to <run>/videos"""
 
 
 class UsageError(ValueError):

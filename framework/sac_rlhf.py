@@ -38,36 +38,16 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
-from framework.runtime import (Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
+from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
                                setup_headless_rendering, sigterm_raises_interrupted)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
-from framework.tracking import Tracker
+from framework.tracking import Tracker, timed
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     exp_name: str = "sac_rlhf"
     """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """use CUDA when available (falls back to the CPU with a message)"""
-    torch_threads: int = 0
-    """CPU threads for torch (0: torch's default)"""
-    track: bool = False
-    """log to Weights & Biases too (honours WANDB_MODE=offline)"""
-    wandb_project_name: str = "prefrl"
-    """the W&B project"""
-    wandb_entity: str | None = None
-    """the W&B entity (team)"""
-    runs_dir: str = "runs"
-    """folder that holds one sub-folder per run"""
-    run_name: str | None = None
-    """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
-    capture_video: bool = False
-    """record the first episode of every evaluation to <run>/videos"""
     resume: str | None = None
     """continue the run in this folder from its last checkpoint (its saved flags are used)"""
     checkpoint_frequency: int = 10_000
@@ -775,15 +755,6 @@ def main(args: Args) -> dict:
         print(f"loaded pre-exploration from {path}: {rb.size} transitions", flush=True)
 
     # ---------------------------------------------------------------- the loop's helpers
-    def timed(phase: str):
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                state["phase_time"][phase] = state["phase_time"].get(phase, 0.0) + time.perf_counter() - self.t0
-        return _Timer()
-
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
         with torch.no_grad():
             return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
@@ -791,7 +762,7 @@ def main(args: Args) -> dict:
     def feedback_session(step: int, n_labels: int) -> None:
         """Query, label, train the reward model, relabel the buffer, (first time) reset the critics."""
         nonlocal alpha
-        with timed("query"):
+        with timed(state["phase_time"], "query"):
             pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
             seg_a = rb.sample_segments(pool, args.segment_length, rng)
             seg_b = rb.sample_segments(pool, args.segment_length, rng)
@@ -803,7 +774,7 @@ def main(args: Args) -> dict:
                 t = lambda a: torch.from_numpy(a).to(device)
                 probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
                 chosen = select_queries(args.query_sampling, probs, n_labels, rng)
-        with timed("label"):
+        with timed(state["phase_time"], "label"):
             if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
                 recent = state["recent_episodes"]
                 per_step = sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1)
@@ -816,7 +787,7 @@ def main(args: Args) -> dict:
             prefs.add(x_a[keep], seg_a["mask"][keep], x_b[keep], seg_b["mask"][keep], labels[answered], step, rng)
             state["labels_used"] += n_labels
             save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-        with timed("reward_training"):
+        with timed(state["phase_time"], "reward_training"):
             unlabeled = None
             if args.surf:
                 ua = rb.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
@@ -824,7 +795,7 @@ def main(args: Args) -> dict:
                 unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
                              "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
             stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
-        with timed("relabel"):
+        with timed(state["phase_time"], "relabel"):
             rb.relabel(ensemble)
         window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
         stats.update(reward_correlations(rb.learned_rewards[window], rb.true_rewards[window]))
@@ -840,7 +811,7 @@ def main(args: Args) -> dict:
         state["session"] += 1
 
     def save(reason: str) -> None:
-        with timed("checkpoint"):
+        with timed(state["phase_time"], "checkpoint"):
             save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
         print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
 
@@ -906,7 +877,7 @@ def main(args: Args) -> dict:
 
                 # learn
                 if global_step > args.learning_starts:
-                    with timed("agent_update" if not exploring else "exploration_update"):
+                    with timed(state["phase_time"], "agent_update" if not exploring else "exploration_update"):
                         idx = rb.sample_indices(args.batch_size, rng)
                         b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
                         if exploring:
@@ -963,7 +934,7 @@ def main(args: Args) -> dict:
                     tracker.steps_per_second(global_step)
                     tracker.scalars({f"time/{k}": v for k, v in state["phase_time"].items()}, global_step)
                 if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-                    with timed("evaluation"):
+                    with timed(state["phase_time"], "evaluation"):
                         result = evaluator(policy)
                     tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
                     state["eval_history"].append((global_step, result.mean_return))

@@ -6,9 +6,11 @@ without any server or account (`wandb sync` uploads it later).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from typing import Iterator
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -74,3 +76,13 @@ class Tracker:
         self.writer.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+@contextlib.contextmanager
+def timed(totals: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall time of the block to `totals[phase]` (seconds per phase of a run, logged as time/<phase>)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[phase] = totals.get(phase, 0.0) + time.perf_counter() - start
