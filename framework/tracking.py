@@ -75,7 +75,10 @@ class Tracker:
     def close(self) -> None:
         self.writer.close()
         if self.wandb_run is not None:
+            import wandb
+
             self.wandb_run.finish()
+            wandb.teardown()  # waits until W&B's service process has written everything (finish() may return first)
 
 
 @contextlib.contextmanager

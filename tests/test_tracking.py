@@ -61,6 +61,7 @@ def test_wandb_offline_run_is_written_and_readable(tmp_path, monkeypatch):
     files = glob.glob(str(tmp_path / "wb-run" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     records = read_wandb_records(files[0])
+    assert any(r.HasField("exit") for r in records), "the run's log is complete when close() returns"
     run_info = [r.run for r in records if r.HasField("run")]
     assert run_info and run_info[0].project == "prefrl-test" and run_info[0].display_name == "wb-run"
     updates = [u for r in records if r.HasField("config") for u in r.config.update] + list(run_info[0].config.update)
