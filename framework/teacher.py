@@ -68,6 +68,7 @@ class QueryBatch:
     mask_b: np.ndarray  # (n, T)
     physics_a: np.ndarray  # (n, T, nq + nv)
     physics_b: np.ndarray  # (n, T, nq + nv)
+    session: int = 0  # feedback session number, from 0
 
     def __len__(self) -> int:
         return len(self.rewards_a)

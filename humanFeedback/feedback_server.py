@@ -1,0 +1,517 @@
+"""The feedback server: trainers post pairs of clips, people answer which clip is better on a web page.
+
+    python humanFeedback/feedback_server.py                        # http://127.0.0.1:5001, data in humanFeedback/data
+    python humanFeedback/feedback_server.py --host 0.0.0.0 --token s3cret   # reachable from other machines
+
+Everything lives in one SQLite file (WAL, synchronous=FULL) and a media folder beside it, so killing the server at any
+moment loses nothing that was answered: an answer is on disk before the page hears "ok". Trainers talk to it only over
+HTTP (clips are uploaded with their query), so trainer and server need no shared disk and may run on different
+machines. The server imports nothing from `framework/`: this HTTP API is the whole contract.
+
+Trainer API (JSON unless noted):
+    PUT  /api/runs/<run>                  {env_id, question}           create or update a run
+    POST /api/runs/<run>/queries          multipart: `queries` = JSON [{key, session}], files `left:<key>`,
+                                          `right:<key>` (mp4); keys already known are left as they are
+    GET  /api/runs/<run>/queries          every query of the run: key, session, status, label
+    GET  /api/runs/<run>/events?since=N   answers and undos after event N, and the new cursor
+    POST /api/runs/<run>/close            {keys}: answered -> used (final), pending -> withdrawn; returns the labels
+    GET  /api/runs/<run>                  the run's progress
+Page API:
+    GET  /api/runs                        runs, most recently active first, with what is waiting
+    POST /api/runs/<run>/lease            {client, labeler, exclude}: hold the next pending query (short lease)
+    POST /api/leases/renew                {client, ids}
+    POST /api/queries/<id>/answer         {client, labeler, choice: left|right|equal|skip}
+    POST /api/runs/<run>/undo             {client, labeler}: take back this labeler's last answer not yet used
+Labels: the probability that the RIGHT clip is better: left 0.0, right 1.0, equal 0.5, skip (can't tell) null.
+
+Security: binds the loopback interface by default. Binding any other address requires a token (`--token` or the
+PREFRL_FEEDBACK_TOKEN environment variable) that every request must carry (header `X-Prefrl-Token` or `?token=`).
+Clips are served only from the media folder, by server-made names. No CORS headers are sent, JSON endpoints accept only
+`application/json`, and the upload needs an `X-Prefrl-Client` header, so other web sites cannot post answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from flask import Flask, Response, g, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = HERE / "data"
+TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
+CHOICES = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,199}$")  # run ids and query keys
+CLIP_NAME = re.compile(r"^[0-9a-f]{32}\.mp4$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, env_id TEXT NOT NULL, question TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS queries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id), key TEXT NOT NULL, session INTEGER NOT NULL,
+    left_clip TEXT NOT NULL, right_clip TEXT NOT NULL, created REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'answered', 'used', 'withdrawn')),
+    choice TEXT, label REAL, labeler TEXT, answered_at REAL,
+    lease_client TEXT, lease_until REAL,
+    UNIQUE (run_id, key));
+CREATE INDEX IF NOT EXISTS queries_waiting ON queries (run_id, status, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, query_id INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('answer', 'undo')),
+    choice TEXT, label REAL, labeler TEXT, client TEXT, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+"""
+
+
+class ApiError(Exception):
+    """A request the server refuses: becomes `{"error": message}` with a 4xx status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def connect(db_path: str) -> sqlite3.Connection:
+    con = sqlite3.connect(db_path, timeout=30, isolation_level=None)  # autocommit; writes use BEGIN IMMEDIATE
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA foreign_keys=ON")
+    return con
+
+
+class Transaction:
+    """`with Transaction(con):` one serialised write transaction (BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error)."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ request checking
+def json_body() -> dict:
+    if not request.is_json:
+        raise ApiError(415, "send a JSON object with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def field(body: dict, name: str, kind: type, required: bool = True, default=None):
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(400, f"missing field {name!r}")
+        return default
+    value = body[name]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ApiError(400, f"field {name!r} must be an integer, got {value!r}")
+    if kind is not int and not isinstance(value, kind):
+        raise ApiError(400, f"field {name!r} must be of type {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def short_text(body: dict, name: str, limit: int = 100, required: bool = True) -> str | None:
+    value = field(body, name, str, required)
+    if value is not None and not 0 < len(value) <= limit:
+        raise ApiError(400, f"field {name!r} must have 1 to {limit} characters")
+    return value
+
+
+def checked_name(value, what: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ApiError(400, f"{what} {value!r} is not allowed (letters, digits and _.:+=@- , at most 200 characters)")
+    return value
+
+
+def id_list(body: dict, name: str, kind: type) -> list:
+    values = field(body, name, list, required=False, default=[])
+    if len(values) > 10_000 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+        raise ApiError(400, f"field {name!r} must be a list of at most 10000 {kind.__name__} values")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------------ the app
+def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None = None, lease_seconds: float = 30.0,
+               max_request_mb: float = 64.0) -> Flask:
+    """The Flask app over `<data_dir>/feedback.sqlite3` and `<data_dir>/media/` (both created when missing)."""
+    data_dir = Path(data_dir).resolve()
+    media_dir = data_dir / "media"
+    media_dir.mkdir(parents=True, exist_ok=True)
+    db_path = str(data_dir / "feedback.sqlite3")
+    with connect(db_path) as con:
+        con.executescript(SCHEMA)
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_request_mb * 2**20)
+    app.json.sort_keys = False
+
+    def db() -> sqlite3.Connection:
+        if "db" not in g:
+            g.db = connect(db_path)
+        return g.db
+
+    @app.teardown_appcontext
+    def close_db(_exc) -> None:
+        con = g.pop("db", None)
+        if con is not None:
+            con.close()
+
+    @app.before_request
+    def check_token():
+        if token is None:
+            return None
+        given = request.headers.get("X-Prefrl-Token") or request.args.get("token") or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            if request.path.startswith("/api/") or request.path.startswith("/media/"):
+                return jsonify(error="missing or wrong token (send the X-Prefrl-Token header or ?token=)"), 401
+            return Response("This feedback server needs its token: open /?token=<token>.", 401, mimetype="text/plain")
+        return None
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError):
+        return jsonify(error=e.message), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        return jsonify(error=f"{e.name}: {e.description}"), e.code
+
+    @app.errorhandler(Exception)
+    def server_error(e: Exception):
+        app.logger.exception("unhandled error")
+        return jsonify(error="internal server error (see the server's log)"), 500
+
+    # -------------------------------------------------------------------------------------------------- helpers
+    def get_run(con: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        checked_name(run_id, "run id")
+        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ApiError(404, f"no run {run_id!r}")
+        return row
+
+    def progress(con: sqlite3.Connection, run_id: str, session: int | None = None) -> dict:
+        run = con.execute(
+            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered, SUM(status = 'pending') AS pending "
+            "FROM queries WHERE run_id = ?", (run_id,)).fetchone()
+        if session is None:
+            session = con.execute("SELECT MAX(session) FROM queries WHERE run_id = ?", (run_id,)).fetchone()[0]
+        ses = con.execute(
+            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered FROM queries "
+            "WHERE run_id = ? AND session = ? AND status != 'withdrawn'", (run_id, session)).fetchone()
+        return {"session": session, "session_answered": ses["answered"] or 0, "session_total": ses["total"],
+                "run_answered": run["answered"] or 0, "run_total": run["total"], "pending": run["pending"] or 0}
+
+    def query_json(con: sqlite3.Connection, row: sqlite3.Row) -> dict:
+        run = con.execute("SELECT env_id, question FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
+        return {"id": row["id"], "run_id": row["run_id"], "key": row["key"], "session": row["session"],
+                "env_id": run["env_id"], "question": run["question"],
+                "left": f"/media/{row['left_clip']}", "right": f"/media/{row['right_clip']}",
+                "lease_seconds": lease_seconds}
+
+    # ------------------------------------------------------------------------------------------------- the page
+    @app.get("/")
+    def page():
+        return send_from_directory(HERE / "static", "index.html", max_age=0)
+
+    @app.get("/static/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(HERE / "static", name, max_age=0)
+
+    @app.get("/media/<name>")
+    def media(name: str):
+        if not CLIP_NAME.match(name):
+            raise ApiError(404, "no such clip")
+        return send_from_directory(media_dir, name, mimetype="video/mp4", max_age=3600, conditional=True)
+
+    @app.get("/api/health")
+    def health():
+        return jsonify(ok=True, time=time.time())
+
+    # ------------------------------------------------------------------------------------------ trainer API
+    @app.put("/api/runs/<run_id>")
+    def put_run(run_id: str):
+        checked_name(run_id, "run id")
+        body = json_body()
+        env_id = short_text(body, "env_id", 200)
+        question = short_text(body, "question", 500, required=False) or "Which clip is better?"
+        now = time.time()
+        with Transaction(db()) as con:
+            con.execute("INSERT INTO runs (id, env_id, question, created, updated) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET env_id = excluded.env_id, question = excluded.question, "
+                        "updated = excluded.updated", (run_id, env_id, question, now, now))
+        return jsonify(run_id=run_id, env_id=env_id, question=question)
+
+    @app.get("/api/runs/<run_id>")
+    def run_status(run_id: str):
+        con = db()
+        run = get_run(con, run_id)
+        return jsonify(run_id=run_id, env_id=run["env_id"], question=run["question"], progress=progress(con, run_id))
+
+    @app.post("/api/runs/<run_id>/queries")
+    def post_queries(run_id: str):
+        if not request.headers.get("X-Prefrl-Client"):
+            raise ApiError(403, "uploads need the X-Prefrl-Client header")
+        con = db()
+        get_run(con, run_id)
+        try:
+            specs = json.loads(request.form.get("queries", ""))
+        except json.JSONDecodeError:
+            raise ApiError(400, "form field 'queries' must be a JSON list of {key, session}")
+        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs) or len(specs) > 1000:
+            raise ApiError(400, "form field 'queries' must be a JSON list of at most 1000 {key, session} objects")
+        keys = [checked_name(s.get("key"), "query key") for s in specs]
+        if len(set(keys)) != len(keys):
+            raise ApiError(400, "query keys repeat within the upload")
+        sessions = [field(s, "session", int) for s in specs]
+        if any(s < 0 for s in sessions):
+            raise ApiError(400, "field 'session' must be >= 0")
+        known = {r["key"] for r in con.execute(
+            f"SELECT key FROM queries WHERE run_id = ? AND key IN ({','.join('?' * len(keys))})", (run_id, *keys))}
+        new = [(k, s) for k, s in zip(keys, sessions) if k not in known]
+        clips = {}
+        for key, _ in new:  # check every file before writing any
+            for side in ("left", "right"):
+                upload = request.files.get(f"{side}:{key}")
+                if upload is None:
+                    raise ApiError(400, f"missing file '{side}:{key}'")
+                data = upload.read()
+                if len(data) < 12 or data[4:8] != b"ftyp":
+                    raise ApiError(415, f"file '{side}:{key}' is not an mp4 video")
+                clips[(key, side)] = data
+        names = {}
+        for (key, side), data in clips.items():  # clips reach the disk before the rows that point at them
+            name = f"{uuid.uuid4().hex}.mp4"
+            tmp = media_dir / f".{name}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, media_dir / name)
+            names[(key, side)] = name
+        now = time.time()
+        with Transaction(con):
+            for key, session in new:
+                con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created) VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (run_id, key) DO NOTHING",
+                            (run_id, key, session, names[(key, "left")], names[(key, "right")], now))
+            con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
+        return jsonify(added=[k for k, _ in new], existing=sorted(known))
+
+    @app.get("/api/runs/<run_id>/queries")
+    def list_queries(run_id: str):
+        con = db()
+        get_run(con, run_id)
+        rows = con.execute("SELECT key, session, status, choice, label FROM queries WHERE run_id = ? ORDER BY id", (run_id,))
+        return jsonify(queries=[dict(r) for r in rows])
+
+    @app.get("/api/runs/<run_id>/events")
+    def events(run_id: str):
+        con = db()
+        get_run(con, run_id)
+        since = request.args.get("since", "0")
+        if not since.isdigit():
+            raise ApiError(400, f"'since' must be a non-negative integer, got {since!r}")
+        rows = con.execute("SELECT id, key, kind, choice, label, labeler, time FROM events WHERE run_id = ? AND id > ? "
+                           "ORDER BY id LIMIT 1000", (run_id, int(since))).fetchall()
+        cursor = rows[-1]["id"] if rows else int(since)
+        return jsonify(events=[dict(r) for r in rows], cursor=cursor)
+
+    @app.post("/api/runs/<run_id>/close")
+    def close(run_id: str):
+        body = json_body()
+        keys = [checked_name(k, "query key") for k in id_list(body, "keys", str)]
+        with Transaction(db()) as con:
+            get_run(con, run_id)
+            labels = {}
+            for key in keys:
+                row = con.execute("SELECT id, status, label FROM queries WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+                if row is None:
+                    raise ApiError(404, f"run {run_id!r} has no query {key!r}")
+                if row["status"] == "answered":
+                    con.execute("UPDATE queries SET status = 'used' WHERE id = ?", (row["id"],))
+                elif row["status"] == "pending":
+                    con.execute("UPDATE queries SET status = 'withdrawn', lease_client = NULL WHERE id = ?", (row["id"],))
+                answered = row["status"] in ("answered", "used")
+                labels[key] = {"answered": answered, "label": row["label"] if answered else None}
+        return jsonify(labels=labels)
+
+    # --------------------------------------------------------------------------------------------- page API
+    @app.get("/api/runs")
+    def list_runs():
+        con = db()
+        rows = con.execute(
+            "SELECT r.id, r.env_id, r.question, r.updated, COUNT(q.id) AS total, "
+            "SUM(q.status = 'pending') AS pending, SUM(q.status IN ('answered', 'used')) AS answered, "
+            "MAX(q.created) AS last_query FROM runs r LEFT JOIN queries q ON q.run_id = r.id "
+            "GROUP BY r.id ORDER BY (SUM(q.status = 'pending') > 0) DESC, COALESCE(MAX(q.created), r.updated) DESC").fetchall()
+        return jsonify(runs=[{k: (r[k] or 0) if k in ("total", "pending", "answered") else r[k] for k in r.keys()}
+                             for r in rows])
+
+    @app.post("/api/runs/<run_id>/lease")
+    def lease(run_id: str):
+        body = json_body()
+        client = short_text(body, "client")
+        short_text(body, "labeler", required=False)
+        exclude = id_list(body, "exclude", int)
+        now = time.time()
+        with Transaction(db()) as con:
+            get_run(con, run_id)
+            not_in = f"AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+            row = con.execute(
+                f"SELECT * FROM queries WHERE run_id = ? AND status = 'pending' "
+                f"AND (lease_client IS NULL OR lease_until < ? OR lease_client = ?) {not_in} "
+                f"ORDER BY (lease_client IS ? AND lease_until >= ?) DESC, id LIMIT 1",
+                (run_id, now, client, *exclude, client, now)).fetchone()
+            if row is not None:
+                con.execute("UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",
+                            (client, now + lease_seconds, row["id"]))
+            return jsonify(query=query_json(con, row) if row is not None else None, progress=progress(con, run_id))
+
+    @app.post("/api/leases/renew")
+    def renew():
+        body = json_body()
+        client = short_text(body, "client")
+        ids = id_list(body, "ids", int)
+        now = time.time()
+        with Transaction(db()) as con:
+            renewed = []
+            for qid in ids:
+                cur = con.execute("UPDATE queries SET lease_until = ? WHERE id = ? AND status = 'pending' AND "
+                                  "(lease_client = ? OR lease_client IS NULL OR lease_until < ?)",
+                                  (now + lease_seconds, qid, client, now))
+                if cur.rowcount:
+                    con.execute("UPDATE queries SET lease_client = ? WHERE id = ?", (client, qid))
+                    renewed.append(qid)
+        return jsonify(renewed=renewed)
+
+    @app.post("/api/queries/<int:query_id>/answer")
+    def answer(query_id: int):
+        body = json_body()
+        client = short_text(body, "client")
+        labeler = short_text(body, "labeler")
+        choice = field(body, "choice", str)
+        if choice not in CHOICES:
+            raise ApiError(400, f"choice {choice!r} is not one of {sorted(CHOICES)}")
+        now = time.time()
+        with Transaction(db()) as con:
+            row = con.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
+            if row is None:
+                raise ApiError(404, f"no query {query_id}")
+            if row["status"] in ("answered", "used"):
+                if row["choice"] == choice:  # the same answer again (a retried request): stored once
+                    return jsonify(ok=True, duplicate=True, progress=progress(con, row["run_id"], row["session"]))
+                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first")
+            if row["status"] == "withdrawn":
+                raise ApiError(409, f"query {query_id} was withdrawn by the trainer")
+            if row["lease_client"] not in (None, client) and row["lease_until"] >= now:
+                raise ApiError(409, f"query {query_id} is being answered by another labeler")
+            label = CHOICES[choice]
+            con.execute("UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
+                        "lease_client = NULL, lease_until = NULL WHERE id = ?", (choice, label, labeler, now, query_id))
+            con.execute("INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, time) "
+                        "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?)",
+                        (row["run_id"], query_id, row["key"], choice, label, labeler, client, now))
+            con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, row["run_id"]))
+            return jsonify(ok=True, duplicate=False, progress=progress(con, row["run_id"], row["session"]))
+
+    @app.post("/api/runs/<run_id>/undo")
+    def undo(run_id: str):
+        body = json_body()
+        client = short_text(body, "client")
+        labeler = short_text(body, "labeler")
+        now = time.time()
+        with Transaction(db()) as con:
+            get_run(con, run_id)
+            row = con.execute(
+                "SELECT q.* FROM events e JOIN queries q ON q.id = e.query_id WHERE e.run_id = ? AND e.kind = 'answer' "
+                "AND (e.client = ? OR e.labeler = ?) AND q.status IN ('answered', 'used') "
+                "AND e.id = (SELECT MAX(id) FROM events WHERE query_id = e.query_id) ORDER BY e.id DESC LIMIT 1",
+                (run_id, client, labeler)).fetchone()
+            if row is None:
+                raise ApiError(409, "nothing to undo")
+            if row["status"] == "used":
+                raise ApiError(409, "that answer was already used by the trainer and cannot be undone")
+            con.execute("UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
+                        "answered_at = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
+                        (client, now + lease_seconds, row["id"]))
+            con.execute("INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) VALUES (?, ?, ?, 'undo', ?, ?, ?)",
+                        (run_id, row["id"], row["key"], labeler, client, now))
+            return jsonify(query=query_json(con, row), progress=progress(con, run_id, row["session"]))
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The prefrl feedback server (labeling page + trainer API).")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder for the SQLite file and the clips")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
+                        help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV})")
+    parser.add_argument("--lease-seconds", type=float, default=30.0,
+                        help="how long a page holds a query without renewing it (a closed tab frees it after this)")
+    parser.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted (uploads)")
+    args = parser.parse_args(argv)
+    if not is_loopback(args.host) and not args.token:
+        print(f"error: --host {args.host} is reachable from other machines; give a token with --token or "
+              f"${TOKEN_ENV} (for example: --token {secrets.token_urlsafe(16)})", file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536 or not args.lease_seconds > 0 or not args.max_request_mb > 0 or not math.isfinite(args.lease_seconds):
+        print("error: --port must be 1-65535, --lease-seconds and --max-request-mb positive", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(args.data_dir, args.token or None, args.lease_seconds, args.max_request_mb)
+    except (OSError, sqlite3.Error) as e:
+        print(f"error: cannot use --data-dir {args.data_dir!r}: {e}", file=sys.stderr)
+        return 2
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    suffix = "/?token=<token>" if args.token else "/"
+    print(f"feedback server: http://{shown}:{args.port}{suffix} (data in {Path(args.data_dir).resolve()})", flush=True)
+    from werkzeug.serving import run_simple
+
+    try:
+        run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
