@@ -290,18 +290,21 @@ def slurm_state(job) -> str:
     return SLURM_TERMINAL.get(raw, "running")
 
 
-def slurm_executor(folder: str, args: Args, name: str):
-    """A submitit executor for this sweep's jobs, with the partition, limits and mail settings of `args`."""
+def slurm_executor(folder: str, name: str, time_min: int, cpus: int, mem_gb: float, partition: str | None = None,
+                   mail_user: str | None = None, mail_type: str = "FAIL"):
+    """A submitit executor for SLURM jobs with these limits (mail only when `mail_user` is given)."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    extra = {}
-    if args.slurm_mail_user:
-        extra = {"mail_user": args.slurm_mail_user, "mail_type": args.slurm_mail_type}
-    executor.update_parameters(name=name, timeout_min=args.slurm_time_min, cpus_per_task=args.slurm_cpus,
-                               mem_gb=args.slurm_mem_gb, slurm_partition=args.slurm_partition,
-                               slurm_additional_parameters=extra)
+    extra = {"mail_user": mail_user, "mail_type": mail_type} if mail_user else {}
+    executor.update_parameters(name=name, timeout_min=time_min, cpus_per_task=cpus, mem_gb=mem_gb,
+                               slurm_partition=partition, slurm_additional_parameters=extra)
     return executor
+
+
+def sweep_executor(args: Args, folder: str, name: str):
+    return slurm_executor(folder, name, args.slurm_time_min, args.slurm_cpus, args.slurm_mem_gb, args.slurm_partition,
+                          args.slurm_mail_user, args.slurm_mail_type)
 
 
 class SlurmLauncher:
@@ -309,7 +312,7 @@ class SlurmLauncher:
 
     def __init__(self, algorithm: str, args: Args, folder: str):
         self.script = os.path.join(ROOT, "framework", f"{ALGORITHMS[algorithm]}.py")
-        self.executor = slurm_executor(folder, args, f"sweep-{algorithm}")
+        self.executor = sweep_executor(args, folder, f"sweep-{algorithm}")
 
     def start(self, trial: Trial, argv: list[str], log_path: str) -> None:
         trial.handle = self.executor.submit(run_command, [sys.executable, self.script, *argv], log_path, ROOT)
@@ -461,7 +464,7 @@ def run_wandb_sweep(args: Args, config: dict, sweep_dir: str) -> list[Trial]:
 def submit_wandb_workers(args: Args, sweep_id: str, sweep_dir: str) -> list[Trial]:
     """SLURM jobs that each join the W&B sweep and run its trials in-process (slurm/sweep_worker.sbatch does the
     same with sbatch)."""
-    executor = slurm_executor(os.path.join(sweep_dir, "slurm"), args, f"sweep-worker-{sweep_id}")
+    executor = sweep_executor(args, os.path.join(sweep_dir, "slurm"), f"sweep-worker-{sweep_id}")
     per_worker = math.ceil(args.sweep_count / args.max_parallel)
     command = [sys.executable, os.path.abspath(__file__), "--config-filename", os.path.abspath(args.config_filename),
                "--algorithm", args.algorithm, "--mode", "wandb", "--sweep-id", sweep_id, "--project-name",
