@@ -216,10 +216,10 @@ class HumanTeacher:
 
     def __init__(self, client: FeedbackClient, run_id: str, env_id: str, run_dir: str, clip_size: int = 320,
                  clip_fps: float = 30.0, timeout: float = 0.0, question: str = "Which clip is better?",
-                 poll_interval: float = 0.5, progress: bool = True):
+                 poll_interval: float = 0.5, progress: bool = True, close_grace: float = 30.0):
         self.client, self.run_id, self.env_id = client, run_id, env_id
         self.clip_size, self.clip_fps, self.timeout = clip_size, clip_fps, timeout
-        self.poll_interval, self.progress = poll_interval, progress
+        self.poll_interval, self.progress, self.close_grace = poll_interval, progress, close_grace
         self.answers_path = os.path.join(run_dir, "answers.jsonl")
         self.recorded: set[int] = set()
         if os.path.exists(self.answers_path):  # a resumed run: these events are already in the file
@@ -322,7 +322,12 @@ class HumanTeacher:
         finally:
             bar.close()
         # close the session: what the server holds now is final (the page can no longer undo it)
-        final = self.client.close(self.run_id, keys)
+        try:
+            final = self.client.close(self.run_id, keys, time.monotonic() + self.close_grace if timed_out else None)
+        except FeedbackTimeout:  # the server went away after the deadline: keep what arrived before
+            final = {k: {"answered": k in current, "label": current[k]["label"] if k in current else None} for k in keys}
+            print(f"feedback session {queries.session + 1}: the server is unreachable; using the {len(current)} "
+                  "answers received before it went away", flush=True)
         labels = np.array([final[k]["label"] if final[k]["answered"] and final[k]["label"] is not None else np.nan
                            for k in keys], dtype=np.float64)
         answered = sum(final[k]["answered"] for k in keys)

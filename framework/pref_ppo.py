@@ -38,6 +38,7 @@ import torch.optim as optim
 from framework.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import Evaluator
+from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, make_human_teacher, validate_feedback_args
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
@@ -47,7 +48,7 @@ from framework.tracking import Tracker, timed
 
 
 @dataclass
-class Args(RunArgs):
+class Args(HumanFeedbackArgs, RunArgs):
     exp_name: str = "pref_ppo"
     """the name of this experiment (part of the run name)"""
     resume: str | None = None
@@ -226,6 +227,10 @@ def validate(args: Args) -> None:
     if args.num_steps < args.segment_length:
         raise UsageError(f"--num-steps ({args.num_steps}) must be at least --segment-length ({args.segment_length}): "
                          "segments are cut from each env's rollout")
+    validate_feedback_args(args)
+    if args.teacher_feedback_mode == "human" and args.teacher_reward is not None:
+        raise UsageError("--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
+                         "the person on the feedback page judges")
     if args.labels_per_session > max(args.total_labels, 1):
         raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
                          f"--total-labels ({args.total_labels})")
@@ -613,7 +618,9 @@ def main(args: Args) -> dict:
         checkpoint = load_checkpoint(path)
         saved = checkpoint["args"]
         folder = os.path.normpath(args.resume)
-        args = Args(**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(Args)})
+        given = {f.name for f in fields(Args) if f.name in RESUME_OVERRIDABLE and getattr(args, f.name) != f.default}
+        args = Args(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
+                       for f in fields(Args)})
         args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
     validate(args)
     setup_headless_rendering()
@@ -639,8 +646,11 @@ def main(args: Args) -> dict:
     evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
                           os.path.join(run_dir, "videos"), teacher_reward)
     rng = np.random.default_rng(args.seed)
-    teacher: Teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake,
-                                        args.teacher_eps_skip, args.teacher_eps_equal, seed=args.seed + 1)
+    if args.teacher_feedback_mode == "human":  # a person answers on the feedback server's page
+        teacher: Teacher = make_human_teacher(args, run_name, args.env_id, run_dir)
+    else:
+        teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake,
+                                   args.teacher_eps_skip, args.teacher_eps_equal, seed=args.seed + 1)
 
     obs_shape = envs.single_observation_space.shape
     obs_dim, action_dim = int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape))
@@ -669,7 +679,7 @@ def main(args: Args) -> dict:
 
     state = {"global_step": 0, "iteration": 0, "session": 0, "labels_used": 0, "best_eval": -math.inf,
              "evals_since_best": 0, "eval_history": [], "phase_time": {}, "recent_episodes": [],
-             "next_eval": args.eval_frequency, "explore_filled": 0}
+             "next_eval": args.eval_frequency, "explore_filled": 0, "pending_queries": None}
 
     def snapshot() -> dict:
         return {
@@ -722,27 +732,36 @@ def main(args: Args) -> dict:
     def feedback_session(step: int, n_labels: int) -> None:
         """Query pairs of stored segments, label them, train the reward model."""
         with timed(state["phase_time"], "query"):
-            pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
-            seg_a = store.sample_segments(pool, args.segment_length, rng)
-            seg_b = store.sample_segments(pool, args.segment_length, rng)
-            x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
-            x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
-            if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
-                chosen = rng.choice(pool, n_labels, replace=False)
-            else:
-                t = lambda a: torch.from_numpy(a).to(device)
-                probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
-                chosen = select_queries(args.query_sampling, probs, n_labels, rng)
+            q = state["pending_queries"]  # set when the run stopped while a person was answering this session
+            if q is None:
+                pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
+                seg_a = store.sample_segments(pool, args.segment_length, rng)
+                seg_b = store.sample_segments(pool, args.segment_length, rng)
+                x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
+                x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
+                if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
+                    chosen = rng.choice(pool, n_labels, replace=False)
+                else:
+                    t = lambda a: torch.from_numpy(a).to(device)
+                    probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
+                    chosen = select_queries(args.query_sampling, probs, n_labels, rng)
+                q = {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
+                     **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
+                        for k in ("mask", "teacher_rewards", "physics")}}
         with timed(state["phase_time"], "label"):
             if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
                 recent = state["recent_episodes"]
                 teacher.set_return_scale(sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1) * args.segment_length)
-            queries = QueryBatch(args.env_id, step, seg_a["teacher_rewards"][chosen], seg_b["teacher_rewards"][chosen],
-                                 seg_a["mask"][chosen], seg_b["mask"][chosen], seg_a["physics"][chosen], seg_b["physics"][chosen])
+            queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
+                                 q["mask_b"], q["physics_a"], q["physics_b"], session=state["session"])
+            if args.teacher_feedback_mode == "human":  # a checkpoint holds the queries while people answer them
+                state["pending_queries"] = q
+                save("feedback session waits for answers")
             labels = teacher.answer(queries)
+            state["pending_queries"] = None
             answered = ~np.isnan(labels)
-            keep = chosen[answered]
-            prefs.add(x_a[keep], seg_a["mask"][keep], x_b[keep], seg_b["mask"][keep], labels[answered], step, rng)
+            prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                      labels[answered], step, rng)
             state["labels_used"] += n_labels
             save_labels(prefs, os.path.join(run_dir, "labels.npz"))
         with timed(state["phase_time"], "reward_training"):

@@ -50,7 +50,7 @@ from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA_DIR = HERE / "data"
+DEFAULT_DATA_DIR = Path(os.environ.get("PREFRL_FEEDBACK_DATA_DIR") or HERE / "data")
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 CHOICES = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,199}$")  # run ids and query keys
@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The prefrl feedback server (labeling page + trainer API).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder for the SQLite file and the clips")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
+                        help="folder for the SQLite file and the clips (default: $PREFRL_FEEDBACK_DATA_DIR or humanFeedback/data)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
                         help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV})")
     parser.add_argument("--lease-seconds", type=float, default=30.0,

@@ -1,0 +1,209 @@
+"""The trainer's side of the human loop: the client's retries and timeout, and kill -9 / resume of a trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT, run_script
+from feedback_helpers import ApiLabeler, Server, api, free_port
+from framework.feedback_client import FeedbackClient, FeedbackServerError, HumanTeacher
+from framework.teacher import QueryBatch
+from test_clips import rollout_states
+
+
+def query_batch(n: int, seg_len: int = 8, session: int = 0) -> QueryBatch:
+    states = rollout_states("InvertedPendulum-v5", 2 * n * seg_len).reshape(2, n, seg_len, -1)
+    zeros, ones = np.zeros((n, seg_len)), np.ones((n, seg_len))
+    return QueryBatch("InvertedPendulum-v5", 100, zeros, zeros, ones, ones, states[0], states[1], session=session)
+
+
+def test_client_retries_until_the_server_is_up(tmp_path):
+    server = Server(tmp_path / "data")
+    logs: list[str] = []
+    client = FeedbackClient(server.url, log=logs.append, max_backoff=0.5)
+    threading.Timer(1.5, server.start, kwargs={"wait": False}).start()
+    try:
+        assert client.put_run("run-1", "Hopper-v5", "Which?")["run_id"] == "run-1"
+        assert "unreachable" in logs[0] and "is back" in logs[-1]
+    finally:
+        time.sleep(0.5)
+        server.stop()
+
+
+def test_a_wrong_token_is_a_clear_error(tmp_path):
+    server = Server(tmp_path / "data", token="right").start()
+    try:
+        with pytest.raises(FeedbackServerError, match="PREFRL_FEEDBACK_TOKEN"):
+            FeedbackClient(server.url, token="wrong").put_run("run-1", "Hopper-v5", "Which?")
+    finally:
+        server.stop()
+
+
+def test_answers_arrive_in_order_and_are_kept_in_the_run_folder(tmp_path):
+    server = Server(tmp_path / "data").start()
+    labeler = ApiLabeler(server.url, choose=lambda q: ["left", "right", "equal", "skip"][int(q["key"][-1]) % 4])
+    labeler.start()
+    try:
+        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
+                               progress=False, poll_interval=0.1)
+        labels = teacher.answer(query_batch(4))
+        np.testing.assert_array_equal(labels, [0.0, 1.0, 0.5, np.nan])
+        records = [json.loads(line) for line in open(tmp_path / "answers.jsonl")]
+        assert [r["choice"] for r in records if "event" in r] == ["left", "right", "equal", "skip"]
+        assert records[-1]["closed"] == 0 and records[-1]["labels"] == [0.0, 1.0, 0.5, None]
+        # the clips on the server are real, playable H.264
+        q = api(server, "GET", "/api/runs/run-1/queries").json()["queries"]
+        assert {x["status"] for x in q} == {"used"}
+    finally:
+        labeler.stop()
+        server.stop()
+
+
+def test_timeout_goes_on_with_the_answers_received(tmp_path):
+    server = Server(tmp_path / "data").start()
+
+    def answer_two():
+        answered = 0
+        while answered < 2:
+            q = requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"] \
+                if requests.get(server.url + "/api/runs", timeout=5).json()["runs"] else None
+            if q:
+                requests.post(server.url + f"/api/queries/{q['id']}/answer", timeout=5,
+                              json={"client": "a", "labeler": "a", "choice": "right"})
+                answered += 1
+            time.sleep(0.1)
+
+    threading.Thread(target=answer_two, daemon=True).start()
+    try:
+        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
+                               timeout=4.0, progress=False, poll_interval=0.1)
+        start = time.monotonic()
+        labels = teacher.answer(query_batch(4))
+        assert 3.5 < time.monotonic() - start < 20
+        assert np.sum(labels == 1.0) == 2 and np.isnan(labels).sum() == 2
+        statuses = sorted(q["status"] for q in api(server, "GET", "/api/runs/run-1/queries").json()["queries"])
+        assert statuses == ["used", "used", "withdrawn", "withdrawn"]  # the rest left the page
+    finally:
+        server.stop()
+
+
+def test_a_server_that_dies_mid_session_does_not_end_the_run(tmp_path):
+    server = Server(tmp_path / "data").start()
+    teacher = HumanTeacher(FeedbackClient(server.url, max_backoff=0.5, log=lambda m: None), "run-1",
+                           "InvertedPendulum-v5", str(tmp_path), clip_size=64, timeout=3.0, progress=False,
+                           poll_interval=0.1, close_grace=1.0)
+    threading.Timer(1.0, server.kill9).start()
+    labels = teacher.answer(query_batch(2))
+    assert np.isnan(labels).all()
+
+
+HUMAN_RUN = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "900", "--learning-starts", "100",
+             "--unsupervised-steps", "100", "--feedback-frequency", "300", "--labels-per-session", "6",
+             "--total-labels", "18", "--segment-length", "15", "--eval-frequency", "900", "--eval-episodes", "2",
+             "--checkpoint-frequency", "300", "--teacher-feedback-mode", "human", "--clip-size", "64",
+             "--torch-threads", "1", "--no-cuda"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(tmp_path, runs_dir):
+    server = Server(tmp_path / "data").start()
+    run = "pend-human"
+    trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *HUMAN_RUN,
+                                "--feedback-server-url", server.url, "--runs-dir", str(runs_dir), "--run-name", run],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    labeler = None
+    try:
+        def session_queries():
+            r = api(server, "GET", f"/api/runs/{run}/queries")
+            return r.ok and len(r.json()["queries"]) == 6 and r.json()["queries"]
+        first = wait_for(session_queries, 120, "the first session's queries")
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(10)
+        # while the trainer is down, a person answers the whole first session
+        for i, q in enumerate(first):
+            lease = api(server, "POST", f"/api/runs/{run}/lease", json={"client": "p"}).json()["query"]
+            assert api(server, "POST", f"/api/queries/{lease['id']}/answer",
+                       json={"client": "p", "labeler": "person", "choice": "left"}).ok
+        labeler = ApiLabeler(server.url, choose=lambda q: "right")
+        labeler.start()
+        resumed = run_script("sac_rlhf.py", "--resume", str(runs_dir / run), timeout=300)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "resumed" in resumed.stdout
+    finally:
+        if labeler:
+            labeler.stop()
+        if trainer.poll() is None:
+            trainer.kill()
+        server.stop()
+    queries = api(server.start(), "GET", f"/api/runs/{run}/queries").json()["queries"]
+    server.stop()
+    first_keys = {q["key"] for q in first}
+    assert len([q for q in queries if q["session"] == 0]) == 6  # the first session was not asked again
+    assert all(q["status"] == "used" for q in queries) and len(queries) == 18
+    records = [json.loads(line) for line in open(runs_dir / run / "answers.jsonl")]
+    given_meanwhile = [r for r in records if r.get("key") in first_keys]
+    assert [r["labeler"] for r in given_meanwhile] == ["person"] * 6
+    closed = [r for r in records if "closed" in r]
+    assert [c["closed"] for c in closed] == [0, 1, 2] and closed[0]["labels"] == [0.0] * 6
+    summary = json.loads((runs_dir / run / "summary.json").read_text())
+    assert summary["labels_used"] == 18 and summary["labels_stored"] == 18
+    from framework.sac_rlhf import load_labels
+
+    labels = load_labels(str(runs_dir / run / "labels.npz"))["labels"]
+    assert sorted(labels.tolist()) == [0.0] * 6 + [1.0] * 12  # the person's answers, then the labeler's
+
+
+def test_pref_ppo_human_mode_with_an_autostarted_server(tmp_path, runs_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    labeler = ApiLabeler(url, choose=lambda q: "right")
+    labeler.start()
+    env = dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(tmp_path / "data"))
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "framework" / "pref_ppo.py"), "--env-id", "InvertedPendulum-v5",
+             "--total-timesteps", "2048", "--num-envs", "2", "--num-steps", "256", "--unsupervised-steps", "512",
+             "--feedback-frequency", "512", "--labels-per-session", "5", "--total-labels", "10",
+             "--segment-length", "15", "--eval-frequency", "2048", "--eval-episodes", "2", "--teacher-feedback-mode",
+             "human", "--feedback-server-autostart", "--feedback-server-url", url, "--clip-size", "64",
+             "--runs-dir", str(runs_dir), "--run-name", "ppo-human", "--torch-threads", "1", "--no-cuda"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        labeler.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "started a feedback server" in result.stdout
+    summary = json.loads((runs_dir / "ppo-human" / "summary.json").read_text())
+    assert summary["labels_stored"] == 10
+    assert len(labeler.answered) == 10 and (tmp_path / "data" / "feedback.sqlite3").exists()
+    with pytest.raises(requests.ConnectionError):  # the child server stopped with the trainer
+        requests.get(url + "/api/health", timeout=2)
+
+
+def test_bad_human_mode_flags_fail_at_start(runs_dir):
+    for flags, needle in [(["--feedback-server-url", "ftp://x"], "http"), (["--feedback-timeout", "-1"], "timeout"),
+                          (["--clip-size", "99"], "clip-size"),
+                          (["--teacher-reward", "x.py:f"], "teacher-reward"),
+                          (["--feedback-server-autostart", "--feedback-server-url", "http://10.1.2.3:5001"], "autostart")]:
+        result = run_script("sac_rlhf.py", "--teacher-feedback-mode", "human", "--runs-dir", str(runs_dir), *flags,
+                            timeout=120)
+        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr)
