@@ -271,6 +271,8 @@ class LocalLauncher:
         code = trial.handle.poll()
         if code is None or trial.state != "running":
             return trial.state
+        if code != 0:
+            trial.detail = f"exit status {code}"
         return "finished" if code == 0 else "failed"
 
     def stop(self, trial: Trial) -> None:
