@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# PEBBLE on Swimmer-v5 with a person labeling clips in the browser (the feedback server starts with the run).
+# The budget is the simulated-teacher script's (swimmer_synthetic.sh); a person is slower and noisier than
+# the simulated teacher, so returns are expected lower. Simulated-teacher result:
+# not measured yet: the HalfCheetah-v5 settings (50k env steps, 500 labels in 10 sessions, disagreement),
+# a starting point; tune with sweep_config/sac_rlhf_swimmer.yaml.
+# Extra flags are passed on: scripts/swimmer_human.sh --seed 2 --track
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+PY="${PREFRL_PYTHON:-.venv/bin/python}"
+exec "$PY" framework/sac_rlhf.py --env-id Swimmer-v5 --total-timesteps 50000 --learning-starts 1000 --unsupervised-steps 4000 --feedback-frequency 4500 \
+  --labels-per-session 50 --total-labels 500 --query-sampling disagreement --depth 2 --eval-frequency 5000 --eval-episodes 5 \
+  --teacher-feedback-mode human --feedback-server-autostart \
+  "$@"
