@@ -249,6 +249,10 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def page():
         return send_from_directory(HERE / "static", "index.html", max_age=0)
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
+
     @app.get("/static/<path:name>")
     def static_file(name: str):
         return send_from_directory(HERE / "static", name, max_age=0)

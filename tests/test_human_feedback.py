@@ -130,7 +130,7 @@ def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(t
     run = "pend-human"
     trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *HUMAN_RUN,
                                 "--feedback-server-url", server.url, "--runs-dir", str(runs_dir), "--run-name", run],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     labeler = None
     try:
         def session_queries():
