@@ -6,11 +6,13 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; installed before the project so pip never resolves a CUDA build.
 TORCH ?= torch==2.13.0
 APT_PACKAGES ?= libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglfw3
+# what only the tests need: the browser of the end-to-end labeling test
+APT_TEST_PACKAGES ?= chromium
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
-.PHONY: setup system-deps run test bench clean
+.PHONY: setup system-deps test-deps run test bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -21,9 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-system-deps:
+system-deps test-deps: PACKAGES = $(if $(filter test-deps,$@),$(APT_TEST_PACKAGES),$(APT_PACKAGES))
+system-deps test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system packages: $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -35,7 +38,7 @@ run: setup
 	$(PY) framework/sac_rlhf.py --env-id Hopper-v5 --total-timesteps 20000 --unsupervised-steps 4000 \
 	  --feedback-frequency 3000 --labels-per-session 50 --total-labels 250 --eval-frequency 5000 --eval-episodes 5
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest tests
 
 bench: setup
