@@ -4,12 +4,6 @@
 # the simulated teacher, so returns are expected lower. Simulated-teacher result:
 # not measured yet: 30k env steps, 300 labels in 10 sessions of 25-step segments (Reacher episodes are 50
 # steps), a starting point; tune with sweep_config/sac_rlhf_reacher.yaml.
-# Extra flags are passed on: scripts/reacher_human.sh --seed 2 --track
+# The same flags as reacher_synthetic.sh, with the human teacher. Extra flags are passed on: scripts/reacher_human.sh --seed 2 --track
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-PY="${PREFRL_PYTHON:-.venv/bin/python}"
-exec "$PY" framework/sac_rlhf.py --env-id Reacher-v5 --total-timesteps 30000 --learning-starts 1000 --unsupervised-steps 2000 --feedback-frequency 2700 \
-  --labels-per-session 30 --total-labels 300 --segment-length 25 --query-sampling disagreement --eval-frequency 3000 --eval-episodes 10 \
-  --teacher-feedback-mode human --feedback-server-autostart \
-  "$@"
+exec "$(dirname "$0")/reacher_synthetic.sh" --teacher-feedback-mode human --feedback-server-autostart "$@"

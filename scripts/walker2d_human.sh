@@ -4,12 +4,6 @@
 # the simulated teacher, so returns are expected lower. Simulated-teacher result:
 # not measured yet: the HalfCheetah-v5 settings (50k env steps, 500 labels in 10 sessions, disagreement),
 # a starting point; tune with sweep_config/sac_rlhf_walker2d.yaml.
-# Extra flags are passed on: scripts/walker2d_human.sh --seed 2 --track
+# The same flags as walker2d_synthetic.sh, with the human teacher. Extra flags are passed on: scripts/walker2d_human.sh --seed 2 --track
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-PY="${PREFRL_PYTHON:-.venv/bin/python}"
-exec "$PY" framework/sac_rlhf.py --env-id Walker2d-v5 --total-timesteps 50000 --learning-starts 1000 --unsupervised-steps 4000 --feedback-frequency 4500 \
-  --labels-per-session 50 --total-labels 500 --query-sampling disagreement --depth 2 --eval-frequency 5000 --eval-episodes 5 \
-  --teacher-feedback-mode human --feedback-server-autostart \
-  "$@"
+exec "$(dirname "$0")/walker2d_synthetic.sh" --teacher-feedback-mode human --feedback-server-autostart "$@"

@@ -207,7 +207,7 @@ def test_sweep_trials_run_as_slurm_jobs(slurm_cluster, tmp_path):
 
 
 def test_launch_scripts_pass_existing_flags():
-    """Every scripts/*.sh passes only flags its training script has (the human-feedback flags once they exist)."""
+    """Every scripts/*.sh passes only flags its training script has; the human launchers really ask a person."""
     import dataclasses
     import shlex
 
@@ -220,16 +220,18 @@ def test_launch_scripts_pass_existing_flags():
         assert {f"{env}_synthetic.sh", f"{env}_human.sh"} <= {p.name for p in scripts}
     for path in scripts:
         text = path.read_text().replace("\\\n", " ")
+        extra: list[str] = []
+        if path.name.endswith("_human.sh"):  # the synthetic launcher's flags plus the human teacher's
+            command = next(line for line in text.splitlines() if line.startswith("exec "))
+            words = shlex.split(command)
+            assert words[1] == f'$(dirname $0)/{path.name.replace("_human", "_synthetic")}', command
+            extra = words[2:-1]
+            assert extra == ["--teacher-feedback-mode", "human", "--feedback-server-autostart"]
+            text = (path.parent / path.name.replace("_human", "_synthetic")).read_text().replace("\\\n", " ")
         command = next(line for line in text.splitlines() if line.startswith('exec "$PY"'))
         words = shlex.split(command)[2:-1]  # after `exec "$PY"`, before "$@"
         module = {"framework/sac_rlhf.py": sac_rlhf, "framework/pref_ppo.py": pref_ppo}[words[0]]
-        flags = words[1:]
-        known = {f.name for f in dataclasses.fields(module.Args)}
-        if path.name.endswith("_human.sh"):
-            assert "--teacher-feedback-mode" in flags and "--feedback-server-autostart" in flags
-            if "teacher_feedback_mode" not in known:  # the human teacher's flags are not in this version yet
-                i = flags.index("--teacher-feedback-mode")
-                flags = flags[:i] + flags[i + 2:]
-                flags.remove("--feedback-server-autostart")
+        flags = words[1:] + extra
         args = tyro.cli(module.Args, args=flags)
+        assert (args.teacher_feedback_mode == "human" and args.feedback_server_autostart) == bool(extra), path.name
         assert args.env_id.lower().replace("-v5", "") in path.name.replace("_", "")
