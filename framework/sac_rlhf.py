@@ -241,7 +241,8 @@ class ReplayBuffer:
 
     Besides what SAC needs it keeps, per transition: the true reward (logging, simulated teacher, never the agent),
     the teacher's reward (the user reward when one is given, else the true reward), the learned reward and the
-    ensemble's std (rewritten by `relabel`), whether the episode ended there, and the physics state of `obs` (so
+    ensemble's std (written by `relabel`: for the whole buffer after each reward update, and for the `fresh` rows
+    added since, before they can be sampled), whether the episode ended there, and the physics state of `obs` (so
     clips can be rendered later). Adding a step touches one row only.
     """
 
@@ -258,6 +259,7 @@ class ReplayBuffer:
         self.episode_ends = np.zeros(capacity, bool)  # terminated or truncated: segments stop here
         self.physics = np.zeros((capacity, physics_dim), np.float64)
         self.pos, self.size = 0, 0
+        self.fresh = 0  # rows added since the last relabel: their learned reward is not written yet
 
     def add(self, obs, next_obs, action, true_reward, teacher_reward, terminated, episode_end, physics) -> None:
         i = self.pos
@@ -269,6 +271,7 @@ class ReplayBuffer:
             self.physics[i] = physics
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+        self.fresh = min(self.fresh + 1, self.capacity)
 
     def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.size, batch_size)
@@ -295,30 +298,35 @@ class ReplayBuffer:
         }
 
     @torch.no_grad()
-    def relabel(self, ensemble: "RewardEnsemble", chunk: int = 16_384) -> None:
-        """Rewrite the learned reward (ensemble mean) and its std for every stored transition, in large batches.
-        Only filled rows are touched."""
-        for start in range(0, self.size, chunk):
-            sl = slice(start, min(start + chunk, self.size))
-            x = torch.from_numpy(np.concatenate([self.obs[sl], self.actions[sl]], 1)).to(self.device)
+    def relabel(self, ensemble: "RewardEnsemble", only_fresh: bool = False, chunk: int = 16_384) -> None:
+        """Write the learned reward (ensemble mean) and its std, in large batches: for every stored transition, or
+        with `only_fresh` for those added since the last call. Only filled rows are touched."""
+        if only_fresh:
+            rows = (self.pos - self.fresh + np.arange(self.fresh)) % self.capacity
+            batches = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+        else:
+            batches = [slice(i, min(i + chunk, self.size)) for i in range(0, self.size, chunk)]
+        for rows in batches:
+            x = torch.from_numpy(np.concatenate([self.obs[rows], self.actions[rows]], 1)).to(self.device)
             mean, std = ensemble.predict(x)
-            self.learned_rewards[sl] = mean.cpu().numpy()
-            self.reward_std[sl] = std.cpu().numpy()
+            self.learned_rewards[rows] = mean.cpu().numpy()
+            self.reward_std[rows] = std.cpu().numpy()
+        self.fresh = 0
 
     def state_dict(self) -> dict:
         n = self.size
         columns = ["obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "reward_std",
                    "dones", "episode_ends", "physics"]
-        return {"pos": self.pos, "size": n, **{c: getattr(self, c)[:n].copy() for c in columns}}
+        return {"pos": self.pos, "size": n, "fresh": self.fresh, **{c: getattr(self, c)[:n].copy() for c in columns}}
 
     def load_state_dict(self, state: dict) -> None:
         n = state["size"]
         if n > self.capacity:
             raise UsageError(f"a saved buffer of {n} transitions does not fit a capacity of {self.capacity}")
         for key, value in state.items():
-            if key not in ("pos", "size"):
+            if key not in ("pos", "size", "fresh"):
                 getattr(self, key)[:n] = value
-        self.pos, self.size = state["pos"] % self.capacity, n
+        self.pos, self.size, self.fresh = state["pos"] % self.capacity, n, state.get("fresh", 0)
 
 
 # ====================================================================================================== reward model
@@ -908,6 +916,8 @@ def main(args: Args) -> dict:
                             entropy_stats.update(b_rewards.double())
                             b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
                         else:
+                            if rb.fresh:  # steps taken since the last reward update get the reward model's reward
+                                rb.relabel(ensemble, only_fresh=True)
                             b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
                             if args.rune:
                                 b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)

@@ -244,6 +244,27 @@ def test_relabel_touches_only_filled_rows_with_the_ensemble_mean():
     assert (rb.learned_rewards[300:] == 0).all() and (rb.reward_std[300:] == 0).all()
 
 
+def test_steps_added_after_a_reward_update_get_the_models_reward_before_they_are_used():
+    algo = importlib.import_module("framework.sac_rlhf")
+    rb = algo.ReplayBuffer(capacity=20, obs_dim=2, action_dim=1, physics_dim=1, device=CPU)
+    rng = np.random.default_rng(0)
+    ens = algo.RewardEnsemble(3, members=2, hidden_size=8, depth=1)
+    for _ in range(12):
+        rb.add(rng.normal(size=2), rng.normal(size=2), rng.normal(size=1), 0.0, 0.0, False, False, None)
+    rb.relabel(ens)
+    assert rb.fresh == 0
+    for _ in range(13):  # wraps around: 5 of the rows labelled before are overwritten
+        rb.add(rng.normal(size=2), rng.normal(size=2), rng.normal(size=1), 0.0, 0.0, False, False, None)
+    assert rb.fresh == 13 and (rb.learned_rewards[rb.ordered(np.arange(7, 20))] == 0).all()
+    rb.relabel(ens, only_fresh=True)
+    full = algo.ReplayBuffer(capacity=20, obs_dim=2, action_dim=1, physics_dim=1, device=CPU)
+    full.load_state_dict(rb.state_dict())
+    full.relabel(ens)
+    np.testing.assert_allclose(rb.learned_rewards, full.learned_rewards, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rb.reward_std, full.reward_std, rtol=1e-5, atol=1e-7)
+    assert rb.fresh == 0 and (rb.learned_rewards != 0).all()
+
+
 def test_replay_buffer_state_round_trip_keeps_every_column():
     algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=50, obs_dim=2, action_dim=1, physics_dim=3, device=CPU)
@@ -253,7 +274,7 @@ def test_replay_buffer_state_round_trip_keeps_every_column():
     rb.learned_rewards[:30] = rng.normal(size=30)
     restored = algo.ReplayBuffer(capacity=50, obs_dim=2, action_dim=1, physics_dim=3, device=CPU)
     restored.load_state_dict(rb.state_dict())
-    assert (restored.pos, restored.size) == (30, 30)
+    assert (restored.pos, restored.size, restored.fresh) == (30, 30, 30)
     for column in ("obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "dones",
                    "episode_ends", "physics"):
         np.testing.assert_array_equal(getattr(restored, column), getattr(rb, column))
