@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PEBBLE on Pusher-v5 with a perfect simulated teacher.
-# not measured yet: the HalfCheetah-v5 settings (50k env steps, 500 labels in 10 sessions, disagreement),
-# a starting point; tune with sweep_config/sac_rlhf_pusher.yaml.
+# measured: evaluation return -72 (random policy: -151) after the first 10k of these 50k env steps (100 labels so
+# far), seed 1, 2-core CPU, one torch thread, 4 min; the full budget is not measured yet.
 # Extra flags are passed on: scripts/pusher_synthetic.sh --seed 2 --track
 set -euo pipefail
 cd "$(dirname "$0")/.."

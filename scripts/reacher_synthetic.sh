@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PEBBLE on Reacher-v5 with a perfect simulated teacher.
-# not measured yet: 30k env steps, 300 labels in 10 sessions of 25-step segments (Reacher episodes are 50
-# steps), a starting point; tune with sweep_config/sac_rlhf_reacher.yaml.
+# measured: evaluation return -15.0 (random policy: -42.3) after the first 9k of these 30k env steps (90 labels so
+# far), seed 1, 2-core CPU, one torch thread, 3 min; the full budget is not measured yet.
 # Extra flags are passed on: scripts/reacher_synthetic.sh --seed 2 --track
 set -euo pipefail
 cd "$(dirname "$0")/.."
