@@ -64,6 +64,10 @@ RESUME_OVERRIDABLE = ("feedback_server_url", "feedback_server_autostart", "feedb
 
 
 def validate_feedback_args(args: HumanFeedbackArgs) -> None:
+    """One-line errors for the human teacher's flags (and a simulated teacher's reward given with a human one)."""
+    if args.teacher_feedback_mode == "human" and getattr(args, "teacher_reward", None) is not None:
+        raise UsageError("--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
+                         "the person on the feedback page judges")
     if args.teacher_feedback_mode == "human":
         parsed = urlparse(args.feedback_server_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -205,9 +205,6 @@ def validate(args: Args) -> None:
         if getattr(args, name) < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
     validate_feedback_args(args)
-    if args.teacher_feedback_mode == "human" and args.teacher_reward is not None:
-        raise UsageError("--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
-                         "the person on the feedback page judges")
     if args.labels_per_session > max(args.total_labels, 1):
         raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
                          f"--total-labels ({args.total_labels})")
