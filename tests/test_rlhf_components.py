@@ -256,13 +256,15 @@ def test_steps_added_after_a_reward_update_get_the_models_reward_before_they_are
     for _ in range(13):  # wraps around: 5 of the rows labelled before are overwritten
         rb.add(rng.normal(size=2), rng.normal(size=2), rng.normal(size=1), 0.0, 0.0, False, False, None)
     assert rb.fresh == 13 and (rb.learned_rewards[rb.ordered(np.arange(7, 20))] == 0).all()
+    assert [rb.has_fresh(rb.ordered(np.array([j]))) for j in (0, 6, 7, 19)] == [False, False, True, True]
+    assert rb.has_fresh(rb.ordered(np.array([0, 3, 12]))) and not rb.has_fresh(rb.ordered(np.arange(7)))
     rb.relabel(ens, only_fresh=True)
     full = algo.ReplayBuffer(capacity=20, obs_dim=2, action_dim=1, physics_dim=1, device=CPU)
     full.load_state_dict(rb.state_dict())
     full.relabel(ens)
     np.testing.assert_allclose(rb.learned_rewards, full.learned_rewards, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(rb.reward_std, full.reward_std, rtol=1e-5, atol=1e-7)
-    assert rb.fresh == 0 and (rb.learned_rewards != 0).all()
+    assert rb.fresh == 0 and (rb.learned_rewards != 0).all() and not rb.has_fresh(np.arange(20))
 
 
 def test_replay_buffer_state_round_trip_keeps_every_column():
