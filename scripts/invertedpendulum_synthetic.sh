@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 PY="${PREFRL_PYTHON:-.venv/bin/python}"
 exec "$PY" framework/sac_rlhf.py --env-id InvertedPendulum-v5 --total-timesteps 5000 --learning-starts 500 --unsupervised-steps 1000 --feedback-frequency 700 \
-  --labels-per-session 40 --total-labels 200 --segment-length 25 --eval-frequency 1000 --eval-episodes 5 \
+  --labels-per-session 40 --total-labels 200 --segment-length 25 --reward-hidden-size 256 --eval-frequency 1000 --eval-episodes 5 \
   "$@"

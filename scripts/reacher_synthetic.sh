@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 PY="${PREFRL_PYTHON:-.venv/bin/python}"
 exec "$PY" framework/sac_rlhf.py --env-id Reacher-v5 --total-timesteps 30000 --learning-starts 1000 --unsupervised-steps 2000 --feedback-frequency 2700 \
-  --labels-per-session 30 --total-labels 300 --segment-length 25 --query-sampling disagreement --eval-frequency 3000 --eval-episodes 10 \
+  --labels-per-session 30 --total-labels 300 --segment-length 25 --query-sampling disagreement --reward-hidden-size 256 --eval-frequency 3000 --eval-episodes 10 \
   "$@"

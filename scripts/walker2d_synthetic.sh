@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 PY="${PREFRL_PYTHON:-.venv/bin/python}"
 exec "$PY" framework/sac_rlhf.py --env-id Walker2d-v5 --total-timesteps 50000 --learning-starts 1000 --unsupervised-steps 4000 --feedback-frequency 4500 \
-  --labels-per-session 50 --total-labels 500 --query-sampling disagreement --depth 2 --eval-frequency 5000 --eval-episodes 5 \
+  --labels-per-session 50 --total-labels 500 --query-sampling disagreement --depth 2 --reward-hidden-size 256 --eval-frequency 5000 --eval-episodes 5 \
   "$@"
