@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, run_script
@@ -41,13 +42,16 @@ def test_every_feature_on(runs_dir, tmp_path):
     reward_file = tmp_path / "rewards.py"
     reward_file.write_text(UPRIGHT_REWARD)
     result = run_script(
-        "sac_rlhf.py", *TINY, "--total-timesteps", "1800", "--eval-frequency", "900", "--checkpoint-frequency", "600",
+        "sac_rlhf.py", *[f for f in TINY if f != "--no-cuda"], "--cuda",
+        "--total-timesteps", "1800", "--eval-frequency", "900", "--checkpoint-frequency", "600",
         "--surf", "--rune", "--query-sampling", "entropy", "--label-schedule", "exponential", "--schedule-growth", "1.5",
         "--teacher-beta", "50", "--teacher-gamma", "0.99", "--teacher-eps-mistake", "0.1", "--teacher-eps-skip", "0.05",
         "--teacher-eps-equal", "0.05", "--teacher-reward", f"{reward_file}:upright", "--reward-dropout", "0.1",
         "--capture-video", "--track", "--runs-dir", str(runs_dir), "--run-name", "all",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    if not torch.cuda.is_available():  # --cuda without a GPU says so and goes on with the CPU
+        assert "CUDA was requested but is not available; running on the CPU." in result.stderr
     run = runs_dir / "all"
     summary = summary_of(run)
     assert summary["total_timesteps"] == 1800 and summary["stop_reason"] == "budget"
