@@ -78,6 +78,9 @@ class Args:
     """torch threads per run (0: torch's default)"""
     runs_dir: str | None = None
     """keep the runs here (default: a temporary folder)"""
+    reuse_finished: bool = False
+    """keep the results of runs already finished in --runs-dir (their summary.json) instead of running them again,
+    so an interrupted benchmark continues where it stopped; only valid if the code and settings are unchanged"""
     extra_rlhf_flags: str = ""
     """more flags for sac_rlhf.py, space-separated"""
 
@@ -108,9 +111,17 @@ def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
     return out
 
 
-def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str) -> dict[tuple[str, int], dict]:
+def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str,
+            reuse_finished: bool = False) -> dict[tuple[str, int], dict]:
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    pending, running, results = list(jobs), [], {}
+    pending, running, results = [], [], {}
+    for algo, seed, cmd in jobs:
+        summary = Path(runs_dir) / f"{algo}_{seed}" / "summary.json"
+        if reuse_finished and summary.is_file():
+            results[(algo, seed)] = json.loads(summary.read_text())
+            print(f"reused {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}", flush=True)
+        else:
+            pending.append((algo, seed, cmd))
     while pending or running:
         while pending and len(running) < parallel:
             algo, seed, cmd = pending.pop(0)
@@ -134,7 +145,7 @@ def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str
 def main(args: Args) -> None:
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-learning-")
     os.makedirs(runs_dir, exist_ok=True)
-    results = run_all(commands(args, runs_dir), args.parallel, runs_dir)
+    results = run_all(commands(args, runs_dir), args.parallel, runs_dir, args.reuse_finished)
 
     rlhf, oracle_name, rl_label, oracle_label = PAIRS[args.pair]
     rows = []
