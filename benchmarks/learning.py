@@ -118,7 +118,7 @@ def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str
     for algo, seed, cmd in jobs:
         summary = Path(runs_dir) / f"{algo}_{seed}" / "summary.json"
         if reuse_finished and summary.is_file():
-            results[(algo, seed)] = json.loads(summary.read_text())
+            results[(algo, seed)] = {**json.loads(summary.read_text()), "reused": True}
             print(f"reused {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}", flush=True)
         else:
             pending.append((algo, seed, cmd))
@@ -171,9 +171,19 @@ def main(args: Args) -> None:
                 f"{args.sessions} sessions, {args.query_sampling} query sampling, {random_steps}{args.unsupervised_steps} "
                 f"pre-exploration steps{oracle_start}; {width}x{args.depth} networks; {args.parallel} runs at a time with "
                 f"{args.torch_threads or 'default'} torch thread(s) each; {machine_description()}.")
+    reused = [f"{algo} seed {seed}" for (algo, seed), r in sorted(results.items()) if r.get("reused")]
+    if reused:
+        settings += (f" Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same code and "
+                     f"settings): {', '.join(reused)}.")
+
+    def flag(k: str, v) -> str:
+        name = k.replace("_", "-")
+        if isinstance(v, bool):
+            return f"--{name}" if v else f"--no-{name}"
+        return f"--{name} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+
     command = "python benchmarks/learning.py " + " ".join(
-        f"--{k.replace('_', '-')} {v if not isinstance(v, tuple) else ' '.join(map(str, v))}"
-        for k, v in vars(args).items() if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None))
+        flag(k, v) for k, v in vars(args).items() if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None))
     name = f"learning_{args.pair}_{args.env_id.split('-')[0].lower()}"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")

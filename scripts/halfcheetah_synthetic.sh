@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PEBBLE on HalfCheetah-v5 with a perfect simulated teacher.
-# measured (benchmarks/learning.py, seeds 1-3): evaluation return 3,007 on average (3,825 / 1,810 / 3,388) at 50k
+# measured (benchmarks/learning.py, seeds 1-3): evaluation return 3,604 on average (3,804 / 3,870 / 3,139) at 50k
 # env steps (1k random + 4k pre-exploration), 500 labels in 10 sessions, disagreement sampling, 256x2 networks,
-# 2-core CPU, ~22 min per seed; oracle SAC on the true reward: 3,893 (ratio 0.77).
+# 2-core CPU, ~18 min per seed; oracle SAC on the true reward: 3,893 (ratio 0.93).
 # Extra flags are passed on: scripts/halfcheetah_synthetic.sh --seed 2 --track
 set -euo pipefail
 cd "$(dirname "$0")/.."
