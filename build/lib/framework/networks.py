@@ -1,0 +1,121 @@
+"""Networks shared by the SAC-based and PPO-based scripts, sized by `--hidden-size` and `--depth`.
+
+The oracle baselines and the preference-based scripts use these same classes so that their returns and speeds
+compare like with like.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden_size: int, depth: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """`depth` hidden layers of `hidden_size` units with `activation`, then a linear output layer."""
+    layers = hidden_layers(in_dim, hidden_size, depth, activation)
+    layers.append(nn.Linear(hidden_size if depth > 0 else in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def hidden_layers(in_dim: int, hidden_size: int, depth: int, activation: type[nn.Module] = nn.ReLU) -> list[nn.Module]:
+    """`depth` (Linear, activation) pairs: the body of an MLP."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_dim if i == 0 else hidden_size, hidden_size), activation()]
+    return layers
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a) for SAC."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int = 256, depth: int = 2):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, 1, hidden_size, depth)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], 1))
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class SACActor(nn.Module):
+    """Tanh-squashed Gaussian policy, rescaled to the action space's bounds."""
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_size: int = 256, depth: int = 2):
+        super().__init__()
+        action_dim = len(action_low)
+        self.trunk = nn.Sequential(*hidden_layers(obs_dim, hidden_size, depth))
+        trunk_out = hidden_size if depth > 0 else obs_dim
+        self.fc_mean = nn.Linear(trunk_out, action_dim)
+        self.fc_logstd = nn.Linear(trunk_out, action_dim)
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(obs)
+        mean = self.fc_mean(h)
+        log_std = torch.tanh(self.fc_logstd(h))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return mean, log_std
+
+    def get_action(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A sampled action, its log-probability `(batch, 1)`, and the deterministic (mean) action."""
+        mean, log_std = self(obs)
+        std = log_std.exp()
+        x_t = mean + std * torch.randn_like(mean)  # reparameterisation trick
+        y_t = torch.tanh(x_t)
+        action = y_t * self.action_scale + self.action_bias
+        log_prob = (-0.5 * ((x_t - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(1, keepdim=True)
+        log_prob -= torch.log(self.action_scale * (1 - y_t.pow(2)) + 1e-6).sum(1, keepdim=True)
+        return action, log_prob, torch.tanh(mean) * self.action_scale + self.action_bias
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights and constant bias (PPO's usual initialisation)."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class PPOAgent(nn.Module):
+    """Separate actor (Gaussian, state-independent log-std) and critic MLPs with tanh activations."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int = 64, depth: int = 2):
+        super().__init__()
+        self.critic = mlp(obs_dim, 1, hidden_size, depth, nn.Tanh)
+        self.actor_mean = mlp(obs_dim, action_dim, hidden_size, depth, nn.Tanh)
+        linears = lambda net: [m for m in net if isinstance(m, nn.Linear)]
+        for net, out_std in ((self.critic, 1.0), (self.actor_mean, 0.01)):
+            *hidden, last = linears(net)
+            for layer in hidden:
+                layer_init(layer)
+            layer_init(last, std=out_std)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs)
+
+    def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None):
+        """Sampled (or given) action, its log-probability, the policy entropy and the state value."""
+        mean = self.actor_mean(obs)
+        std = self.actor_logstd.expand_as(mean).exp()
+        dist = torch.distributions.Normal(mean, std)
+        if action is None:
+            action = dist.sample()
+        return action, dist.log_prob(action).sum(1), dist.entropy().sum(1), self.critic(obs)
+
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor_mean(obs)
+
+
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, as one fused op over all parameters."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+__all__ = ["mlp", "hidden_layers", "SoftQNetwork", "SACActor", "PPOAgent", "layer_init", "polyak_update"]

@@ -1,0 +1,1005 @@
+"""PrefPPO: PPO on a reward model learned from preferences (B-Pref's PrefPPO; rl-teacher's agents), in one file.
+
+The agent never sees the environment's reward: PPO optimises the mean of a reward-model ensemble trained on a teacher's
+answers to "which of these two clips is better?". Queries are pairs of segments from recent rollouts, kept with their
+physics states in a bounded segment store; labelled pairs are copied into the preference buffer, so labels always
+point at the data they were given for.
+
+The file reads top to bottom:
+  1. Args: every flag, with its meaning (the same names and defaults as sac_rlhf.py wherever the meaning is the same).
+  2. The algorithm's pieces (module-level, so tests import them): segment store, and this file's own copies of the
+     reward ensemble, preference buffer, query selection, SURF, RUNE, k-NN state entropy and label schedule.
+  3. main(): collect a rollout from several envs; during pre-exploration reward = k-NN state entropy; at feedback
+     sessions query, label, train the reward model; reward the rollout with the model; GAE; PPO update; evaluate.
+
+    python framework/pref_ppo.py --env-id Hopper-v5
+    python framework/pref_ppo.py --env-id HalfCheetah-v5 --num-envs 8 --total-labels 500 --surf
+    python framework/pref_ppo.py --resume runs/HalfCheetah-v5__pref_ppo__1__1790000000
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+
+from framework.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from framework.envs import check_env_id, make_env, require_continuous_actions
+from framework.evaluation import Evaluator
+from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, make_human_teacher, validate_feedback_args
+from framework.networks import PPOAgent
+from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
+                               setup_headless_rendering, sigterm_raises_interrupted)
+from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
+from framework.tracking import Tracker, timed
+
+
+@dataclass
+class Args(HumanFeedbackArgs, RunArgs):
+    exp_name: str = "pref_ppo"
+    """the name of this experiment (part of the run name)"""
+    resume: str | None = None
+    """continue the run in this folder from its last checkpoint (its saved flags are used)"""
+    checkpoint_frequency: int = 10_000
+    """write <run>/checkpoint.pt after the first rollout past every this many steps (0: only at the end)"""
+
+    # environment and PPO (same meaning and defaults as ppo.py)
+    env_id: str = "Hopper-v5"
+    """the Gymnasium environment id"""
+    total_timesteps: int = 1_000_000
+    """total environment steps (over all parallel envs), pre-exploration included"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the agent"""
+    num_envs: int = 4
+    """parallel environments (in one process)"""
+    num_steps: int = 512
+    """steps per environment per rollout"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation"""
+    num_minibatches: int = 32
+    """minibatches per epoch"""
+    update_epochs: int = 10
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in the PPO paper's implementation"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """gradient clipping norm"""
+    target_kl: float | None = None
+    """stop an update early when the approximate KL exceeds this"""
+    norm_obs: bool = True
+    """normalise the policy's observations with running statistics (the reward model sees raw observations)"""
+    norm_reward: bool = True
+    """scale the learned reward by the running std of the discounted return"""
+    hidden_size: int = 64
+    """units per hidden layer of actor and critic"""
+    depth: int = 2
+    """hidden layers of actor and critic"""
+
+    # unsupervised pre-exploration (as in PEBBLE)
+    unsupervised_exploration: bool = True
+    """maximise k-NN state entropy for the first `unsupervised_steps` steps"""
+    unsupervised_steps: int = 9000
+    """steps of pre-exploration"""
+    entropy_k: int = 5
+    """k of the k-nearest-neighbour state entropy estimate"""
+
+    # segment store
+    segment_store_size: int = 1000
+    """recent rollout segments kept as query candidates (oldest dropped first)"""
+
+    # reward model
+    reward_ensemble_size: int = 3
+    """members of the reward-model ensemble"""
+    reward_hidden_size: int = 256
+    """units per hidden layer of each reward network"""
+    reward_depth: int = 3
+    """hidden layers of each reward network"""
+    reward_dropout: float = 0.0
+    """dropout probability in the reward networks while training (always off when predicting)"""
+    reward_lr: float = 3e-4
+    """learning rate of the reward model"""
+    reward_weight_decay: float = 0.0
+    """L2 weight decay of the reward model"""
+    reward_batch_size: int = 128
+    """labelled pairs per reward-model batch"""
+    reward_epochs: int = 50
+    """maximum epochs over the labels per feedback session"""
+    reward_target_accuracy: float = 0.97
+    """stop a session's training early once training accuracy reaches this"""
+    reward_val_fraction: float = 0.1
+    """fraction of labels held out to measure the reward model's validation accuracy"""
+
+    # queries and labels
+    segment_length: int = 50
+    """steps per segment (clip) shown to the teacher"""
+    query_sampling: Literal["uniform", "disagreement", "entropy"] = "disagreement"
+    """how queries are chosen from the candidate pool"""
+    query_pool_multiplier: int = 10
+    """candidate pairs drawn per query asked (disagreement and entropy pick the best of them)"""
+    total_labels: int = 1000
+    """label budget of the whole run"""
+    labels_per_session: int = 100
+    """labels asked per feedback session"""
+    label_schedule: Literal["linear", "exponential", "rl-teacher"] = "linear"
+    """session timing: `linear` every `feedback_frequency` steps; `exponential` with intervals growing by
+    `schedule_growth`; `rl-teacher` with a label rate decaying over training after `pretrain_labels`"""
+    feedback_frequency: int = 20_000
+    """steps between feedback sessions (the first interval, for exponential)"""
+    schedule_growth: float = 2.0
+    """growth factor of the intervals between sessions (exponential schedule)"""
+    pretrain_labels: int = 200
+    """labels of the first session (rl-teacher schedule)"""
+
+    # SURF (Park et al. 2022)
+    surf: bool = False
+    """semi-supervised reward learning: pseudo-labels on unlabelled pairs, temporal cropping"""
+    surf_tau: float = 0.99
+    """confidence a pseudo-label needs (ensemble-mean probability)"""
+    surf_lambda: float = 1.0
+    """weight of the pseudo-label loss"""
+    surf_mu: int = 4
+    """unlabelled pairs per labelled pair in each batch"""
+    surf_crop: int = 5
+    """temporal cropping: segments are cut to a random window up to this many steps shorter"""
+
+    # RUNE (Liang et al. 2022)
+    rune: bool = False
+    """add an exploration bonus: the reward ensemble's disagreement (std)"""
+    rune_beta: float = 0.05
+    """initial weight of the RUNE bonus"""
+    rune_decay: float = 1e-5
+    """the bonus weight decays as beta * (1 - decay)^step"""
+
+    # teacher
+    teacher_beta: float = math.inf
+    """simulated teacher's rationality (Bradley-Terry); inf: always prefers the higher return"""
+    teacher_gamma: float = 1.0
+    """simulated teacher's myopia: step t of a T-step segment weighs gamma^(T-1-t)"""
+    teacher_eps_mistake: float = 0.0
+    """probability that the simulated teacher flips an answer"""
+    teacher_eps_skip: float = 0.0
+    """skip a pair when neither return exceeds this times the typical segment return"""
+    teacher_eps_equal: float = 0.0
+    """answer 'equal' when the returns differ by less than this times the typical segment return"""
+    teacher_reward: str | None = None
+    """the simulated teacher judges by this user reward (path/file.py:function or module:function) instead of the
+    environment's reward"""
+
+    # evaluation and stopping
+    eval_frequency: int = 50_000
+    """evaluate the deterministic policy on the TRUE reward every this many steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    early_stop_return: float | None = None
+    """stop when an evaluation's mean return reaches this"""
+    early_stop_patience: int = 0
+    """stop after this many evaluations without a new best return (0: never)"""
+    correlation_window: int = 10_000
+    """the most recent steps on which learned and true rewards are correlated"""
+
+
+def validate(args: Args) -> None:
+    """Reject impossible settings with a one-line explanation, before anything is created."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size", "depth",
+                 "entropy_k", "segment_store_size", "reward_ensemble_size", "reward_hidden_size", "reward_batch_size",
+                 "reward_epochs", "segment_length", "query_pool_multiplier", "labels_per_session", "feedback_frequency",
+                 "eval_frequency", "eval_episodes", "correlation_window", "surf_mu"]:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
+    for name in ["unsupervised_steps", "total_labels", "reward_depth", "checkpoint_frequency", "pretrain_labels",
+                 "surf_crop", "early_stop_patience", "rune_beta", "reward_weight_decay"]:
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        raise UsageError(f"num-envs x num-steps ({batch}) must be divisible by --num-minibatches ({args.num_minibatches})")
+    if args.total_timesteps < 2 * batch:
+        raise UsageError(f"--total-timesteps ({args.total_timesteps}) must cover at least two rollouts "
+                         f"(num-envs x num-steps = {batch})")
+    if args.num_steps < args.segment_length:
+        raise UsageError(f"--num-steps ({args.num_steps}) must be at least --segment-length ({args.segment_length}): "
+                         "segments are cut from each env's rollout")
+    validate_feedback_args(args)
+    if args.labels_per_session > max(args.total_labels, 1):
+        raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
+                         f"--total-labels ({args.total_labels})")
+    if args.label_schedule == "rl-teacher" and args.pretrain_labels > args.total_labels:
+        raise UsageError(f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})")
+    if args.schedule_growth <= 1.0 and args.label_schedule == "exponential":
+        raise UsageError(f"--schedule-growth must be > 1 for the exponential schedule, got {args.schedule_growth}")
+    if args.surf_crop >= args.segment_length:
+        raise UsageError(f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})")
+    if not 0 <= args.reward_dropout < 1 or not 0 <= args.reward_val_fraction < 1:
+        raise UsageError(f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
+                         f"{args.reward_dropout} and {args.reward_val_fraction}")
+    if not 0.5 <= args.surf_tau < 1:
+        raise UsageError(f"--surf-tau must be in [0.5, 1), got {args.surf_tau}")
+    if not 0 <= args.rune_decay < 1:
+        raise UsageError(f"--rune-decay must be in [0, 1), got {args.rune_decay}")
+    exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
+    if exploration_end + batch > args.total_timesteps:
+        raise UsageError(f"pre-exploration ({exploration_end} steps) leaves no rollout of learning out of "
+                         f"--total-timesteps ({args.total_timesteps})")
+
+
+# ====================================================================================================== segment store
+class SegmentStore:
+    """The most recent rollout segments (a bounded ring), each `seg_len` consecutive steps of one env.
+
+    A rollout of `num_steps` steps per env is cut into `num_steps // seg_len` segments per env. A segment in which an
+    episode ends is masked after that step (`mask` 0): masked steps count as zero reward for both the teacher and the
+    reward model. Physics states are kept so that clips can be rendered for a human teacher.
+    """
+
+    def __init__(self, capacity: int, seg_len: int, obs_dim: int, action_dim: int, physics_dim: int):
+        self.capacity, self.seg_len = capacity, seg_len
+        self.obs = np.zeros((capacity, seg_len, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, seg_len, action_dim), np.float32)
+        self.teacher_rewards = np.zeros((capacity, seg_len), np.float32)
+        self.true_rewards = np.zeros((capacity, seg_len), np.float32)
+        self.mask = np.zeros((capacity, seg_len), np.float32)
+        self.physics = np.zeros((capacity, seg_len, physics_dim), np.float64)
+        self.pos, self.size = 0, 0
+
+    def add_rollout(self, obs, actions, teacher_rewards, true_rewards, episode_ends, physics) -> None:
+        """Arrays of shape (num_steps, num_envs, ...) from one rollout."""
+        steps, envs = episode_ends.shape
+        per_env = steps // self.seg_len
+        cut = lambda a: np.swapaxes(a[: per_env * self.seg_len], 0, 1).reshape(envs * per_env, self.seg_len, *a.shape[2:])
+        ends = cut(episode_ends)
+        mask = ((np.cumsum(ends, axis=1) - ends) == 0).astype(np.float32)  # up to and including the first episode end
+        new = {"obs": cut(obs), "actions": cut(actions), "teacher_rewards": cut(teacher_rewards) * mask,
+               "true_rewards": cut(true_rewards) * mask, "mask": mask, "physics": cut(physics)}
+        n = min(len(mask), self.capacity)  # a rollout larger than the store keeps its last segments
+        rows = (self.pos + np.arange(n)) % self.capacity
+        for key, value in new.items():
+            getattr(self, key)[rows] = value[len(value) - n :]
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`n` stored segments, drawn with replacement (same keys as a replay buffer's segments)."""
+        rows = rng.integers(0, self.size, n)
+        return {"obs": self.obs[rows], "actions": self.actions[rows], "mask": self.mask[rows],
+                "teacher_rewards": self.teacher_rewards[rows], "true_rewards": self.true_rewards[rows],
+                "physics": self.physics[rows], "rows": rows}
+
+    def state_dict(self) -> dict:
+        keys = ("obs", "actions", "teacher_rewards", "true_rewards", "mask", "physics")
+        return {"pos": self.pos, "size": self.size, **{k: getattr(self, k)[: self.size].copy() for k in keys}}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["size"]
+        for key, value in state.items():
+            if key not in ("pos", "size"):
+                getattr(self, key)[:n] = value
+        self.pos, self.size = state["pos"] % self.capacity, n
+
+
+# ====================================================================================================== reward model
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers applied as one batched matmul: (M, N, in) -> (M, N, out)."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation, per member
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class RewardEnsemble(nn.Module):
+    """An ensemble of reward networks r(s, a) in [-1, 1] (tanh output), evaluated as one batched op over members."""
+
+    def __init__(self, in_dim: int, members: int = 3, hidden_size: int = 256, depth: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.members = members
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [EnsembleLinear(members, in_dim if i == 0 else hidden_size, hidden_size), nn.LeakyReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers += [EnsembleLinear(members, hidden_size if depth else in_dim, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in) shared by all members, or (M, N, in) one batch per member -> rewards (M, N)."""
+        if x.dim() == 2:
+            x = x.expand(self.members, *x.shape)
+        return self.net(x).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std over members of r(x), (N,) each, with dropout off whatever mode the model was in."""
+        was_training = self.training
+        self.eval()
+        rewards = self(x)
+        self.train(was_training)
+        return rewards.mean(0), rewards.std(0) if self.members > 1 else torch.zeros_like(rewards[0])
+
+    def segment_returns(self, seg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """seg: (M, B, T, in) or (B, T, in); mask: same without `in` -> summed rewards (M, B)."""
+        if seg.dim() == 3:
+            seg, mask = seg.expand(self.members, *seg.shape), mask.expand(self.members, *mask.shape)
+        m, b, t, d = seg.shape
+        rewards = self(seg.reshape(m, b * t, d)).reshape(m, b, t)
+        return (rewards * mask).sum(-1)
+
+
+def preference_probabilities(ensemble: RewardEnsemble, seg_a, mask_a, seg_b, mask_b) -> torch.Tensor:
+    """P(B better than A) under each member's Bradley-Terry model on segment returns: (M, n), dropout off."""
+    was_training = ensemble.training
+    ensemble.eval()
+    with torch.no_grad():
+        logits = ensemble.segment_returns(seg_b, mask_b) - ensemble.segment_returns(seg_a, mask_a)
+    ensemble.train(was_training)
+    return torch.sigmoid(logits)
+
+
+# ================================================================================================= preference buffer
+class PreferenceBuffer:
+    """Labelled pairs of segments, stored as copies of the (obs, action) steps, never as indices into a buffer that
+    is later overwritten. Each pair is assigned once, at random, to training or validation."""
+
+    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0):
+        self.capacity, self.val_fraction = capacity, val_fraction
+        self.seg_a = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.seg_b = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.mask_a = np.zeros((capacity, seg_len), np.float32)
+        self.mask_b = np.zeros((capacity, seg_len), np.float32)
+        self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1
+        self.steps = np.zeros(capacity, np.int64)  # env step at which the label was received
+        self.is_val = np.zeros(capacity, bool)
+        self.size = 0
+
+    def add(self, seg_a, mask_a, seg_b, mask_b, labels, step: int, rng: np.random.Generator) -> None:
+        n = len(labels)
+        if self.size + n > self.capacity:
+            raise ValueError(f"preference buffer full: {self.size} + {n} > {self.capacity}")
+        sl = slice(self.size, self.size + n)
+        self.seg_a[sl], self.seg_b[sl], self.mask_a[sl], self.mask_b[sl] = seg_a, seg_b, mask_a, mask_b
+        self.labels[sl], self.steps[sl] = labels, step
+        self.is_val[sl] = rng.random(n) < self.val_fraction
+        self.size += n
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the training and validation pairs."""
+        idx = np.arange(self.size)
+        val = self.is_val[: self.size]
+        if val.all():  # never train on nothing
+            val = np.zeros_like(val)
+        return idx[~val], idx[val]
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["labels"])
+        for key, value in state.items():
+            getattr(self, key)[:n] = value
+        self.size = n
+
+
+# =================================================================================================== query selection
+def select_queries(method: str, probs: torch.Tensor | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick `n` of the candidate pairs. probs: (M, pool) ensemble P(B better), unused by `uniform`.
+
+    - uniform: at random;
+    - disagreement: the largest std over members of P(B better);
+    - entropy: the largest entropy of the ensemble-mean preference, i.e. of the softmax over the two segment
+      returns (the pairs the model is least sure about).
+    """
+    if method == "uniform":
+        return rng.choice(probs.shape[1], n, replace=False)
+    if method == "disagreement":
+        score = probs.std(0) if probs.shape[0] > 1 else torch.zeros(probs.shape[1])
+    elif method == "entropy":
+        p = probs.mean(0).clamp(1e-6, 1 - 1e-6)
+        score = -(p * p.log() + (1 - p) * (1 - p).log())
+    else:
+        raise UsageError(f"unknown query sampling method {method!r}; choose uniform, disagreement or entropy")
+    return torch.topk(score.cpu(), n).indices.numpy()
+
+
+# ============================================================================================================== SURF
+def surf_crop(seg: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.Generator, length: int | None = None):
+    """Temporal cropping: cut each segment (B, T, d) to one random window of T - c steps (c < `crop`, the same for
+    the whole batch so the result stays rectangular), starting at an independent offset per segment."""
+    b, t = mask.shape
+    length = length if length is not None else t - int(rng.integers(0, crop + 1))
+    starts = rng.integers(0, t - length + 1, b)
+    idx = starts[:, None] + np.arange(length)
+    return np.take_along_axis(seg, idx[..., None], 1), np.take_along_axis(mask, idx, 1)
+
+
+def surf_pseudo_labels(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels from the ensemble-mean P(B better), and the mask of pairs confident beyond `tau`."""
+    p = probs.mean(0)
+    return (p > 0.5).float(), (torch.maximum(p, 1 - p) > tau).float()
+
+
+# ============================================================================================================== RUNE
+def rune_bonus(reward_std: torch.Tensor, beta0: float, decay: float, step: int) -> torch.Tensor:
+    """RUNE's exploration bonus: beta_t * std of the ensemble's reward, with beta_t = beta0 * (1 - decay)^step."""
+    return beta0 * (1.0 - decay) ** step * reward_std
+
+
+# ================================================================================================ k-NN state entropy
+def knn_state_entropy(obs: torch.Tensor, all_obs: torch.Tensor, k: int, chunk: int = 8192) -> torch.Tensor:
+    """Distance from each of `obs` (B, d) to its k-th nearest neighbour among `all_obs` (N, d), itself excluded
+    (PEBBLE's particle-based entropy estimate). One batched pass over the stored states; nothing is rebuilt."""
+    dists = torch.cat([torch.cdist(obs, all_obs[i : i + chunk]) for i in range(0, len(all_obs), chunk)], 1)
+    k = min(k + 1, dists.shape[1])  # + 1: the state itself is in all_obs at distance 0
+    return torch.topk(dists, k, dim=1, largest=False).values[:, -1]
+
+
+# ==================================================================================================== label schedule
+def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total_labels: int, labels_per_session: int,
+                         feedback_frequency: int, growth: float = 2.0, pretrain_labels: int = 0) -> list[tuple[int, int]]:
+    """The feedback sessions of a run: (env step, labels asked), the first right after pre-exploration.
+
+    - linear: `labels_per_session` every `feedback_frequency` steps until the budget is spent;
+    - exponential: `labels_per_session` per session, intervals growing by `growth` (F, gF, g^2 F, ...), so that
+      labels come early when the policy changes fastest;
+    - rl-teacher: the label count follows rl-teacher's annealer, desired(t) = total * (p + (1 - p)(1 - 0.01^(t/T)))
+      with p = pretrain_labels / total, checked every `feedback_frequency` steps (a decaying label rate).
+    Sessions past the end of training are dropped, so a run may use fewer labels than its budget.
+    """
+    sessions: list[tuple[int, int]] = []
+    used, step, interval = 0, first_step, float(feedback_frequency)
+    while used < total_labels and step < total_timesteps:
+        if kind == "rl-teacher":
+            frac = pretrain_labels / total_labels if total_labels else 0.0
+            span = max(total_timesteps - first_step, 1)
+            desired = total_labels * (frac + (1 - frac) * (1 - 0.01 ** ((step - first_step) / span)))
+            n = min(int(round(desired)) - used, total_labels - used)
+            if step == first_step:
+                n = min(max(pretrain_labels, 1), total_labels)
+        else:
+            n = min(labels_per_session, total_labels - used)
+        if n > 0:
+            sessions.append((step, n))
+            used += n
+        if kind == "exponential":
+            step, interval = step + int(round(interval)), interval * growth
+        else:
+            step += feedback_frequency
+    return sessions
+
+
+def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [0] + [s for s, _ in sessions] + [total_timesteps]
+    cumulative = [0] + list(np.cumsum([n for _, n in sessions])) + [sum(n for _, n in sessions)]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.step(steps, cumulative, where="post")
+    ax.set_xlabel("environment step")
+    ax.set_ylabel("labels asked (cumulative)")
+    ax.set_title(f"{len(sessions)} feedback sessions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ========================================================================================== reward-model training
+def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
+                       args: Args, rng: np.random.Generator, device: torch.device,
+                       unlabeled: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Bradley-Terry training on the labelled pairs: each member sees its own shuffle of the training pairs; soft
+    labels (0.5) train towards equal returns. With SURF, confident pseudo-labels on `unlabeled` pairs add a loss
+    weighted by `surf_lambda`, and every batch is temporally cropped."""
+    train_idx, val_idx = prefs.split()
+    m, bs = ensemble.members, args.reward_batch_size
+    ensemble.train()
+    stats = {"reward/train_loss": float("nan"), "reward/train_accuracy": float("nan"), "reward/epochs": 0.0}
+    for epoch in range(args.reward_epochs):
+        order = np.stack([rng.permutation(train_idx) for _ in range(m)])  # (M, n_train)
+        losses, correct, counted = [], 0.0, 0.0
+        for start in range(0, len(train_idx), bs):
+            idx = order[:, start : start + bs]  # (M, b)
+            flat = idx.reshape(-1)
+            seg_a, mask_a, seg_b, mask_b = prefs.seg_a[flat], prefs.mask_a[flat], prefs.seg_b[flat], prefs.mask_b[flat]
+            if args.surf:
+                length = args.segment_length - int(rng.integers(0, args.surf_crop + 1))
+                seg_a, mask_a = surf_crop(seg_a, mask_a, args.surf_crop, rng, length)
+                seg_b, mask_b = surf_crop(seg_b, mask_b, args.surf_crop, rng, length)
+            shape = idx.shape + seg_a.shape[1:]  # (M, b, T, in)
+            to = lambda a, s: torch.from_numpy(np.ascontiguousarray(a)).to(device).reshape(s)
+            logits = (ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1]))
+                      - ensemble.segment_returns(to(seg_a, shape), to(mask_a, shape[:-1])))  # (M, b)
+            labels = torch.from_numpy(prefs.labels[idx]).to(device)  # (M, b)
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum()
+
+            if args.surf and unlabeled is not None:
+                u = rng.integers(0, len(unlabeled["seg_a"]), (m, args.surf_mu * idx.shape[1])).reshape(-1)
+                ua, uma = surf_crop(unlabeled["seg_a"][u], unlabeled["mask_a"][u], args.surf_crop, rng, length)
+                ub, umb = surf_crop(unlabeled["seg_b"][u], unlabeled["mask_b"][u], args.surf_crop, rng, length)
+                u = u.reshape(m, -1)
+                ushape = u.shape + ua.shape[1:]
+                u_logits = (ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1]))
+                            - ensemble.segment_returns(to(ua, ushape), to(uma, ushape[:-1])))
+                pseudo, confident = surf_pseudo_labels(torch.sigmoid(u_logits.detach()), args.surf_tau)
+                u_loss = (F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
+                          * confident).mean(1).sum()
+                loss = loss + args.surf_lambda * u_loss
+
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item() / m)
+            hard = labels != 0.5
+            correct += ((logits > 0).float() == labels)[hard].float().sum().item()
+            counted += hard.sum().item()
+        accuracy = correct / max(counted, 1.0)
+        stats = {"reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
+                 "reward/train_accuracy": accuracy, "reward/epochs": float(epoch + 1)}
+        if accuracy >= args.reward_target_accuracy:
+            break
+    if len(val_idx):
+        probs = preference_probabilities(
+            ensemble, *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)))
+        labels = prefs.labels[val_idx]
+        hard = labels != 0.5
+        predicted = (probs.mean(0).cpu().numpy() > 0.5).astype(np.float32)
+        stats["reward/val_accuracy"] = float((predicted == labels)[hard].mean()) if hard.any() else float("nan")
+    return stats
+
+
+def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of learned and true per-step rewards."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(learned) < 3 or np.std(learned) == 0 or np.std(true) == 0:
+        return {}
+    return {"reward/pearson": float(pearsonr(learned, true)[0]), "reward/spearman": float(spearmanr(learned, true)[0])}
+
+
+def save_labels(prefs: PreferenceBuffer, path: str) -> None:
+    """All labels received so far, with their segments, as an .npz a later run or notebook can load."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **prefs.state_dict())
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_labels(path: str) -> dict[str, np.ndarray]:
+    """Read a labels file written by `save_labels` (keys: seg_a, seg_b, mask_a, mask_b, labels, steps, is_val)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ============================================================================================================== main
+def main(args: Args) -> dict:
+    # ---------------------------------------------------------------- resume: the saved flags win
+    checkpoint = None
+    if args.resume is not None:
+        path = os.path.join(args.resume, "checkpoint.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint["args"]
+        folder = os.path.normpath(args.resume)
+        given = {f.name for f in fields(Args) if f.name in RESUME_OVERRIDABLE and getattr(args, f.name) != f.default}
+        args = Args(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
+                       for f in fields(Args)})
+        args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
+    validate(args)
+    setup_headless_rendering()
+    check_env_id(args.env_id)
+    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
+    args.run_name = run_name
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = args.total_timesteps // batch_size
+
+    teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward=teacher_reward) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    require_continuous_actions(envs.single_action_space, args.env_id, "pref_ppo.py")
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
+    run_dir = tracker.run_dir
+    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
+                          os.path.join(run_dir, "videos"), teacher_reward)
+    rng = np.random.default_rng(args.seed)
+    if args.teacher_feedback_mode == "human":  # a person answers on the feedback server's page
+        teacher: Teacher = make_human_teacher(args, run_name, args.env_id, run_dir)
+    else:
+        teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake,
+                                   args.teacher_eps_skip, args.teacher_eps_equal, seed=args.seed + 1)
+
+    obs_shape = envs.single_observation_space.shape
+    obs_dim, action_dim = int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape))
+    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
+    raw_obs, info = envs.reset(seed=args.seed)
+    physics_dim = info["physics_state"].shape[1] if "physics_state" in info else 1
+
+    # ---------------------------------------------------------------- agent, normalisers, reward model, stores
+    agent = PPOAgent(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    obs_norm = ObservationNormalizer(obs_shape)
+    reward_scaler = RewardScaler(args.num_envs, args.gamma)
+    ensemble = RewardEnsemble(obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size,
+                              args.reward_depth, args.reward_dropout).to(device)
+    reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
+    store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
+    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction)
+    entropy_stats = RunningMeanStd(()).to(device)
+    exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
+    sessions = build_label_schedule(args.label_schedule, max(exploration_end, batch_size), args.total_timesteps,
+                                    args.total_labels, args.labels_per_session, args.feedback_frequency,
+                                    args.schedule_growth, args.pretrain_labels)
+    plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
+    # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
+    explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
+
+    state = {"global_step": 0, "iteration": 0, "session": 0, "labels_used": 0, "best_eval": -math.inf,
+             "evals_since_best": 0, "eval_history": [], "phase_time": {}, "recent_episodes": [],
+             "next_eval": args.eval_frequency, "explore_filled": 0, "pending_queries": None}
+
+    def snapshot() -> dict:
+        return {
+            "args": asdict(args), "state": dict(state), "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+            "obs_norm": obs_norm.state_dict(), "reward_scaler": reward_scaler.state_dict(),
+            "reward_scaler_returns": reward_scaler.returns.copy(), "ensemble": ensemble.state_dict(),
+            "reward_optimizer": reward_optimizer.state_dict(), "segment_store": store.state_dict(),
+            "preferences": prefs.state_dict(), "entropy_stats": entropy_stats.state_dict(),
+            "explore_states": explore_states[: state["explore_filled"]].cpu() if explore_states is not None else None,
+            "teacher_scale": teacher.return_scale, "evaluator_calls": evaluator.calls,
+            "rng": {"numpy": rng.bit_generator.state, "teacher": teacher.rng.bit_generator.state,
+                    "torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+        }
+
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        obs_norm.load_state_dict(checkpoint["obs_norm"])
+        reward_scaler.load_state_dict(checkpoint["reward_scaler"])
+        reward_scaler.returns = checkpoint["reward_scaler_returns"].copy()
+        ensemble.load_state_dict(checkpoint["ensemble"])
+        reward_optimizer.load_state_dict(checkpoint["reward_optimizer"])
+        store.load_state_dict(checkpoint["segment_store"])
+        prefs.load_state_dict(checkpoint["preferences"])
+        entropy_stats.load_state_dict(checkpoint["entropy_stats"])
+        state.update(checkpoint["state"])
+        if explore_states is not None and checkpoint["explore_states"] is not None:
+            explore_states[: state["explore_filled"]] = checkpoint["explore_states"].to(device)
+        teacher.set_return_scale(checkpoint["teacher_scale"])
+        evaluator.calls = checkpoint["evaluator_calls"]
+        rng.bit_generator.state = checkpoint["rng"]["numpy"]
+        teacher.rng.bit_generator.state = checkpoint["rng"]["teacher"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        random.setstate(checkpoint["rng"]["python"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        raw_obs, info = envs.reset(seed=args.seed + state["iteration"])  # the interrupted episodes start afresh
+        print(f"resumed {run_dir} at step {state['global_step']} with {prefs.size} labels", flush=True)
+
+    # ---------------------------------------------------------------- the loop's helpers
+    def normalize(o: np.ndarray) -> np.ndarray:
+        return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
+
+    def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation; the same normalisation as training
+        with torch.no_grad():
+            mean = agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device))
+        return np.clip(mean[0].cpu().numpy(), action_low, action_high)
+
+    def feedback_session(step: int, n_labels: int) -> None:
+        """Query pairs of stored segments, label them, train the reward model."""
+        with timed(state["phase_time"], "query"):
+            q = state["pending_queries"]  # set when the run stopped while a person was answering this session
+            if q is None:
+                pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
+                seg_a = store.sample_segments(pool, args.segment_length, rng)
+                seg_b = store.sample_segments(pool, args.segment_length, rng)
+                x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
+                x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
+                if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
+                    chosen = rng.choice(pool, n_labels, replace=False)
+                else:
+                    t = lambda a: torch.from_numpy(a).to(device)
+                    probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
+                    chosen = select_queries(args.query_sampling, probs, n_labels, rng)
+                q = {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
+                     **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
+                        for k in ("mask", "teacher_rewards", "physics")}}
+        with timed(state["phase_time"], "label"):
+            if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
+                recent = state["recent_episodes"]
+                teacher.set_return_scale(sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1) * args.segment_length)
+            queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
+                                 q["mask_b"], q["physics_a"], q["physics_b"], session=state["session"])
+            if args.teacher_feedback_mode == "human":  # a checkpoint holds the queries while people answer them
+                state["pending_queries"] = q
+                save("feedback session waits for answers")
+            labels = teacher.answer(queries)
+            state["pending_queries"] = None
+            answered = ~np.isnan(labels)
+            prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                      labels[answered], step, rng)
+            state["labels_used"] += n_labels
+            save_labels(prefs, os.path.join(run_dir, "labels.npz"))
+        with timed(state["phase_time"], "reward_training"):
+            unlabeled = None
+            if args.surf:
+                ua = store.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+                ub = store.sample_segments(len(ua["mask"]), args.segment_length, rng)
+                unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                             "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+            stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+        # learned vs true reward on the most recent stored steps
+        recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))) % store.capacity
+        x = torch.from_numpy(np.concatenate([store.obs[recent], store.actions[recent]], -1).reshape(-1, obs_dim + action_dim)).to(device)
+        mask = store.mask[recent].reshape(-1) > 0
+        stats.update(reward_correlations(ensemble.predict(x)[0].cpu().numpy()[mask], store.true_rewards[recent].reshape(-1)[mask]))
+        stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
+                      "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
+        tracker.scalars(stats, step)
+        print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
+              f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
+              f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
+              f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
+        state["session"] += 1
+
+    def save(reason: str) -> None:
+        with timed(state["phase_time"], "checkpoint"):
+            save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
+        print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
+
+    # rollout storage, (num_steps, num_envs, ...)
+    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    raw_obs_buf = np.zeros((args.num_steps, args.num_envs) + obs_shape, np.float32)
+    physics_buf = np.zeros((args.num_steps, args.num_envs, physics_dim), np.float64)
+    true_rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
+    teacher_rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
+    episode_ends = np.zeros((args.num_steps, args.num_envs), bool)
+    bootstrap = np.zeros((args.num_steps, args.num_envs), np.float32)  # gamma * V(final obs) at time-limit ends
+
+    if args.norm_obs and checkpoint is None:
+        obs_norm.update(raw_obs)
+    next_obs = torch.as_tensor(normalize(raw_obs), device=device)
+    next_done = torch.zeros(args.num_envs, device=device)
+    next_checkpoint = ((state["global_step"] // args.checkpoint_frequency) + 1) * args.checkpoint_frequency if args.checkpoint_frequency else math.inf
+    start_time, start_step = time.perf_counter(), state["global_step"]
+    main_phase_start = exploration_start = None
+    exploration_sps = float("nan")
+    stop_reason = "budget"
+
+    # ---------------------------------------------------------------- the loop
+    with sigterm_raises_interrupted():
+        try:
+            while state["iteration"] < num_iterations:
+                state["iteration"] += 1
+                iteration = state["iteration"]
+                exploring = state["global_step"] + batch_size <= exploration_end
+                if exploring and exploration_start is None:
+                    exploration_start = (time.perf_counter(), state["global_step"])
+                if not exploring and main_phase_start is None:
+                    main_phase_start = (time.perf_counter(), state["global_step"], state["phase_time"].get("evaluation", 0.0))
+                if args.anneal_lr:
+                    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+
+                with timed(state["phase_time"], "rollout"):
+                    for step in range(args.num_steps):
+                        state["global_step"] += args.num_envs
+                        obs[step], dones[step] = next_obs, next_done
+                        raw_obs_buf[step] = raw_obs
+                        if "physics_state" in info:
+                            physics_buf[step] = info["physics_state"]
+                        with torch.no_grad():
+                            action, logprob, _, value = agent.get_action_and_value(next_obs)
+                        values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
+
+                        raw_obs, reward, terminated, truncated, info = envs.step(np.clip(action.cpu().numpy(), action_low, action_high))
+                        done = np.logical_or(terminated, truncated)
+                        final = info.get("final_info", {})
+                        teacher_r = np.array(info.get("teacher_reward", reward), dtype=np.float32)
+                        if "teacher_reward" in final:  # the ended episodes' last step lives in final_info
+                            teacher_r[final["_teacher_reward"]] = final["teacher_reward"][final["_teacher_reward"]]
+                        true_rewards[step], teacher_rewards[step], episode_ends[step] = reward, teacher_r, done
+                        bootstrap[step] = 0.0
+                        idx = np.flatnonzero(truncated & ~terminated)  # a time limit is not a terminal state
+                        if len(idx):
+                            final_obs = np.stack([info["final_obs"][i] for i in idx])
+                            with torch.no_grad():
+                                v = agent.get_value(torch.as_tensor(normalize(final_obs), device=device)).flatten()
+                            bootstrap[step, idx] = args.gamma * v.cpu().numpy()
+                        if args.norm_obs:
+                            obs_norm.update(raw_obs)
+                        next_obs = torch.as_tensor(normalize(raw_obs), device=device)
+                        next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+                        if "episode" in final:
+                            for i in np.flatnonzero(final["_episode"]):
+                                length = int(final["episode"]["l"][i])
+                                tail = teacher_rewards[max(step - length + 1, 0) : step + 1, i]  # within this rollout
+                                state["recent_episodes"] = (state["recent_episodes"] + [(float(tail.sum()), len(tail))])[-20:]
+                                tracker.scalars({"charts/episodic_return": final["episode"]["r"][i],
+                                                 "charts/episodic_length": length}, state["global_step"])
+                    store.add_rollout(raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends, physics_buf)
+                global_step = state["global_step"]
+
+                while state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
+                    feedback_session(global_step, sessions[state["session"]][1])
+
+                # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
+                with timed(state["phase_time"], "reward"):
+                    flat_obs = torch.from_numpy(raw_obs_buf.reshape(-1, obs_dim)).to(device)
+                    if exploring:
+                        filled = state["explore_filled"]
+                        explore_states[filled : filled + len(flat_obs)] = flat_obs
+                        state["explore_filled"] = filled + len(flat_obs)
+                        r = knn_state_entropy(flat_obs, explore_states[: state["explore_filled"]], args.entropy_k)
+                        entropy_stats.update(r.double())
+                        r = r / entropy_stats.var.float().sqrt().clamp_min(1e-8)
+                    else:
+                        r, r_std = ensemble.predict(torch.cat([flat_obs, actions.reshape(-1, action_dim)], 1))
+                        if args.rune:
+                            r = r + rune_bonus(r_std, args.rune_beta, args.rune_decay, global_step)
+                    r = r.reshape(args.num_steps, args.num_envs).cpu().numpy()
+                    tracker.scalar("charts/rollout_reward_mean", float(r.mean()), global_step)
+                    if args.norm_reward:
+                        r = np.stack([reward_scaler.scale(r[t], episode_ends[t]) for t in range(args.num_steps)])
+                    rewards = torch.as_tensor(r + bootstrap, dtype=torch.float32, device=device)
+                if exploring and global_step + batch_size > exploration_end:
+                    exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
+
+                with timed(state["phase_time"], "agent_update"):
+                    # generalised advantage estimation
+                    with torch.no_grad():
+                        next_value = agent.get_value(next_obs).reshape(1, -1)
+                        advantages = torch.zeros_like(rewards)
+                        lastgaelam = 0
+                        for t in reversed(range(args.num_steps)):
+                            nextnonterminal = 1.0 - (next_done if t == args.num_steps - 1 else dones[t + 1])
+                            nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
+                            delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                            advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                        returns = advantages + values
+
+                    b_obs, b_logprobs = obs.reshape((-1,) + obs_shape), logprobs.reshape(-1)
+                    b_actions = actions.reshape(-1, action_dim)
+                    b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+                    b_inds = np.arange(batch_size)
+                    clipfracs = []
+                    for epoch in range(args.update_epochs):
+                        rng.shuffle(b_inds)
+                        for start in range(0, batch_size, minibatch_size):
+                            mb_inds = b_inds[start : start + minibatch_size]
+                            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                            logratio = newlogprob - b_logprobs[mb_inds]
+                            ratio = logratio.exp()
+                            with torch.no_grad():
+                                approx_kl = ((ratio - 1) - logratio).mean()
+                                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+                            mb_advantages = b_advantages[mb_inds]
+                            if args.norm_adv:
+                                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                            pg_loss = torch.max(-mb_advantages * ratio,
+                                                -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                            newvalue = newvalue.view(-1)
+                            if args.clip_vloss:
+                                v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
+                                v_loss = 0.5 * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
+                            else:
+                                v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                            entropy_loss = entropy.mean()
+                            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                            optimizer.zero_grad()
+                            loss.backward()
+                            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                            optimizer.step()
+                        if args.target_kl is not None and approx_kl > args.target_kl:
+                            break
+
+                tracker.scalars({"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
+                                 "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
+                                 "losses/approx_kl": approx_kl.item(), "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                                 **{f"time/{k}": v for k, v in state["phase_time"].items()}}, global_step)
+                tracker.steps_per_second(global_step)
+
+                if global_step >= state["next_eval"] or iteration == num_iterations:
+                    with timed(state["phase_time"], "evaluation"):
+                        result = evaluator(policy)
+                    tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
+                    state["eval_history"].append((global_step, result.mean_return))
+                    state["next_eval"] = (global_step // args.eval_frequency + 1) * args.eval_frequency
+                    print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
+                          f"labels={state['labels_used']}", flush=True)
+                    if result.mean_return > state["best_eval"]:
+                        state["best_eval"], state["evals_since_best"] = result.mean_return, 0
+                    else:
+                        state["evals_since_best"] += 1
+                    if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
+                        stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
+                        break
+                    if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
+                        stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
+                        break
+                if global_step >= next_checkpoint:
+                    save("periodic")
+                    next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
+        except (KeyboardInterrupt, Interrupted):
+            save("interrupted")
+            tracker.close()
+            print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
+            sys.exit(130)
+
+    end_time = time.perf_counter()
+    save("end")
+    phase = state["phase_time"]
+    main_steps = state["global_step"] - main_phase_start[1] if main_phase_start else 0
+    main_time = (end_time - main_phase_start[0] - (phase.get("evaluation", 0.0) - main_phase_start[2])) if main_phase_start else float("nan")
+    summary = {
+        "algorithm": "pref_ppo",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "total_timesteps": state["global_step"],
+        "stop_reason": stop_reason,
+        "final_eval_return": state["eval_history"][-1][1] if state["eval_history"] else float("nan"),
+        "eval_history": state["eval_history"],
+        "labels_used": state["labels_used"],
+        "labels_stored": prefs.size,
+        "segments_stored": store.size,
+        "sessions": state["session"],
+        "phase_time_s": phase,
+        "sps": (state["global_step"] - start_step) / (end_time - start_time - phase.get("evaluation", 0.0)),
+        "main_phase_sps": main_steps / main_time if main_steps else float("nan"),
+        "exploration_sps": exploration_sps,
+        "wall_time_s": end_time - start_time,
+        "run_dir": run_dir,
+    }
+    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    evaluator.close()
+    envs.close()
+    tracker.close()
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(Args, main)

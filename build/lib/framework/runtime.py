@@ -1,0 +1,118 @@
+"""What every script needs around its algorithm: one-line user errors, the CLI entry point, device and seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunArgs:
+    """The flags every script shares (naming, seeding, device, tracking, run folder); each script's `Args`
+    extends it with its algorithm's flags."""
+
+    exp_name: str = "run"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when available (falls back to the CPU with a message)"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default)"""
+    track: bool = False
+    """log to Weights & Biases too (honours WANDB_MODE=offline)"""
+    wandb_project_name: str = "prefrl"
+    """the W&B project"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    runs_dir: str = "runs"
+    """folder that holds one sub-folder per run"""
+    run_name: str | None = None
+    """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
+    capture_video: bool = False
+    """record the first episode of every evaluation to <run>/videos"""
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for (a flag value, a path, an env id).
+
+    Scripts print it as one line, `error: <message>`, and exit with status 2 instead of showing a traceback. The
+    message says what was wrong, the value given, and what is allowed.
+    """
+
+
+def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | None = None) -> None:
+    """Parse `args_type` with tyro and run `main(args)`.
+
+    A `UsageError` becomes one line on stderr and exit status 2; any other exception propagates (non-zero exit, so a
+    crash never looks like success to a sweep or a batch system).
+    """
+    import tyro
+
+    args = tyro.cli(args_type, args=argv)
+    try:
+        main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; optionally ask cuDNN for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def pick_device(cuda: bool) -> torch.device:
+    """`cuda:0` when asked for and available; otherwise the CPU, saying so when CUDA was asked for."""
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda")
+    if cuda:
+        print("CUDA was requested but is not available; running on the CPU.", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def default_run_name(env_id: str, exp_name: str, seed: int) -> str:
+    """`<env>__<exp>__<seed>__<unix time>`, CleanRL's run naming (unique per launch, sortable)."""
+    import time
+
+    return f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{int(time.time())}"
+
+
+def setup_headless_rendering() -> None:
+    """Default MuJoCo to EGL off-screen rendering when no display is set (a user's own MUJOCO_GL wins)."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ.get("MUJOCO_GL", "egl"))
+
+
+class Interrupted(Exception):
+    """Raised inside a training loop when the process receives SIGTERM (a batch system's preemption, `kill`)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises_interrupted() -> Iterator[None]:
+    """Within this block SIGTERM raises `Interrupted`, so a run can save a checkpoint as it does on Ctrl-C."""
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

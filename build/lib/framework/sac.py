@@ -1,0 +1,267 @@
+"""SAC on the environment's true reward: the oracle baseline for preference-based runs (rl-teacher's `-p rl`).
+
+CleanRL's `sac_continuous_action.py`, with prefrl's env factory, network size flags, periodic deterministic
+evaluation and logging, so that `sac_rlhf.py` runs can be normalised by this one at equal env steps.
+
+    python framework/sac.py --env-id Hopper-v5 --total-timesteps 100000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.optim as optim
+
+from framework.checkpoint import atomic_write_bytes, save_checkpoint
+from framework.envs import make_env, require_continuous_actions
+from framework.evaluation import Evaluator
+from framework.networks import SACActor, SoftQNetwork, polyak_update
+from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
+from framework.tracking import Tracker
+
+
+@dataclass
+class Args(RunArgs):
+    exp_name: str = "sac"
+    """the name of this experiment (part of the run name)"""
+    save_model: bool = False
+    """save the networks to <run>/sac.pt at the end"""
+
+    env_id: str = "Hopper-v5"
+    """the Gymnasium environment id"""
+    total_timesteps: int = 1_000_000
+    """total environment steps"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (never larger than total_timesteps)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target network smoothing coefficient"""
+    batch_size: int = 256
+    """batch size of replay samples"""
+    learning_starts: int = 5000
+    """steps of random actions before learning starts"""
+    policy_lr: float = 3e-4
+    """learning rate of the policy network"""
+    q_lr: float = 1e-3
+    """learning rate of the Q networks"""
+    policy_frequency: int = 2
+    """policy updates happen every this many steps (and that many at once: delayed TD3-style updates)"""
+    target_network_frequency: int = 1
+    """target networks are updated every this many steps"""
+    alpha: float = 0.2
+    """entropy regularisation coefficient (initial value when autotuned)"""
+    autotune: bool = True
+    """automatic tuning of the entropy coefficient"""
+    hidden_size: int = 256
+    """units per hidden layer of actor and critics"""
+    depth: int = 2
+    """hidden layers of actor and critics"""
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy every this many steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    log_frequency: int = 1000
+    """log losses and SPS every this many steps"""
+
+
+def validate(args: Args) -> None:
+    """Reject impossible settings with a one-line explanation."""
+    positive = ["total_timesteps", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency",
+                "hidden_size", "eval_frequency", "eval_episodes", "log_frequency"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.learning_starts < 0:
+        raise UsageError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    if args.depth < 1:
+        raise UsageError(f"--depth must be >= 1, got {args.depth}")
+    if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
+        raise UsageError(f"--tau must be in (0, 1] and --gamma in [0, 1], got tau={args.tau}, gamma={args.gamma}")
+    if args.policy_lr <= 0 or args.q_lr <= 0:
+        raise UsageError(f"learning rates must be > 0, got policy-lr={args.policy_lr}, q-lr={args.q_lr}")
+
+
+class ReplayBuffer:
+    """Transitions in preallocated NumPy arrays; capacity is capped at the run's step budget."""
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, action_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.dones = np.zeros(capacity, np.float32)  # terminated only: a time-limit end still bootstraps
+        self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
+
+    def add(self, obs, next_obs, action, reward, terminated) -> None:
+        i = self.pos
+        self.obs[i], self.next_obs[i], self.actions[i] = obs, next_obs, action
+        self.rewards[i], self.dones[i] = reward, terminated
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        idx = rng.integers(0, self.size, batch_size)
+        arrays = (self.obs[idx], self.next_obs[idx], self.actions[idx], self.rewards[idx], self.dones[idx])
+        return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    setup_headless_rendering()
+    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
+    env = make_env(args.env_id, args.seed)
+    require_continuous_actions(env.action_space, args.env_id, "sac.py")
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
+    run_dir = tracker.run_dir
+    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos"))
+    rng = np.random.default_rng(args.seed)
+
+    obs_dim = int(np.prod(env.observation_space.shape))
+    action_dim = int(np.prod(env.action_space.shape))
+    actor = SACActor(obs_dim, env.action_space.low, env.action_space.high, args.hidden_size, args.depth).to(device)
+    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
+    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+
+    if args.autotune:
+        target_entropy = -float(action_dim)
+        log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
+        alpha = log_alpha.exp().detach()
+        a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
+    else:
+        alpha = torch.tensor(args.alpha, device=device)
+
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, device)
+
+    def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
+        with torch.no_grad():
+            return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
+
+    eval_history: list[tuple[int, float]] = []
+    eval_time = 0.0
+
+    def evaluate(step: int) -> float:
+        nonlocal eval_time
+        t0 = time.perf_counter()
+        result = evaluator(policy)
+        eval_time += time.perf_counter() - t0
+        tracker.scalars(result.as_scalars(), step)
+        eval_history.append((step, result.mean_return))
+        print(f"step={step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
+        return result.mean_return
+
+    start_time = time.perf_counter()
+    learn_start_time = None
+    obs, _ = env.reset(seed=args.seed)
+    for global_step in range(1, args.total_timesteps + 1):
+        # act: random before learning starts, then the stochastic policy
+        if global_step <= args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
+            action = action[0].cpu().numpy()
+
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rb.add(obs, next_obs, action, reward, terminated)
+        obs = next_obs
+        if terminated or truncated:
+            tracker.scalars({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, global_step)
+            obs, _ = env.reset()
+
+        # learn
+        if global_step > args.learning_starts:
+            if learn_start_time is None:
+                learn_start_time, learn_start_step, eval_time_before_learning = time.perf_counter(), global_step, eval_time
+            b_obs, b_next_obs, b_actions, b_rewards, b_dones = rb.sample(args.batch_size, rng)
+            with torch.no_grad():
+                next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+                min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                min_q_next = min_q_next - alpha * next_log_pi
+                next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
+            qf1_values = qf1(b_obs, b_actions).view(-1)
+            qf2_values = qf2(b_obs, b_actions).view(-1)
+            qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            if global_step % args.policy_frequency == 0:
+                for _ in range(args.policy_frequency):
+                    pi, log_pi, _ = actor.get_action(b_obs)
+                    min_q_pi = torch.min(qf1(b_obs, pi), qf2(b_obs, pi))
+                    actor_loss = (alpha * log_pi - min_q_pi).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+                    if args.autotune:
+                        alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                        a_optimizer.zero_grad()
+                        alpha_loss.backward()
+                        a_optimizer.step()
+                        alpha = log_alpha.exp().detach()
+
+            if global_step % args.target_network_frequency == 0:
+                polyak_update(qf1_target, qf1, args.tau)
+                polyak_update(qf2_target, qf2, args.tau)
+
+            if global_step % args.log_frequency == 0:
+                tracker.scalars({
+                    "losses/qf1_values": qf1_values.mean().item(),
+                    "losses/qf_loss": qf_loss.item() / 2.0,
+                    "losses/actor_loss": actor_loss.item(),
+                    "losses/alpha": alpha.item(),
+                }, global_step)
+        if global_step % args.log_frequency == 0:
+            tracker.steps_per_second(global_step)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            evaluate(global_step)
+
+    end_time = time.perf_counter()
+    learn_sps = float("nan")  # steps/s while learning, evaluation time excluded
+    if learn_start_time is not None:
+        learn_time = end_time - learn_start_time - (eval_time - eval_time_before_learning)
+        learn_sps = (args.total_timesteps - learn_start_step + 1) / learn_time
+    summary = {
+        "algorithm": "sac",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "total_timesteps": args.total_timesteps,
+        "final_eval_return": eval_history[-1][1],
+        "eval_history": eval_history,
+        "sps": args.total_timesteps / (end_time - start_time - eval_time),
+        "learning_sps": learn_sps,
+        "eval_time_s": eval_time,
+        "wall_time_s": end_time - start_time,
+        "run_dir": run_dir,
+    }
+    tracker.scalar("charts/learning_SPS", learn_sps, args.total_timesteps)
+    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    if args.save_model:
+        save_checkpoint({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "args": asdict(args)},
+                        os.path.join(run_dir, "sac.pt"))
+    evaluator.close()
+    env.close()
+    tracker.close()
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(Args, main)

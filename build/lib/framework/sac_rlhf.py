@@ -1,0 +1,1024 @@
+"""PEBBLE: SAC on a reward model learned from preferences (Lee, Smith & Abbeel 2021), in one file.
+
+The agent never sees the environment's reward. It learns from a reward model, an ensemble trained on a teacher's
+answers to "which of these two clips is better?". The environment's true reward is stored only to log how well the
+learned reward tracks it, to feed the simulated teacher, and to evaluate.
+
+The file reads top to bottom:
+  1. Args: every flag, with its meaning.
+  2. The algorithm's pieces (module-level, so tests import them): replay buffer, reward ensemble, preference buffer,
+     query selection (uniform / disagreement / entropy), SURF, RUNE, k-NN state entropy, label schedule.
+  3. main(): unsupervised pre-exploration, then act / store / (feedback session: query, label, train reward,
+     relabel) / update SAC / evaluate / checkpoint.
+
+    python framework/sac_rlhf.py --env-id Hopper-v5
+    python framework/sac_rlhf.py --env-id HalfCheetah-v5 --total-labels 500 --query-sampling disagreement --surf
+    python framework/sac_rlhf.py --resume runs/HalfCheetah-v5__sac_rlhf__1__1790000000
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+
+from framework.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from framework.envs import check_env_id, make_env, require_continuous_actions
+from framework.evaluation import Evaluator
+from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, make_human_teacher, validate_feedback_args
+from framework.networks import SACActor, SoftQNetwork, polyak_update
+from framework.normalization import RunningMeanStd
+from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
+                               setup_headless_rendering, sigterm_raises_interrupted)
+from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
+from framework.tracking import Tracker, timed
+
+
+@dataclass
+class Args(HumanFeedbackArgs, RunArgs):
+    exp_name: str = "sac_rlhf"
+    """the name of this experiment (part of the run name)"""
+    resume: str | None = None
+    """continue the run in this folder from its last checkpoint (its saved flags are used)"""
+    checkpoint_frequency: int = 10_000
+    """write <run>/checkpoint.pt at the first episode end after every this many steps (0: only at the end)"""
+
+    # environment and SAC (same meaning and defaults as sac.py)
+    env_id: str = "Hopper-v5"
+    """the Gymnasium environment id"""
+    total_timesteps: int = 1_000_000
+    """total environment steps, pre-exploration included"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (never larger than total_timesteps)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target network smoothing coefficient"""
+    batch_size: int = 256
+    """batch size of replay samples"""
+    learning_starts: int = 1000
+    """steps of random actions before any learning (pre-exploration follows them)"""
+    policy_lr: float = 3e-4
+    """learning rate of the policy network"""
+    q_lr: float = 1e-3
+    """learning rate of the Q networks"""
+    policy_frequency: int = 2
+    """policy updates happen every this many steps (and that many at once)"""
+    target_network_frequency: int = 1
+    """target networks are updated every this many steps"""
+    alpha: float = 0.2
+    """entropy regularisation coefficient (initial value when autotuned)"""
+    autotune: bool = True
+    """automatic tuning of the entropy coefficient"""
+    hidden_size: int = 256
+    """units per hidden layer of actor and critics"""
+    depth: int = 2
+    """hidden layers of actor and critics"""
+
+    # unsupervised pre-exploration (PEBBLE)
+    unsupervised_exploration: bool = True
+    """maximise k-NN state entropy for `unsupervised_steps` steps before the first feedback session"""
+    unsupervised_steps: int = 9000
+    """steps of pre-exploration after `learning_starts`"""
+    entropy_k: int = 5
+    """k of the k-nearest-neighbour state entropy estimate"""
+    exploration_load: str | None = None
+    """skip pre-exploration and reuse the one saved in this run folder (<dir>/exploration.pt)"""
+
+    # reward model
+    reward_ensemble_size: int = 3
+    """members of the reward-model ensemble"""
+    reward_hidden_size: int = 128
+    """units per hidden layer of each reward network (128 ranks held-out HalfCheetah pairs as well as 256 does, in
+    less than half the training time)"""
+    reward_depth: int = 3
+    """hidden layers of each reward network"""
+    reward_dropout: float = 0.0
+    """dropout probability in the reward networks while training (always off when predicting)"""
+    reward_lr: float = 3e-4
+    """learning rate of the reward model"""
+    reward_weight_decay: float = 0.0
+    """L2 weight decay of the reward model"""
+    reward_batch_size: int = 128
+    """labelled pairs per reward-model batch"""
+    reward_epochs: int = 50
+    """maximum epochs over the labels per feedback session"""
+    reward_target_accuracy: float = 0.97
+    """stop a session's training early once training accuracy reaches this"""
+    reward_val_fraction: float = 0.1
+    """fraction of labels held out to measure the reward model's validation accuracy"""
+
+    # queries and labels
+    segment_length: int = 50
+    """steps per segment (clip) shown to the teacher"""
+    query_sampling: Literal["uniform", "disagreement", "entropy"] = "disagreement"
+    """how queries are chosen from the candidate pool"""
+    query_pool_multiplier: int = 10
+    """candidate pairs drawn per query asked (disagreement and entropy pick the best of them)"""
+    total_labels: int = 1000
+    """label budget of the whole run"""
+    labels_per_session: int = 100
+    """labels asked per feedback session"""
+    label_schedule: Literal["linear", "exponential", "rl-teacher"] = "linear"
+    """session timing: `linear` every `feedback_frequency` steps; `exponential` with intervals growing by
+    `schedule_growth`; `rl-teacher` with a label rate decaying over training after `pretrain_labels`"""
+    feedback_frequency: int = 20_000
+    """steps between feedback sessions (the first interval, for exponential)"""
+    schedule_growth: float = 2.0
+    """growth factor of the intervals between sessions (exponential schedule)"""
+    pretrain_labels: int = 200
+    """labels of the first session (rl-teacher schedule)"""
+
+    # SURF (Park et al. 2022)
+    surf: bool = False
+    """semi-supervised reward learning: pseudo-labels on unlabelled pairs, temporal cropping"""
+    surf_tau: float = 0.99
+    """confidence a pseudo-label needs (ensemble-mean probability)"""
+    surf_lambda: float = 1.0
+    """weight of the pseudo-label loss"""
+    surf_mu: int = 4
+    """unlabelled pairs per labelled pair in each batch"""
+    surf_crop: int = 5
+    """temporal cropping: segments are cut to a random window up to this many steps shorter"""
+
+    # RUNE (Liang et al. 2022)
+    rune: bool = False
+    """add an exploration bonus: the reward ensemble's disagreement (std)"""
+    rune_beta: float = 0.05
+    """initial weight of the RUNE bonus"""
+    rune_decay: float = 1e-5
+    """the bonus weight decays as beta * (1 - decay)^step"""
+
+    # teacher
+    teacher_beta: float = math.inf
+    """simulated teacher's rationality (Bradley-Terry); inf: always prefers the higher return"""
+    teacher_gamma: float = 1.0
+    """simulated teacher's myopia: step t of a T-step segment weighs gamma^(T-1-t)"""
+    teacher_eps_mistake: float = 0.0
+    """probability that the simulated teacher flips an answer"""
+    teacher_eps_skip: float = 0.0
+    """skip a pair when neither return exceeds this times the typical segment return"""
+    teacher_eps_equal: float = 0.0
+    """answer 'equal' when the returns differ by less than this times the typical segment return"""
+    teacher_reward: str | None = None
+    """the simulated teacher judges by this user reward (path/file.py:function or module:function) instead of the
+    environment's reward"""
+
+    # evaluation and stopping
+    eval_frequency: int = 10_000
+    """evaluate the deterministic policy on the TRUE reward every this many steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    early_stop_return: float | None = None
+    """stop when an evaluation's mean return reaches this"""
+    early_stop_patience: int = 0
+    """stop after this many evaluations without a new best return (0: never)"""
+    log_frequency: int = 1000
+    """log losses and SPS every this many steps"""
+    correlation_window: int = 10_000
+    """the most recent transitions on which learned and true rewards are correlated"""
+
+
+def validate(args: Args) -> None:
+    """Reject impossible settings with a one-line explanation, before anything is created."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in ["total_timesteps", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency",
+                 "hidden_size", "depth", "entropy_k", "reward_ensemble_size", "reward_hidden_size", "reward_batch_size",
+                 "reward_epochs", "segment_length", "query_pool_multiplier", "labels_per_session", "feedback_frequency",
+                 "eval_frequency", "eval_episodes", "log_frequency", "correlation_window", "surf_mu"]:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
+    for name in ["learning_starts", "unsupervised_steps", "total_labels", "reward_depth", "checkpoint_frequency",
+                 "pretrain_labels", "surf_crop", "early_stop_patience", "rune_beta", "reward_weight_decay"]:
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    validate_feedback_args(args)
+    if args.labels_per_session > max(args.total_labels, 1):
+        raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
+                         f"--total-labels ({args.total_labels})")
+    if args.label_schedule == "rl-teacher" and args.pretrain_labels > args.total_labels:
+        raise UsageError(f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})")
+    if args.schedule_growth <= 1.0 and args.label_schedule == "exponential":
+        raise UsageError(f"--schedule-growth must be > 1 for the exponential schedule, got {args.schedule_growth}")
+    if args.surf_crop >= args.segment_length:
+        raise UsageError(f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})")
+    if not 0 <= args.reward_dropout < 1 or not 0 <= args.reward_val_fraction < 1:
+        raise UsageError(f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
+                         f"{args.reward_dropout} and {args.reward_val_fraction}")
+    if not 0.5 <= args.surf_tau < 1:
+        raise UsageError(f"--surf-tau must be in [0.5, 1), got {args.surf_tau}")
+    if not 0 <= args.rune_decay < 1:
+        raise UsageError(f"--rune-decay must be in [0, 1), got {args.rune_decay}")
+    if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
+        raise UsageError(f"--tau must be in (0, 1] and --gamma in [0, 1], got tau={args.tau}, gamma={args.gamma}")
+    exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
+    if exploration_end >= args.total_timesteps:
+        raise UsageError(f"random steps + pre-exploration ({exploration_end}) leave no training steps out of "
+                         f"--total-timesteps ({args.total_timesteps})")
+    if exploration_end < args.segment_length * 2:
+        raise UsageError(f"the first feedback session at step {exploration_end} needs at least two segments of "
+                         f"--segment-length {args.segment_length} in the buffer")
+
+
+# ======================================================================================================= replay buffer
+class ReplayBuffer:
+    """Transitions in preallocated NumPy arrays (capacity capped at the run's step budget).
+
+    Besides what SAC needs it keeps, per transition: the true reward (logging, simulated teacher, never the agent),
+    the teacher's reward (the user reward when one is given, else the true reward), the learned reward and the
+    ensemble's std (written by `relabel`: for the whole buffer after each reward update, and for the `fresh` rows
+    added since as soon as a sampled batch includes one), whether the episode ended there, and the physics state of `obs` (so
+    clips can be rendered later). Adding a step touches one row only.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, physics_dim: int, device: torch.device):
+        self.capacity, self.device = capacity, device
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, action_dim), np.float32)
+        self.true_rewards = np.zeros(capacity, np.float32)
+        self.teacher_rewards = np.zeros(capacity, np.float32)
+        self.learned_rewards = np.zeros(capacity, np.float32)
+        self.reward_std = np.zeros(capacity, np.float32)
+        self.dones = np.zeros(capacity, np.float32)  # terminated only: a time-limit end still bootstraps
+        self.episode_ends = np.zeros(capacity, bool)  # terminated or truncated: segments stop here
+        self.physics = np.zeros((capacity, physics_dim), np.float64)
+        self.pos, self.size = 0, 0
+        self.fresh = 0  # rows added since the last relabel: their learned reward is not written yet
+
+    def add(self, obs, next_obs, action, true_reward, teacher_reward, terminated, episode_end, physics) -> None:
+        i = self.pos
+        self.obs[i], self.next_obs[i], self.actions[i] = obs, next_obs, action
+        self.true_rewards[i], self.teacher_rewards[i] = true_reward, teacher_reward
+        self.learned_rewards[i], self.reward_std[i] = 0.0, 0.0
+        self.dones[i], self.episode_ends[i] = terminated, episode_end
+        if physics is not None:
+            self.physics[i] = physics
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.fresh = min(self.fresh + 1, self.capacity)
+
+    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.size, batch_size)
+
+    def has_fresh(self, idx: np.ndarray) -> bool:
+        """Whether any of the rows `idx` was added since the last relabel (the newest `fresh` rows)."""
+        return self.fresh > 0 and bool((((self.pos - 1 - idx) % self.capacity) < self.fresh).any())
+
+    def tensors(self, idx: np.ndarray, *columns: str) -> list[torch.Tensor]:
+        return [torch.from_numpy(getattr(self, c)[idx]).to(self.device, non_blocking=True) for c in columns]
+
+    def ordered(self, j: np.ndarray) -> np.ndarray:
+        """Physical rows of logical positions `j` (0 = oldest transition still stored)."""
+        oldest = self.pos if self.size == self.capacity else 0
+        return (oldest + j) % self.capacity
+
+    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`n` segments of `seg_len` consecutive steps. A segment that reaches the end of its episode is masked
+        from there on (`mask` 0): masked steps count as zero reward for both teacher and reward model."""
+        starts = rng.integers(0, self.size - seg_len + 1, n)
+        rows = self.ordered(starts[:, None] + np.arange(seg_len))  # (n, seg_len)
+        ends = self.episode_ends[rows]
+        mask = (np.cumsum(ends, axis=1) - ends) == 0  # keep steps up to and including the first episode end
+        return {
+            "obs": self.obs[rows], "actions": self.actions[rows], "mask": mask.astype(np.float32),
+            "teacher_rewards": self.teacher_rewards[rows] * mask, "true_rewards": self.true_rewards[rows] * mask,
+            "physics": self.physics[rows], "rows": rows,
+        }
+
+    @torch.no_grad()
+    def relabel(self, ensemble: "RewardEnsemble", only_fresh: bool = False, chunk: int = 16_384) -> None:
+        """Write the learned reward (ensemble mean) and its std, in large batches: for every stored transition, or
+        with `only_fresh` for those added since the last call. Only filled rows are touched."""
+        if only_fresh:
+            rows = (self.pos - self.fresh + np.arange(self.fresh)) % self.capacity
+            batches = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+        else:
+            batches = [slice(i, min(i + chunk, self.size)) for i in range(0, self.size, chunk)]
+        for rows in batches:
+            x = torch.from_numpy(np.concatenate([self.obs[rows], self.actions[rows]], 1)).to(self.device)
+            mean, std = ensemble.predict(x)
+            self.learned_rewards[rows] = mean.cpu().numpy()
+            self.reward_std[rows] = std.cpu().numpy()
+        self.fresh = 0
+
+    def state_dict(self) -> dict:
+        n = self.size
+        columns = ["obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "reward_std",
+                   "dones", "episode_ends", "physics"]
+        return {"pos": self.pos, "size": n, "fresh": self.fresh, **{c: getattr(self, c)[:n].copy() for c in columns}}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["size"]
+        if n > self.capacity:
+            raise UsageError(f"a saved buffer of {n} transitions does not fit a capacity of {self.capacity}")
+        for key, value in state.items():
+            if key not in ("pos", "size", "fresh"):
+                getattr(self, key)[:n] = value
+        self.pos, self.size, self.fresh = state["pos"] % self.capacity, n, state.get("fresh", 0)
+
+
+# ====================================================================================================== reward model
+class EnsembleLinear(nn.Module):
+    """`members` independent linear layers applied as one batched matmul: (M, N, in) -> (M, N, out)."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation, per member
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class RewardEnsemble(nn.Module):
+    """An ensemble of reward networks r(s, a) in [-1, 1] (tanh output), evaluated as one batched op over members."""
+
+    def __init__(self, in_dim: int, members: int = 3, hidden_size: int = 256, depth: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.members = members
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [EnsembleLinear(members, in_dim if i == 0 else hidden_size, hidden_size), nn.LeakyReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers += [EnsembleLinear(members, hidden_size if depth else in_dim, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in) shared by all members, or (M, N, in) one batch per member -> rewards (M, N)."""
+        if x.dim() == 2:
+            x = x.expand(self.members, *x.shape)
+        return self.net(x).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std over members of r(x), (N,) each, with dropout off whatever mode the model was in."""
+        was_training = self.training
+        self.eval()
+        rewards = self(x)
+        self.train(was_training)
+        return rewards.mean(0), rewards.std(0) if self.members > 1 else torch.zeros_like(rewards[0])
+
+    def segment_returns(self, seg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """seg: (M, B, T, in) or (B, T, in); mask: same without `in` -> summed rewards (M, B)."""
+        if seg.dim() == 3:
+            seg, mask = seg.expand(self.members, *seg.shape), mask.expand(self.members, *mask.shape)
+        m, b, t, d = seg.shape
+        rewards = self(seg.reshape(m, b * t, d)).reshape(m, b, t)
+        return (rewards * mask).sum(-1)
+
+
+def preference_probabilities(ensemble: RewardEnsemble, seg_a, mask_a, seg_b, mask_b) -> torch.Tensor:
+    """P(B better than A) under each member's Bradley-Terry model on segment returns: (M, n), dropout off."""
+    was_training = ensemble.training
+    ensemble.eval()
+    with torch.no_grad():
+        logits = ensemble.segment_returns(seg_b, mask_b) - ensemble.segment_returns(seg_a, mask_a)
+    ensemble.train(was_training)
+    return torch.sigmoid(logits)
+
+
+# ================================================================================================= preference buffer
+class PreferenceBuffer:
+    """Labelled pairs of segments, stored as copies of the (obs, action) steps, never as indices into a buffer that
+    is later overwritten. Each pair is assigned once, at random, to training or validation."""
+
+    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0):
+        self.capacity, self.val_fraction = capacity, val_fraction
+        self.seg_a = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.seg_b = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.mask_a = np.zeros((capacity, seg_len), np.float32)
+        self.mask_b = np.zeros((capacity, seg_len), np.float32)
+        self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1
+        self.steps = np.zeros(capacity, np.int64)  # env step at which the label was received
+        self.is_val = np.zeros(capacity, bool)
+        self.size = 0
+
+    def add(self, seg_a, mask_a, seg_b, mask_b, labels, step: int, rng: np.random.Generator) -> None:
+        n = len(labels)
+        if self.size + n > self.capacity:
+            raise ValueError(f"preference buffer full: {self.size} + {n} > {self.capacity}")
+        sl = slice(self.size, self.size + n)
+        self.seg_a[sl], self.seg_b[sl], self.mask_a[sl], self.mask_b[sl] = seg_a, seg_b, mask_a, mask_b
+        self.labels[sl], self.steps[sl] = labels, step
+        self.is_val[sl] = rng.random(n) < self.val_fraction
+        self.size += n
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the training and validation pairs."""
+        idx = np.arange(self.size)
+        val = self.is_val[: self.size]
+        if val.all():  # never train on nothing
+            val = np.zeros_like(val)
+        return idx[~val], idx[val]
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["labels"])
+        for key, value in state.items():
+            getattr(self, key)[:n] = value
+        self.size = n
+
+
+# =================================================================================================== query selection
+def select_queries(method: str, probs: torch.Tensor | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick `n` of the candidate pairs. probs: (M, pool) ensemble P(B better), unused by `uniform`.
+
+    - uniform: at random;
+    - disagreement: the largest std over members of P(B better);
+    - entropy: the largest entropy of the ensemble-mean preference, i.e. of the softmax over the two segment
+      returns (the pairs the model is least sure about).
+    """
+    if method == "uniform":
+        return rng.choice(probs.shape[1], n, replace=False)
+    if method == "disagreement":
+        score = probs.std(0) if probs.shape[0] > 1 else torch.zeros(probs.shape[1])
+    elif method == "entropy":
+        p = probs.mean(0).clamp(1e-6, 1 - 1e-6)
+        score = -(p * p.log() + (1 - p) * (1 - p).log())
+    else:
+        raise UsageError(f"unknown query sampling method {method!r}; choose uniform, disagreement or entropy")
+    return torch.topk(score.cpu(), n).indices.numpy()
+
+
+# ============================================================================================================== SURF
+def surf_crop(seg: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.Generator, length: int | None = None):
+    """Temporal cropping: cut each segment (B, T, d) to one random window of T - c steps (c < `crop`, the same for
+    the whole batch so the result stays rectangular), starting at an independent offset per segment."""
+    b, t = mask.shape
+    length = length if length is not None else t - int(rng.integers(0, crop + 1))
+    starts = rng.integers(0, t - length + 1, b)
+    idx = starts[:, None] + np.arange(length)
+    return np.take_along_axis(seg, idx[..., None], 1), np.take_along_axis(mask, idx, 1)
+
+
+def surf_pseudo_labels(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels from the ensemble-mean P(B better), and the mask of pairs confident beyond `tau`."""
+    p = probs.mean(0)
+    return (p > 0.5).float(), (torch.maximum(p, 1 - p) > tau).float()
+
+
+# ============================================================================================================== RUNE
+def rune_bonus(reward_std: torch.Tensor, beta0: float, decay: float, step: int) -> torch.Tensor:
+    """RUNE's exploration bonus: beta_t * std of the ensemble's reward, with beta_t = beta0 * (1 - decay)^step."""
+    return beta0 * (1.0 - decay) ** step * reward_std
+
+
+# ================================================================================================ k-NN state entropy
+def knn_state_entropy(obs: torch.Tensor, all_obs: torch.Tensor, k: int, chunk: int = 8192) -> torch.Tensor:
+    """Distance from each of `obs` (B, d) to its k-th nearest neighbour among `all_obs` (N, d), itself excluded
+    (PEBBLE's particle-based entropy estimate). One batched pass over the stored states; nothing is rebuilt."""
+    dists = torch.cat([torch.cdist(obs, all_obs[i : i + chunk]) for i in range(0, len(all_obs), chunk)], 1)
+    k = min(k + 1, dists.shape[1])  # + 1: the state itself is in all_obs at distance 0
+    return torch.topk(dists, k, dim=1, largest=False).values[:, -1]
+
+
+# ==================================================================================================== label schedule
+def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total_labels: int, labels_per_session: int,
+                         feedback_frequency: int, growth: float = 2.0, pretrain_labels: int = 0) -> list[tuple[int, int]]:
+    """The feedback sessions of a run: (env step, labels asked), the first right after pre-exploration.
+
+    - linear: `labels_per_session` every `feedback_frequency` steps until the budget is spent;
+    - exponential: `labels_per_session` per session, intervals growing by `growth` (F, gF, g^2 F, ...), so that
+      labels come early when the policy changes fastest;
+    - rl-teacher: the label count follows rl-teacher's annealer, desired(t) = total * (p + (1 - p)(1 - 0.01^(t/T)))
+      with p = pretrain_labels / total, checked every `feedback_frequency` steps (a decaying label rate).
+    Sessions past the end of training are dropped, so a run may use fewer labels than its budget.
+    """
+    sessions: list[tuple[int, int]] = []
+    used, step, interval = 0, first_step, float(feedback_frequency)
+    while used < total_labels and step < total_timesteps:
+        if kind == "rl-teacher":
+            frac = pretrain_labels / total_labels if total_labels else 0.0
+            span = max(total_timesteps - first_step, 1)
+            desired = total_labels * (frac + (1 - frac) * (1 - 0.01 ** ((step - first_step) / span)))
+            n = min(int(round(desired)) - used, total_labels - used)
+            if step == first_step:
+                n = min(max(pretrain_labels, 1), total_labels)
+        else:
+            n = min(labels_per_session, total_labels - used)
+        if n > 0:
+            sessions.append((step, n))
+            used += n
+        if kind == "exponential":
+            step, interval = step + int(round(interval)), interval * growth
+        else:
+            step += feedback_frequency
+    return sessions
+
+
+def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [0] + [s for s, _ in sessions] + [total_timesteps]
+    cumulative = [0] + list(np.cumsum([n for _, n in sessions])) + [sum(n for _, n in sessions)]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.step(steps, cumulative, where="post")
+    ax.set_xlabel("environment step")
+    ax.set_ylabel("labels asked (cumulative)")
+    ax.set_title(f"{len(sessions)} feedback sessions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ========================================================================================== reward-model training
+def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
+                       args: Args, rng: np.random.Generator, device: torch.device,
+                       unlabeled: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Bradley-Terry training on the labelled pairs: each member sees its own shuffle of the training pairs; soft
+    labels (0.5) train towards equal returns. With SURF, confident pseudo-labels on `unlabeled` pairs add a loss
+    weighted by `surf_lambda`, and every batch is temporally cropped."""
+    train_idx, val_idx = prefs.split()
+    m, bs = ensemble.members, args.reward_batch_size
+    ensemble.train()
+    stats = {"reward/train_loss": float("nan"), "reward/train_accuracy": float("nan"), "reward/epochs": 0.0}
+    for epoch in range(args.reward_epochs):
+        order = np.stack([rng.permutation(train_idx) for _ in range(m)])  # (M, n_train)
+        losses, correct, counted = [], 0.0, 0.0
+        for start in range(0, len(train_idx), bs):
+            idx = order[:, start : start + bs]  # (M, b)
+            flat = idx.reshape(-1)
+            seg_a, mask_a, seg_b, mask_b = prefs.seg_a[flat], prefs.mask_a[flat], prefs.seg_b[flat], prefs.mask_b[flat]
+            if args.surf:
+                length = args.segment_length - int(rng.integers(0, args.surf_crop + 1))
+                seg_a, mask_a = surf_crop(seg_a, mask_a, args.surf_crop, rng, length)
+                seg_b, mask_b = surf_crop(seg_b, mask_b, args.surf_crop, rng, length)
+            shape = idx.shape + seg_a.shape[1:]  # (M, b, T, in)
+            to = lambda a, s: torch.from_numpy(np.ascontiguousarray(a)).to(device).reshape(s)
+            logits = (ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1]))
+                      - ensemble.segment_returns(to(seg_a, shape), to(mask_a, shape[:-1])))  # (M, b)
+            labels = torch.from_numpy(prefs.labels[idx]).to(device)  # (M, b)
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum()
+
+            if args.surf and unlabeled is not None:
+                u = rng.integers(0, len(unlabeled["seg_a"]), (m, args.surf_mu * idx.shape[1])).reshape(-1)
+                ua, uma = surf_crop(unlabeled["seg_a"][u], unlabeled["mask_a"][u], args.surf_crop, rng, length)
+                ub, umb = surf_crop(unlabeled["seg_b"][u], unlabeled["mask_b"][u], args.surf_crop, rng, length)
+                u = u.reshape(m, -1)
+                ushape = u.shape + ua.shape[1:]
+                u_logits = (ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1]))
+                            - ensemble.segment_returns(to(ua, ushape), to(uma, ushape[:-1])))
+                pseudo, confident = surf_pseudo_labels(torch.sigmoid(u_logits.detach()), args.surf_tau)
+                u_loss = (F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
+                          * confident).mean(1).sum()
+                loss = loss + args.surf_lambda * u_loss
+
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item() / m)
+            hard = labels != 0.5
+            correct += ((logits > 0).float() == labels)[hard].float().sum().item()
+            counted += hard.sum().item()
+        accuracy = correct / max(counted, 1.0)
+        stats = {"reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
+                 "reward/train_accuracy": accuracy, "reward/epochs": float(epoch + 1)}
+        if accuracy >= args.reward_target_accuracy:
+            break
+    if len(val_idx):
+        probs = preference_probabilities(
+            ensemble, *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)))
+        labels = prefs.labels[val_idx]
+        hard = labels != 0.5
+        predicted = (probs.mean(0).cpu().numpy() > 0.5).astype(np.float32)
+        stats["reward/val_accuracy"] = float((predicted == labels)[hard].mean()) if hard.any() else float("nan")
+    return stats
+
+
+def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of learned and true per-step rewards."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(learned) < 3 or np.std(learned) == 0 or np.std(true) == 0:
+        return {}
+    return {"reward/pearson": float(pearsonr(learned, true)[0]), "reward/spearman": float(spearmanr(learned, true)[0])}
+
+
+def save_labels(prefs: PreferenceBuffer, path: str) -> None:
+    """All labels received so far, with their segments, as an .npz a later run or notebook can load."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **prefs.state_dict())
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_labels(path: str) -> dict[str, np.ndarray]:
+    """Read a labels file written by `save_labels` (keys: seg_a, seg_b, mask_a, mask_b, labels, steps, is_val)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ============================================================================================================== main
+def main(args: Args) -> dict:
+    # ---------------------------------------------------------------- resume: the saved flags win
+    checkpoint = None
+    if args.resume is not None:
+        path = os.path.join(args.resume, "checkpoint.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint["args"]
+        folder = os.path.normpath(args.resume)
+        given = {f.name for f in fields(Args) if f.name in RESUME_OVERRIDABLE and getattr(args, f.name) != f.default}
+        args = Args(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
+                       for f in fields(Args)})
+        args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
+    validate(args)
+    setup_headless_rendering()
+    check_env_id(args.env_id)
+    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
+    args.run_name = run_name
+
+    teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
+    env = make_env(args.env_id, args.seed, teacher_reward=teacher_reward)
+    require_continuous_actions(env.action_space, args.env_id, "sac_rlhf.py")
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
+    run_dir = tracker.run_dir
+    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
+                          os.path.join(run_dir, "videos"), teacher_reward)
+    rng = np.random.default_rng(args.seed)
+    if args.teacher_feedback_mode == "human":  # a person answers on the feedback server's page
+        teacher: Teacher = make_human_teacher(args, run_name, args.env_id, run_dir)
+    else:
+        teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake, args.teacher_eps_skip,
+                                   args.teacher_eps_equal, seed=args.seed + 1)
+
+    obs_dim = int(np.prod(env.observation_space.shape))
+    action_dim = int(np.prod(env.action_space.shape))
+    obs, info = env.reset(seed=args.seed)
+    physics_dim = len(info["physics_state"]) if "physics_state" in info else 1
+
+    # ---------------------------------------------------------------- SAC networks (as in sac.py)
+    actor = SACActor(obs_dim, env.action_space.low, env.action_space.high, args.hidden_size, args.depth).to(device)
+    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
+    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    target_entropy = -float(action_dim)
+    log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
+    a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+
+    # ---------------------------------------------------------------- reward model, buffers, schedule
+    ensemble = RewardEnsemble(obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size,
+                              args.reward_depth, args.reward_dropout).to(device)
+    reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
+    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction)
+    entropy_stats = RunningMeanStd(()).to(device)
+    exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
+    sessions = build_label_schedule(args.label_schedule, exploration_end, args.total_timesteps, args.total_labels,
+                                    args.labels_per_session, args.feedback_frequency, args.schedule_growth,
+                                    args.pretrain_labels)
+    plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
+
+    def sac_modules() -> dict:
+        return {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
+                "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
+
+    state = {"global_step": 0, "session": 0, "labels_used": 0, "episodes": 0, "best_eval": -math.inf,
+             "evals_since_best": 0, "eval_history": [], "phase_time": {}, "critic_reset_done": False,
+             "recent_episodes": [], "mid_episode": True, "pending_queries": None}
+    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+
+    def snapshot() -> dict:
+        return {
+            "args": asdict(args), "state": dict(state), "log_alpha": log_alpha.detach().cpu(),
+            **{k: v.state_dict() for k, v in sac_modules().items()},
+            "ensemble": ensemble.state_dict(), "reward_optimizer": reward_optimizer.state_dict(),
+            "replay_buffer": rb.state_dict(), "preferences": prefs.state_dict(),
+            "entropy_stats": entropy_stats.state_dict(), "teacher_scale": teacher.return_scale,
+            "rng": {"numpy": rng.bit_generator.state, "teacher": teacher.rng.bit_generator.state,
+                    "torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "env": env_rng_before_reset,
+                    "action_space": env.action_space.np_random.bit_generator.state},
+            "evaluator_calls": evaluator.calls,
+        }
+
+    def restore(ckpt: dict) -> None:
+        nonlocal alpha
+        for k, v in sac_modules().items():
+            v.load_state_dict(ckpt[k])
+        with torch.no_grad():
+            log_alpha.copy_(ckpt["log_alpha"].to(device))
+        alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+        rb.load_state_dict(ckpt["replay_buffer"])
+        entropy_stats.load_state_dict(ckpt["entropy_stats"])
+        if "ensemble" in ckpt:
+            ensemble.load_state_dict(ckpt["ensemble"])
+            reward_optimizer.load_state_dict(ckpt["reward_optimizer"])
+            prefs.load_state_dict(ckpt["preferences"])
+            teacher.set_return_scale(ckpt["teacher_scale"])
+
+    # ---------------------------------------------------------------- resume or reuse a saved pre-exploration
+    if checkpoint is not None:
+        restore(checkpoint)
+        state.update(checkpoint["state"])
+        rng.bit_generator.state = checkpoint["rng"]["numpy"]
+        teacher.rng.bit_generator.state = checkpoint["rng"]["teacher"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        random.setstate(checkpoint["rng"]["python"])
+        env.unwrapped.np_random.bit_generator.state = checkpoint["rng"]["env"]
+        env.action_space.np_random.bit_generator.state = checkpoint["rng"]["action_space"]
+        evaluator.calls = checkpoint["evaluator_calls"]
+        # periodic checkpoints are taken at episode ends with the env's RNG from before its reset, so this reset
+        # starts the same episode the uninterrupted run started (an interrupted one starts a fresh episode)
+        obs, info = env.reset()
+        print(f"resumed {run_dir} at step {state['global_step']} with {prefs.size} labels", flush=True)
+    elif args.exploration_load is not None:
+        path = os.path.join(args.exploration_load, "exploration.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"--exploration-load {args.exploration_load!r}: no exploration.pt in that folder")
+        saved = load_checkpoint(path)
+        if saved["env_id"] != args.env_id or saved["replay_buffer"]["obs"].shape[1] != obs_dim:
+            raise UsageError(f"--exploration-load: {path} was made on {saved['env_id']!r}, this run is on {args.env_id!r}")
+        if saved["state"]["global_step"] != exploration_end:
+            raise UsageError(f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
+                             f"expects {exploration_end} (--learning-starts + --unsupervised-steps)")
+        restore(saved)
+        state["global_step"] = saved["state"]["global_step"]
+        obs, info = env.reset(seed=args.seed + 1)
+        print(f"loaded pre-exploration from {path}: {rb.size} transitions", flush=True)
+
+    # ---------------------------------------------------------------- the loop's helpers
+    def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
+        with torch.no_grad():
+            return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
+
+    def feedback_session(step: int, n_labels: int) -> None:
+        """Query, label, train the reward model, relabel the buffer, (first time) reset the critics."""
+        nonlocal alpha
+        with timed(state["phase_time"], "query"):
+            q = state["pending_queries"]  # set when the run stopped while a person was answering this session
+            if q is None:
+                pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
+                seg_a = rb.sample_segments(pool, args.segment_length, rng)
+                seg_b = rb.sample_segments(pool, args.segment_length, rng)
+                x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
+                x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
+                if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
+                    chosen = rng.choice(pool, n_labels, replace=False)
+                else:
+                    t = lambda a: torch.from_numpy(a).to(device)
+                    probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
+                    chosen = select_queries(args.query_sampling, probs, n_labels, rng)
+                q = {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
+                     **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
+                        for k in ("mask", "teacher_rewards", "physics")}}
+        with timed(state["phase_time"], "label"):
+            if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
+                recent = state["recent_episodes"]
+                per_step = sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1)
+                teacher.set_return_scale(per_step * args.segment_length)
+            queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
+                                 q["mask_b"], q["physics_a"], q["physics_b"], session=state["session"])
+            if args.teacher_feedback_mode == "human":  # a checkpoint holds the queries while people answer them
+                state["pending_queries"] = q
+                save("feedback session waits for answers")
+            labels = teacher.answer(queries)
+            state["pending_queries"] = None
+            answered = ~np.isnan(labels)
+            prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                      labels[answered], step, rng)
+            state["labels_used"] += n_labels
+            save_labels(prefs, os.path.join(run_dir, "labels.npz"))
+        with timed(state["phase_time"], "reward_training"):
+            unlabeled = None
+            if args.surf:
+                ua = rb.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+                ub = rb.sample_segments(len(ua["mask"]), args.segment_length, rng)
+                unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                             "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+            stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+        with timed(state["phase_time"], "relabel"):
+            rb.relabel(ensemble)
+        window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
+        stats.update(reward_correlations(rb.learned_rewards[window], rb.true_rewards[window]))
+        stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
+                      "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
+        if prefs.size:
+            stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
+        tracker.scalars(stats, step)
+        print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
+              f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
+              f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
+              f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
+        state["session"] += 1
+
+    def save(reason: str) -> None:
+        with timed(state["phase_time"], "checkpoint"):
+            save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
+        print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
+
+    # ---------------------------------------------------------------- the loop
+    start_time = time.perf_counter()
+    main_phase_start = exploration_start = None
+    exploration_sps = float("nan")
+    next_checkpoint = ((state["global_step"] // args.checkpoint_frequency) + 1) * args.checkpoint_frequency if args.checkpoint_frequency else math.inf
+    stop_reason = "budget"
+    # states seen before the end of pre-exploration, on the device, for the state-entropy reward; new rows are
+    # copied in as they arrive (nothing is rebuilt per step)
+    explore_obs = torch.zeros((min(exploration_end, rb.capacity), obs_dim), device=device) if args.unsupervised_exploration else None
+    explore_filled = 0
+    with sigterm_raises_interrupted():
+        try:
+            while state["global_step"] < args.total_timesteps:
+                state["global_step"] += 1
+                global_step = state["global_step"]
+                exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
+
+                # act: random at first, then the stochastic policy
+                if global_step <= args.learning_starts:
+                    action = env.action_space.sample()
+                else:
+                    with torch.no_grad():
+                        action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
+                physics = info.get("physics_state")
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                teacher_r = info.get("teacher_reward", reward)
+                rb.add(obs, next_obs, action, reward, teacher_r, terminated, terminated or truncated, physics)
+                state["mid_episode"] = not (terminated or truncated)
+                obs = next_obs
+                if terminated or truncated:
+                    ep = info["episode"]
+                    length = int(ep["l"])
+                    rows = rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))
+                    state["recent_episodes"] = (state["recent_episodes"] + [(float(rb.teacher_rewards[rows].sum()), length)])[-20:]
+                    tracker.scalars({"charts/episodic_return": ep["r"], "charts/episodic_length": ep["l"]}, global_step)
+                    if teacher_reward is not None:
+                        tracker.scalar("charts/episodic_teacher_return", state["recent_episodes"][-1][0], global_step)
+                    state["episodes"] += 1
+                    # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
+                    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+                    obs, info = env.reset()
+
+                if exploration_start is None and global_step > args.learning_starts and exploring:
+                    exploration_start = (time.perf_counter(), global_step - 1)
+                if main_phase_start is None and global_step > exploration_end:
+                    main_phase_start = (time.perf_counter(), global_step - 1, state["phase_time"].get("evaluation", 0.0))
+
+                # feedback sessions
+                if state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
+                    feedback_session(global_step, sessions[state["session"]][1])
+                    if not state["critic_reset_done"] and args.unsupervised_exploration:
+                        # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
+                        for q, q_t in ((qf1, qf1_target), (qf2, qf2_target)):
+                            for layer in q.modules():
+                                if isinstance(layer, nn.Linear):
+                                    layer.reset_parameters()
+                            q_t.load_state_dict(q.state_dict())
+                        q_optimizer.state.clear()
+                    state["critic_reset_done"] = True
+
+                # learn
+                if global_step > args.learning_starts:
+                    with timed(state["phase_time"], "agent_update" if not exploring else "exploration_update"):
+                        idx = rb.sample_indices(args.batch_size, rng)
+                        b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
+                        if exploring:
+                            # PEBBLE pre-exploration: reward = k-NN distance of the next state, normalised by its std
+                            if explore_filled < rb.size:
+                                explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
+                                explore_filled = rb.size
+                            b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
+                            entropy_stats.update(b_rewards.double())
+                            b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
+                        else:
+                            if rb.has_fresh(idx):  # steps taken since the last reward update get the model's reward
+                                rb.relabel(ensemble, only_fresh=True)  # (all of them, once one is sampled)
+                            b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
+                            if args.rune:
+                                b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
+                        with torch.no_grad():
+                            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+                            min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                            min_q_next = min_q_next - alpha * next_log_pi
+                            next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
+                        qf1_values = qf1(b_obs, b_actions).view(-1)
+                        qf2_values = qf2(b_obs, b_actions).view(-1)
+                        qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
+                        q_optimizer.zero_grad()
+                        qf_loss.backward()
+                        q_optimizer.step()
+
+                        if global_step % args.policy_frequency == 0:
+                            for _ in range(args.policy_frequency):
+                                pi, log_pi, _ = actor.get_action(b_obs)
+                                actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
+                                actor_optimizer.zero_grad()
+                                actor_loss.backward()
+                                actor_optimizer.step()
+                                if args.autotune:
+                                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                                    a_optimizer.zero_grad()
+                                    alpha_loss.backward()
+                                    a_optimizer.step()
+                                    alpha = log_alpha.exp().detach()
+                        if global_step % args.target_network_frequency == 0:
+                            polyak_update(qf1_target, qf1, args.tau)
+                            polyak_update(qf2_target, qf2, args.tau)
+
+                    if global_step % args.log_frequency == 0:
+                        tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
+                                         "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else float("nan"),
+                                         "losses/alpha": alpha.item(), "charts/learned_reward_batch": b_rewards.mean().item()},
+                                        global_step)
+
+                if exploring and global_step == exploration_end:
+                    exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
+                    save_checkpoint({**snapshot(), "env_id": args.env_id}, os.path.join(run_dir, "exploration.pt"))
+                if global_step % args.log_frequency == 0:
+                    tracker.steps_per_second(global_step)
+                    tracker.scalars({f"time/{k}": v for k, v in state["phase_time"].items()}, global_step)
+                if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+                    with timed(state["phase_time"], "evaluation"):
+                        result = evaluator(policy)
+                    tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
+                    state["eval_history"].append((global_step, result.mean_return))
+                    print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
+                          f"labels={state['labels_used']}", flush=True)
+                    if result.mean_return > state["best_eval"]:
+                        state["best_eval"], state["evals_since_best"] = result.mean_return, 0
+                    else:
+                        state["evals_since_best"] += 1
+                    if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
+                        stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
+                        break
+                    if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
+                        stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
+                        break
+                if global_step >= next_checkpoint and not state["mid_episode"]:
+                    save("periodic")
+                    next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
+        except (KeyboardInterrupt, Interrupted):
+            save("interrupted")
+            tracker.close()
+            print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
+            sys.exit(130)
+
+    end_time = time.perf_counter()
+    save("end")
+    phase = state["phase_time"]
+    main_steps = state["global_step"] - main_phase_start[1] if main_phase_start else 0
+    main_time = (end_time - main_phase_start[0] - (phase.get("evaluation", 0.0) - main_phase_start[2])) if main_phase_start else float("nan")
+    summary = {
+        "algorithm": "sac_rlhf",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "total_timesteps": state["global_step"],
+        "stop_reason": stop_reason,
+        "final_eval_return": state["eval_history"][-1][1] if state["eval_history"] else float("nan"),
+        "eval_history": state["eval_history"],
+        "labels_used": state["labels_used"],
+        "labels_stored": prefs.size,
+        "buffer_size": rb.size,
+        "sessions": state["session"],
+        "phase_time_s": phase,
+        "main_phase_sps": main_steps / main_time if main_steps else float("nan"),
+        "exploration_sps": exploration_sps,
+        "wall_time_s": end_time - start_time,
+        "run_dir": run_dir,
+    }
+    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    evaluator.close()
+    env.close()
+    tracker.close()
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(Args, main)

@@ -1,0 +1,237 @@
+"""Simulated teachers: B-Pref's scripted teacher, optionally on a user-written reward.
+
+Label convention (used everywhere in prefrl): a label is the probability that the SECOND segment of a pair (B, shown
+on the right) is the better one: `PREFER_A = 0.0`, `PREFER_B = 1.0`, `EQUAL = 0.5`, and `SKIP` (NaN) when the teacher
+gives no answer. Skipped pairs are not stored.
+
+`SimulatedTeacher` follows B-Pref (Lee et al. 2021, "B-Pref: Benchmarking Preference-Based RL"):
+1. skip: if neither segment's (undiscounted) return exceeds `skip_threshold * return_scale`, no label;
+2. equal: if the two returns differ by less than `equal_threshold * return_scale`, label 0.5;
+3. myopia: step t of a T-step segment weighs gamma^(T-1-t) (the end of a clip is remembered best);
+4. rationality: Bradley-Terry, P(B) = sigmoid(beta * (R_B - R_A)) on the discounted returns, sampled; beta = inf
+   is a perfectly rational teacher (always the higher return);
+5. mistakes: each label (other than equal) is flipped with probability `eps_mistake`.
+
+`return_scale` is the typical return of a segment-length stretch of an episode (B-Pref: mean episode return x
+segment length / episode length); the trainer updates it from recent episodes via `set_return_scale`. Beta acts on
+raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
+
+`load_reward_function("file.py:fn")` or `("package.module:fn")` loads a user's reward, computed from step data, so a
+simulated teacher can prefer a behaviour the environment does not reward (hop backwards, spin). The function takes
+any of the keyword arguments in `STEP_FIELDS` and returns a float, for example::
+
+    def hop_backwards(qvel):
+        return -float(qvel[0])
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from framework.runtime import UsageError
+
+PREFER_A = 0.0
+PREFER_B = 1.0
+EQUAL = 0.5
+SKIP = float("nan")
+
+STEP_FIELDS = ("obs", "action", "next_obs", "qpos", "qvel", "info")
+"""What a user reward function may ask for: the observation before the step, the action, the observation after it,
+the MuJoCo state after the step (qpos, qvel), and the env's info dict."""
+
+
+@dataclass
+class QueryBatch:
+    """Pairs of segments put to a teacher in one feedback session (A = left clip, B = right clip).
+
+    Rewards are the teacher's per-step rewards (the user reward when one is given, else the environment's), zero
+    where the mask is 0 (after an episode ended inside the segment). Physics states let a human teacher's clips be
+    rendered from the stored states.
+    """
+
+    env_id: str
+    step: int
+    rewards_a: np.ndarray  # (n, T)
+    rewards_b: np.ndarray  # (n, T)
+    mask_a: np.ndarray  # (n, T), 1 for steps inside the episode
+    mask_b: np.ndarray  # (n, T)
+    physics_a: np.ndarray  # (n, T, nq + nv)
+    physics_b: np.ndarray  # (n, T, nq + nv)
+    session: int = 0  # feedback session number, from 0
+
+    def __len__(self) -> int:
+        return len(self.rewards_a)
+
+
+class Teacher(Protocol):
+    """Anything that answers queries: returns one label per pair, P(B better) in {0, 0.5, 1}, or NaN to skip."""
+
+    def answer(self, queries: QueryBatch) -> np.ndarray: ...
+
+
+class SimulatedTeacher:
+    """B-Pref's scripted teacher; see the module docstring for the model and the label convention."""
+
+    def __init__(
+        self,
+        beta: float = math.inf,
+        gamma: float = 1.0,
+        eps_mistake: float = 0.0,
+        skip_threshold: float = 0.0,
+        equal_threshold: float = 0.0,
+        seed: int = 0,
+    ):
+        if not beta > 0:
+            raise UsageError(f"teacher beta must be > 0 (inf for a perfectly rational teacher), got {beta}")
+        if not 0 < gamma <= 1:
+            raise UsageError(f"teacher gamma must be in (0, 1], got {gamma}")
+        if not 0 <= eps_mistake <= 1:
+            raise UsageError(f"teacher mistake probability must be in [0, 1], got {eps_mistake}")
+        if skip_threshold < 0 or equal_threshold < 0:
+            raise UsageError(
+                f"teacher skip and equal thresholds must be >= 0, got skip={skip_threshold}, equal={equal_threshold}"
+            )
+        self.beta = beta
+        self.gamma = gamma
+        self.eps_mistake = eps_mistake
+        self.skip_threshold = skip_threshold
+        self.equal_threshold = equal_threshold
+        self.return_scale = 1.0
+        self.rng = np.random.default_rng(seed)
+
+    def set_return_scale(self, scale: float) -> None:
+        """Set the segment-return scale that the skip and equal thresholds are multiplied by."""
+        self.return_scale = abs(float(scale))
+
+    def answer(self, queries: QueryBatch) -> np.ndarray:
+        """The `Teacher` interface: label a session's queries from their rewards."""
+        return self.label(queries.rewards_a, queries.rewards_b)
+
+    def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
+        """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`.
+
+        Returns a float array `(n_pairs,)` of P(B better) answers: 0, 1, 0.5 (equal) or NaN (skipped).
+        """
+        rewards_a = np.asarray(rewards_a, dtype=np.float64)
+        rewards_b = np.asarray(rewards_b, dtype=np.float64)
+        if rewards_a.shape != rewards_b.shape or rewards_a.ndim != 2:
+            raise ValueError(f"expected two (n_pairs, seg_len) arrays, got {rewards_a.shape} and {rewards_b.shape}")
+        return_a, return_b = rewards_a.sum(1), rewards_b.sum(1)
+
+        seg_len = rewards_a.shape[1]
+        weights = self.gamma ** np.arange(seg_len - 1, -1, -1)  # step t weighs gamma^(T-1-t)
+        diff = rewards_b @ weights - rewards_a @ weights  # (n_pairs,) discounted R_B - R_A
+        if math.isinf(self.beta):
+            labels = (diff > 0).astype(np.float64)
+        else:
+            p_b = 1.0 / (1.0 + np.exp(-np.clip(self.beta * diff, -50, 50)))
+            labels = (self.rng.random(len(diff)) < p_b).astype(np.float64)
+
+        flip = self.rng.random(len(labels)) < self.eps_mistake
+        labels[flip] = 1.0 - labels[flip]
+
+        labels[np.abs(return_a - return_b) < self.equal_threshold * self.return_scale] = EQUAL
+        if self.skip_threshold > 0:
+            labels[np.maximum(return_a, return_b) <= self.skip_threshold * self.return_scale] = SKIP
+        return labels
+
+
+class RewardFunction:
+    """A user-written step reward, called with only the `STEP_FIELDS` its signature asks for."""
+
+    def __init__(self, fn: Callable, spec: str):
+        self.fn = fn
+        self.spec = spec
+        params = inspect.signature(fn).parameters.values()
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        names = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        unknown = [n for n in names if n not in STEP_FIELDS]
+        if unknown:
+            raise UsageError(
+                f"teacher reward {spec!r} has parameter(s) {', '.join(unknown)}; "
+                f"a reward function may take only {', '.join(STEP_FIELDS)} (by name)"
+            )
+        self.wants = STEP_FIELDS if takes_all else tuple(names)
+
+    def __call__(self, **step) -> float:
+        try:
+            value = self.fn(**{k: step[k] for k in self.wants})
+            value = float(value)
+        except Exception as err:  # user code: report where it failed in one line
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            raise UsageError(
+                f"teacher reward {self.spec!r} failed: {type(err).__name__}: {err} "
+                f"(at {frame.filename}:{frame.lineno})"
+            ) from err
+        if not math.isfinite(value):
+            raise UsageError(f"teacher reward {self.spec!r} returned {value}; it must return a finite number")
+        return value
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """Load `path/to/file.py:function` or `package.module:function` as a `RewardFunction`."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise UsageError(f"teacher reward must look like path/to/file.py:function or module:function, got {spec!r}")
+    if target.endswith(".py") or os.sep in target:
+        if not os.path.isfile(target):
+            raise UsageError(f"teacher reward file {target!r} does not exist (from {spec!r})")
+        module_name = f"prefrl_user_reward_{abs(hash(os.path.abspath(target)))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, target)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise UsageError(f"could not load teacher reward file {target!r}: {type(err).__name__}: {err}") from err
+        sys.modules[module_name] = module
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as err:
+            raise UsageError(f"could not import teacher reward module {target!r}: {type(err).__name__}: {err}") from err
+    fn = getattr(module, name, None)
+    if fn is None:
+        available = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise UsageError(f"{target!r} has no function {name!r}; functions there: {', '.join(available) or 'none'}")
+    if not callable(fn):
+        raise UsageError(f"{spec!r} is a {type(fn).__name__}, not a function")
+    return RewardFunction(fn, spec)
+
+
+class TeacherRewardWrapper(gym.Wrapper):
+    """Adds `info["teacher_reward"]`: the user reward of each step (the env's own reward is left untouched)."""
+
+    def __init__(self, env: gym.Env, reward_fn: RewardFunction):
+        super().__init__(env)
+        self.reward_fn = reward_fn
+        self._last_obs = None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        data = getattr(self.env.unwrapped, "data", None)
+        info["teacher_reward"] = self.reward_fn(
+            obs=self._last_obs,
+            action=action,
+            next_obs=obs,
+            qpos=None if data is None else data.qpos.copy(),
+            qvel=None if data is None else data.qvel.copy(),
+            info=info,
+        )
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
