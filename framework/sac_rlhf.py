@@ -240,8 +240,8 @@ class ReplayBuffer:
     Besides what SAC needs it keeps, per transition: the true reward (logging, simulated teacher, never the agent),
     the teacher's reward (the user reward when one is given, else the true reward), the learned reward and the
     ensemble's std (written by `relabel`: for the whole buffer after each reward update, and for the `fresh` rows
-    added since as soon as a sampled batch includes one), whether the episode ended there, and the physics state of `obs` (so
-    clips can be rendered later). Adding a step touches one row only.
+    added since as soon as a sampled batch includes one), whether the episode ended there, and the physics state of
+    `obs` (so clips can be rendered later). Adding a step touches one row only.
     """
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, physics_dim: int, device: torch.device):
