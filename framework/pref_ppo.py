@@ -42,7 +42,7 @@ from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, mak
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
-                               setup_headless_rendering, sigterm_raises_interrupted)
+                               setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
 from framework.tracking import Tracker, timed
 
@@ -755,33 +755,36 @@ def main(args: Args) -> dict:
                 state["pending_queries"] = q
                 save("feedback session waits for answers")
             labels = teacher.answer(queries)
-            state["pending_queries"] = None
-            answered = ~np.isnan(labels)
-            prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                      labels[answered], step, rng)
-            state["labels_used"] += n_labels
-            save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-        with timed(state["phase_time"], "reward_training"):
-            unlabeled = None
-            if args.surf:
-                ua = store.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
-                ub = store.sample_segments(len(ua["mask"]), args.segment_length, rng)
-                unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                             "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-            stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
-        # learned vs true reward on the most recent stored steps
-        recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))) % store.capacity
-        x = torch.from_numpy(np.concatenate([store.obs[recent], store.actions[recent]], -1).reshape(-1, obs_dim + action_dim)).to(device)
-        mask = store.mask[recent].reshape(-1) > 0
-        stats.update(reward_correlations(ensemble.predict(x)[0].cpu().numpy()[mask], store.true_rewards[recent].reshape(-1)[mask]))
-        stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
-                      "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
-        tracker.scalars(stats, step)
-        print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
-              f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
-              f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
-              f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
-        state["session"] += 1
+        # from here on the session's results land together: Ctrl-C or SIGTERM waits the few seconds it takes
+        with interrupts_held():
+            with timed(state["phase_time"], "label"):
+                state["pending_queries"] = None
+                answered = ~np.isnan(labels)
+                prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                          labels[answered], step, rng)
+                state["labels_used"] += n_labels
+                save_labels(prefs, os.path.join(run_dir, "labels.npz"))
+            with timed(state["phase_time"], "reward_training"):
+                unlabeled = None
+                if args.surf:
+                    ua = store.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+                    ub = store.sample_segments(len(ua["mask"]), args.segment_length, rng)
+                    unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                                 "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+                stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+            # learned vs true reward on the most recent stored steps
+            recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))) % store.capacity
+            x = torch.from_numpy(np.concatenate([store.obs[recent], store.actions[recent]], -1).reshape(-1, obs_dim + action_dim)).to(device)
+            mask = store.mask[recent].reshape(-1) > 0
+            stats.update(reward_correlations(ensemble.predict(x)[0].cpu().numpy()[mask], store.true_rewards[recent].reshape(-1)[mask]))
+            stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
+                          "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
+            tracker.scalars(stats, step)
+            print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
+                  f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
+                  f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
+                  f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
+            state["session"] += 1
 
     def save(reason: str) -> None:
         with timed(state["phase_time"], "checkpoint"):

@@ -116,3 +116,19 @@ def sigterm_raises_interrupted() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Within this block Ctrl-C and SIGTERM wait: the block finishes, then KeyboardInterrupt or `Interrupted` is
+    raised. For a few seconds of work whose state changes must land together (labels stored, reward model trained,
+    session counted), so a checkpoint taken on the interrupt never holds half of them."""
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt() if caught[0] == signal.SIGINT else Interrupted()

@@ -40,7 +40,7 @@ from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, mak
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
 from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
-                               setup_headless_rendering, sigterm_raises_interrupted)
+                               setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
 from framework.tracking import Tracker, timed
 
@@ -810,34 +810,46 @@ def main(args: Args) -> dict:
                 state["pending_queries"] = q
                 save("feedback session waits for answers")
             labels = teacher.answer(queries)
-            state["pending_queries"] = None
-            answered = ~np.isnan(labels)
-            prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                      labels[answered], step, rng)
-            state["labels_used"] += n_labels
-            save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-        with timed(state["phase_time"], "reward_training"):
-            unlabeled = None
-            if args.surf:
-                ua = rb.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
-                ub = rb.sample_segments(len(ua["mask"]), args.segment_length, rng)
-                unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                             "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-            stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
-        with timed(state["phase_time"], "relabel"):
-            rb.relabel(ensemble)
-        window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
-        stats.update(reward_correlations(rb.learned_rewards[window], rb.true_rewards[window]))
-        stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
-                      "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
-        if prefs.size:
-            stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
-        tracker.scalars(stats, step)
-        print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
-              f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
-              f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
-              f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
-        state["session"] += 1
+        # from here on the session's results land together: Ctrl-C or SIGTERM waits the few seconds it takes
+        with interrupts_held():
+            with timed(state["phase_time"], "label"):
+                state["pending_queries"] = None
+                answered = ~np.isnan(labels)
+                prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                          labels[answered], step, rng)
+                state["labels_used"] += n_labels
+                save_labels(prefs, os.path.join(run_dir, "labels.npz"))
+            with timed(state["phase_time"], "reward_training"):
+                unlabeled = None
+                if args.surf:
+                    ua = rb.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+                    ub = rb.sample_segments(len(ua["mask"]), args.segment_length, rng)
+                    unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                                 "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+                stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+            with timed(state["phase_time"], "relabel"):
+                rb.relabel(ensemble)
+            window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
+            stats.update(reward_correlations(rb.learned_rewards[window], rb.true_rewards[window]))
+            stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
+                          "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
+            if prefs.size:
+                stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
+            tracker.scalars(stats, step)
+            print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
+                  f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
+                  f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
+                  f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
+            state["session"] += 1
+            if not state["critic_reset_done"] and args.unsupervised_exploration:
+                # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
+                for critic, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                    for layer in critic.modules():
+                        if isinstance(layer, nn.Linear):
+                            layer.reset_parameters()
+                    target.load_state_dict(critic.state_dict())
+                q_optimizer.state.clear()
+            state["critic_reset_done"] = True
 
     def save(reason: str) -> None:
         with timed(state["phase_time"], "checkpoint"):
@@ -894,15 +906,6 @@ def main(args: Args) -> dict:
                 # feedback sessions
                 if state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
                     feedback_session(global_step, sessions[state["session"]][1])
-                    if not state["critic_reset_done"] and args.unsupervised_exploration:
-                        # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
-                        for q, q_t in ((qf1, qf1_target), (qf2, qf2_target)):
-                            for layer in q.modules():
-                                if isinstance(layer, nn.Linear):
-                                    layer.reset_parameters()
-                            q_t.load_state_dict(q.state_dict())
-                        q_optimizer.state.clear()
-                    state["critic_reset_done"] = True
 
                 # learn
                 if global_step > args.learning_starts:
