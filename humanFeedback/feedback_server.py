@@ -10,8 +10,12 @@ machines. The server imports nothing from `framework/`: this HTTP API is the who
 
 Trainer API (JSON unless noted):
     PUT  /api/runs/<run>                  {env_id, question}           create or update a run
-    POST /api/runs/<run>/queries          multipart: `queries` = JSON [{key, session}], files `left:<key>`,
-                                          `right:<key>` (mp4); keys already known are left as they are
+    PUT  /api/runs/<run>/status           {state, sessions_done, sessions_total, next_in_s, labels_given}: what the
+                                          trainer is doing (waiting | training | finished | ended), shown on the page
+    POST /api/runs/<run>/queries          multipart: `queries` = JSON [{key, session, left_valid, right_valid}] (at
+                                          most 1000 queries), files `left:<key>`, `right:<key>` (mp4); *_valid is the
+                                          fraction of the clip before the episode ended in it (default 1); keys
+                                          already known are left as they are
     GET  /api/runs/<run>/queries          every query of the run: key, session, status, label
     GET  /api/runs/<run>/events?since=N   answers and undos after event N, and the new cursor
     POST /api/runs/<run>/close            {keys}: answered -> used (final), pending -> withdrawn; returns the labels
@@ -20,14 +24,22 @@ Page API:
     GET  /api/runs                        runs, most recently active first, with what is waiting
     POST /api/runs/<run>/lease            {client, labeler, exclude}: hold the next pending query (short lease)
     POST /api/leases/renew                {client, ids}
-    POST /api/queries/<id>/answer         {client, labeler, choice: left|right|equal|skip}
-    POST /api/runs/<run>/undo             {client, labeler}: take back this labeler's last answer not yet used
+    POST /api/queries/<id>/answer         {client, labeler, choice: left|right|equal|skip}; a 409 names its `reason`
+                                          (answered | withdrawn | leased)
+    POST /api/runs/<run>/undo             {client, labeler}: take back this client's last answer not yet used
 Labels: the probability that the RIGHT clip is better: left 0.0, right 1.0, equal 0.5, skip (can't tell) null.
 
-Security: binds the loopback interface by default. Binding any other address requires a token (`--token` or the
-PREFRL_FEEDBACK_TOKEN environment variable) that every request must carry (header `X-Prefrl-Token` or `?token=`).
-Clips are served only from the media folder, by server-made names. No CORS headers are sent, JSON endpoints accept only
-`application/json`, and the upload needs an `X-Prefrl-Client` header, so other web sites cannot post answers.
+Security: binds the loopback interface by default and then answers only requests addressed to a loopback name (a
+web page elsewhere cannot reach it through DNS rebinding). Binding any other address requires a token (`--token`
+or the PREFRL_FEEDBACK_TOKEN environment variable) that every request must carry: header `X-Prefrl-Token`, or
+`?token=` once when opening the page, which then keeps it in an HttpOnly, SameSite=Strict cookie (tokens are
+redacted from the log). `--allowed-hosts` limits the Host names a server off loopback answers. Clips are served only
+from the media folder, by server-made names, and only as regular files. No CORS headers are sent, the page may not be
+framed by other sites, JSON endpoints accept only `application/json`, and uploads need an `X-Prefrl-Client` header,
+so other web sites cannot post answers.
+
+Served by waitress (a production WSGI server: a fixed pool of threads, slow clients buffered, no debugger); each
+request is logged as one line to stderr, which a trainer that starts the server sends to a file.
 """
 
 from __future__ import annotations
@@ -36,15 +48,18 @@ import argparse
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import os
 import re
 import secrets
 import sqlite3
+import stat
 import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -55,6 +70,11 @@ TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 CHOICES = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,199}$")  # run ids and query keys
 CLIP_NAME = re.compile(r"^[0-9a-f]{32}\.mp4$")
+ROW_ID = re.compile(r"^[0-9]{1,18}$")  # ASCII digits only, below SQLite's 2^63
+MAX_QUERIES = 1000  # per upload: 2 files each, plus the `queries` field
+INT_RANGE = (-(2**63), 2**63 - 1)  # SQLite's integers
+TRAINER_STATES = ("waiting", "training", "finished", "ended")
+log = logging.getLogger("prefrl.feedback")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -74,14 +94,17 @@ CREATE TABLE IF NOT EXISTS events (
     choice TEXT, label REAL, labeler TEXT, client TEXT, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
 """
+# columns added after the first release: (table, column, declaration), added to older files at start
+MIGRATIONS = [("queries", "left_valid", "REAL NOT NULL DEFAULT 1.0"), ("queries", "right_valid", "REAL NOT NULL DEFAULT 1.0"),
+              ("runs", "trainer", "TEXT"), ("runs", "trainer_time", "REAL")]
 
 
 class ApiError(Exception):
     """A request the server refuses: becomes `{"error": message}` with a 4xx status."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, reason: str | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.reason = status, message, reason
 
 
 def connect(db_path: str) -> sqlite3.Connection:
@@ -117,13 +140,31 @@ def is_loopback(host: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ request checking
+def parse_json(text: str | bytes, what: str):
+    """JSON, or a 400 for anything Python's parser refuses: bad syntax, bad UTF-8, nesting too deep, integers of more
+    than 4,300 digits."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ApiError(400, f"{what} is not valid JSON (or nested too deeply)") from None
+
+
 def json_body() -> dict:
     if not request.is_json:
         raise ApiError(415, "send a JSON object with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    body = parse_json(request.get_data(cache=True), "the request body")
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
+
+
+def valid_text(value: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogates such as "\\ud800", which JSON allows and SQLite cannot store)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def field(body: dict, name: str, kind: type, required: bool = True, default=None):
@@ -133,9 +174,17 @@ def field(body: dict, name: str, kind: type, required: bool = True, default=None
         return default
     value = body[name]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ApiError(400, f"field {name!r} must be an integer, got {value!r}")
-    if kind is not int and not isinstance(value, kind):
+        raise ApiError(400, f"field {name!r} must be an integer, got {type(value).__name__}")
+    if kind is int and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise ApiError(400, f"field {name!r} must be an integer below 2^63")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ApiError(400, f"field {name!r} must be a finite number")
+        return float(value)
+    if kind not in (int, float) and not isinstance(value, kind):
         raise ApiError(400, f"field {name!r} must be of type {kind.__name__}, got {type(value).__name__}")
+    if kind is str and not valid_text(value):
+        raise ApiError(400, f"field {name!r} is not valid text (lone surrogate)")
     return value
 
 
@@ -156,23 +205,72 @@ def id_list(body: dict, name: str, kind: type) -> list:
     values = field(body, name, list, required=False, default=[])
     if len(values) > 10_000 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
         raise ApiError(400, f"field {name!r} must be a list of at most 10000 {kind.__name__} values")
+    if kind is int and not all(INT_RANGE[0] <= v <= INT_RANGE[1] for v in values):
+        raise ApiError(400, f"field {name!r} holds an integer beyond 2^63")
     return values
+
+
+def host_name(host_header: str) -> str:
+    """'127.0.0.1:5001' -> '127.0.0.1', '[::1]:5001' -> '::1', 'Example.org' -> 'example.org'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def redacted(path: str, query: str) -> str:
+    """The request target for the log, with the token's value replaced."""
+    if not query:
+        return path
+    pairs = [(k, "REDACTED" if k == "token" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return f"{path}?{urlencode(pairs)}"
+
+
+def sweep_media(media_dir: Path, con: sqlite3.Connection) -> tuple[int, int]:
+    """Make the media folder agree with the database after a crash: a clip whose row was committed but whose file
+    was not yet renamed into place is completed; files no row points at are removed. Returns (completed, removed)."""
+    known = set()
+    for left, right in con.execute("SELECT left_clip, right_clip FROM queries"):
+        known.update((left, right))
+    completed = removed = 0
+    for path in media_dir.iterdir():
+        name = path.name
+        if name.startswith(".") and name.endswith(".tmp") and name[1:-4] in known and not (media_dir / name[1:-4]).exists():
+            os.replace(path, media_dir / name[1:-4])
+            completed += 1
+        elif name not in known and path.is_file():
+            path.unlink()
+            removed += 1
+    return completed, removed
 
 
 # ------------------------------------------------------------------------------------------------------ the app
 def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None = None, lease_seconds: float = 30.0,
-               max_request_mb: float = 64.0) -> Flask:
-    """The Flask app over `<data_dir>/feedback.sqlite3` and `<data_dir>/media/` (both created when missing)."""
+               max_request_mb: float = 64.0, allowed_hosts: list[str] | None = None) -> Flask:
+    """The Flask app over `<data_dir>/feedback.sqlite3` and `<data_dir>/media/` (both created when missing).
+
+    `allowed_hosts`: the Host names requests may be addressed to; None: loopback names only; ["*"]: any."""
     data_dir = Path(data_dir).resolve()
     media_dir = data_dir / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     db_path = str(data_dir / "feedback.sqlite3")
-    with connect(db_path) as con:
+    con = connect(db_path)
+    try:
         con.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            if column not in {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        completed, removed = sweep_media(media_dir, con)
+    finally:
+        con.close()
+    if completed or removed:
+        log.info("media folder: %d clips completed, %d orphaned files removed", completed, removed)
+    hosts = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(max_request_mb * 2**20)
     app.json.sort_keys = False
+    app.request_class.max_form_parts = 2 * MAX_QUERIES + 10
 
     def db() -> sqlite3.Connection:
         if "db" not in g:
@@ -185,28 +283,55 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         if con is not None:
             con.close()
 
+    def cookie_name() -> str:  # one per port: browsers share cookies between the ports of a host
+        port = request.host.rsplit(":", 1)[-1] if request.host.rsplit(":", 1)[-1].isdigit() else "80"
+        return f"prefrl_token_{port}"
+
     @app.before_request
-    def check_token():
+    def check_host_and_token():
+        g.started = time.perf_counter()
+        name = host_name(request.host or "")
+        if not (is_loopback(name) if hosts is None and allowed_hosts is None else hosts is None or name in hosts):
+            return jsonify(error=f"requests to host {name[:100]!r} are not answered here"), 400
         if token is None:
             return None
-        given = request.headers.get("X-Prefrl-Token") or request.args.get("token") or ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        from_url = request.args.get("token")
+        given = request.headers.get("X-Prefrl-Token") or request.cookies.get(cookie_name()) or from_url or ""
+        if not valid_text(given) or not hmac.compare_digest(given.encode(), token.encode()):
             if request.path.startswith("/api/") or request.path.startswith("/media/"):
                 return jsonify(error="missing or wrong token (send the X-Prefrl-Token header or ?token=)"), 401
             return Response("This feedback server needs its token: open /?token=<token>.", 401, mimetype="text/plain")
+        g.set_cookie = from_url is not None and request.path == "/"
         return None
 
     @app.after_request
     def headers(response: Response) -> Response:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
         if request.path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"
+        if g.get("set_cookie"):  # the page keeps the token out of its address bar and its clip URLs
+            response.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    @app.teardown_request
+    def access_log(_exc) -> None:
+        started = g.get("started")
+        status = g.get("status", "-")
+        ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        log.info('%s "%s %s" %s %.1fms', request.remote_addr, request.method,
+                 redacted(request.path, request.query_string.decode("latin-1")), status, ms)
+
+    @app.after_request
+    def remember_status(response: Response) -> Response:
+        g.status = response.status_code
         return response
 
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
-        return jsonify(error=e.message), e.status
+        return jsonify(error=e.message, **({"reason": e.reason} if e.reason else {})), e.status
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -225,24 +350,31 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             raise ApiError(404, f"no run {run_id!r}")
         return row
 
-    def progress(con: sqlite3.Connection, run_id: str, session: int | None = None) -> dict:
+    def trainer_json(row: sqlite3.Row) -> dict | None:
+        if row["trainer"] is None:
+            return None
+        return {**json.loads(row["trainer"]), "age_s": round(max(time.time() - row["trainer_time"], 0.0), 1)}
+
+    def progress(con: sqlite3.Connection, run_id: str, session: int | None = None, client: str | None = None) -> dict:
         run = con.execute(
-            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered, SUM(status = 'pending') AS pending "
-            "FROM queries WHERE run_id = ?", (run_id,)).fetchone()
+            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered, SUM(status = 'pending') AS pending, "
+            "SUM(status = 'pending' AND lease_client IS NOT NULL AND lease_client IS NOT ? AND lease_until >= ?) AS held "
+            "FROM queries WHERE run_id = ?", (client, time.time(), run_id)).fetchone()
         if session is None:
             session = con.execute("SELECT MAX(session) FROM queries WHERE run_id = ?", (run_id,)).fetchone()[0]
         ses = con.execute(
             "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered FROM queries "
             "WHERE run_id = ? AND session = ? AND status != 'withdrawn'", (run_id, session)).fetchone()
         return {"session": session, "session_answered": ses["answered"] or 0, "session_total": ses["total"],
-                "run_answered": run["answered"] or 0, "run_total": run["total"], "pending": run["pending"] or 0}
+                "run_answered": run["answered"] or 0, "run_total": run["total"], "pending": run["pending"] or 0,
+                "held_elsewhere": run["held"] or 0}
 
     def query_json(con: sqlite3.Connection, row: sqlite3.Row) -> dict:
         run = con.execute("SELECT env_id, question FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
         return {"id": row["id"], "run_id": row["run_id"], "key": row["key"], "session": row["session"],
                 "env_id": run["env_id"], "question": run["question"],
                 "left": f"/media/{row['left_clip']}", "right": f"/media/{row['right_clip']}",
-                "lease_seconds": lease_seconds}
+                "left_valid": row["left_valid"], "right_valid": row["right_valid"], "lease_seconds": lease_seconds}
 
     # ------------------------------------------------------------------------------------------------- the page
     @app.get("/")
@@ -253,13 +385,13 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def favicon():
         return Response(status=204)
 
-    @app.get("/static/<path:name>")
-    def static_file(name: str):
-        return send_from_directory(HERE / "static", name, max_age=0)
-
     @app.get("/media/<name>")
     def media(name: str):
-        if not CLIP_NAME.match(name):
+        try:
+            regular = CLIP_NAME.match(name) and stat.S_ISREG(os.lstat(media_dir / name).st_mode)
+        except OSError:
+            regular = False
+        if not regular:  # server-made names only, and never a link out of the folder
             raise ApiError(404, "no such clip")
         return send_from_directory(media_dir, name, mimetype="video/mp4", max_age=3600, conditional=True)
 
@@ -285,7 +417,28 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def run_status(run_id: str):
         con = db()
         run = get_run(con, run_id)
-        return jsonify(run_id=run_id, env_id=run["env_id"], question=run["question"], progress=progress(con, run_id))
+        return jsonify(run_id=run_id, env_id=run["env_id"], question=run["question"], progress=progress(con, run_id),
+                       trainer=trainer_json(run))
+
+    @app.put("/api/runs/<run_id>/status")
+    def put_trainer_status(run_id: str):
+        if not request.headers.get("X-Prefrl-Client"):
+            raise ApiError(403, "trainer status needs the X-Prefrl-Client header")
+        body = json_body()
+        state = field(body, "state", str)
+        if state not in TRAINER_STATES:
+            raise ApiError(400, f"state {state[:50]!r} is not one of {list(TRAINER_STATES)}")
+        status = {"state": state, "sessions_done": field(body, "sessions_done", int, False, 0),
+                  "sessions_total": field(body, "sessions_total", int, False),
+                  "next_in_s": field(body, "next_in_s", float, False), "labels_given": field(body, "labels_given", int, False, 0)}
+        if status["sessions_done"] < 0 or status["labels_given"] < 0 or (status["next_in_s"] or 0) < 0 or (
+                status["sessions_total"] is not None and status["sessions_total"] < 0):
+            raise ApiError(400, "sessions_done, sessions_total, next_in_s and labels_given must be >= 0")
+        with Transaction(db()) as con:
+            get_run(con, run_id)
+            con.execute("UPDATE runs SET trainer = ?, trainer_time = ? WHERE id = ?",
+                        (json.dumps(status), time.time(), run_id))
+        return jsonify(trainer=status)
 
     @app.post("/api/runs/<run_id>/queries")
     def post_queries(run_id: str):
@@ -293,23 +446,23 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             raise ApiError(403, "uploads need the X-Prefrl-Client header")
         con = db()
         get_run(con, run_id)
-        try:
-            specs = json.loads(request.form.get("queries", ""))
-        except json.JSONDecodeError:
-            raise ApiError(400, "form field 'queries' must be a JSON list of {key, session}")
-        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs) or len(specs) > 1000:
-            raise ApiError(400, "form field 'queries' must be a JSON list of at most 1000 {key, session} objects")
+        specs = parse_json(request.form.get("queries", ""), "form field 'queries'")
+        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs) or len(specs) > MAX_QUERIES:
+            raise ApiError(400, f"form field 'queries' must be a JSON list of at most {MAX_QUERIES} {{key, session}} objects")
         keys = [checked_name(s.get("key"), "query key") for s in specs]
         if len(set(keys)) != len(keys):
             raise ApiError(400, "query keys repeat within the upload")
         sessions = [field(s, "session", int) for s in specs]
         if any(s < 0 for s in sessions):
             raise ApiError(400, "field 'session' must be >= 0")
+        valid = [(field(s, "left_valid", float, False, 1.0), field(s, "right_valid", float, False, 1.0)) for s in specs]
+        if not all(0.0 < v <= 1.0 for pair in valid for v in pair):
+            raise ApiError(400, "fields 'left_valid' and 'right_valid' must be in (0, 1]")
         known = {r["key"] for r in con.execute(
             f"SELECT key FROM queries WHERE run_id = ? AND key IN ({','.join('?' * len(keys))})", (run_id, *keys))}
-        new = [(k, s) for k, s in zip(keys, sessions) if k not in known]
+        new = [(k, s, v) for k, s, v in zip(keys, sessions, valid) if k not in known]
         clips = {}
-        for key, _ in new:  # check every file before writing any
+        for key, _, _ in new:  # check every file before writing any
             for side in ("left", "right"):
                 upload = request.files.get(f"{side}:{key}")
                 if upload is None:
@@ -318,24 +471,38 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
                 if len(data) < 12 or data[4:8] != b"ftyp":
                     raise ApiError(415, f"file '{side}:{key}' is not an mp4 video")
                 clips[(key, side)] = data
-        names = {}
-        for (key, side), data in clips.items():  # clips reach the disk before the rows that point at them
-            name = f"{uuid.uuid4().hex}.mp4"
-            tmp = media_dir / f".{name}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, media_dir / name)
-            names[(key, side)] = name
-        now = time.time()
-        with Transaction(con):
-            for key, session in new:
-                con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created) VALUES (?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT (run_id, key) DO NOTHING",
-                            (run_id, key, session, names[(key, "left")], names[(key, "right")], now))
-            con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
-        return jsonify(added=[k for k, _ in new], existing=sorted(known))
+        # write the clips under temporary names, commit the rows, then give the clips their names: a crash leaves
+        # either temporary files no row points at or committed rows whose files the next start completes
+        names = {(key, side): f"{uuid.uuid4().hex}.mp4" for key, side in clips}
+        temporary = {name: media_dir / f".{name}.tmp" for name in names.values()}
+        try:
+            for (key, side), data in clips.items():
+                with open(temporary[names[(key, side)]], "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            now = time.time()
+            with Transaction(con):
+                for key, session, (left_valid, right_valid) in new:
+                    con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, left_valid, "
+                                "right_valid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
+                                (run_id, key, session, names[(key, "left")], names[(key, "right")], now, left_valid,
+                                 right_valid))
+                con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
+        except BaseException:
+            for path in temporary.values():
+                path.unlink(missing_ok=True)
+            raise
+        stored = {r[0] for r in con.execute(  # a concurrent upload of the same key won: its clips are the ones used
+            f"SELECT left_clip FROM queries WHERE left_clip IN ({','.join('?' * len(names))}) "
+            f"UNION SELECT right_clip FROM queries WHERE right_clip IN ({','.join('?' * len(names))})",
+            (*names.values(), *names.values()))} if names else set()
+        for name, path in temporary.items():
+            if name in stored:
+                os.replace(path, media_dir / name)
+            else:
+                path.unlink(missing_ok=True)
+        return jsonify(added=[k for k, _, _ in new], existing=sorted(known))
 
     @app.get("/api/runs/<run_id>/queries")
     def list_queries(run_id: str):
@@ -349,8 +516,8 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         con = db()
         get_run(con, run_id)
         since = request.args.get("since", "0")
-        if not since.isdigit():
-            raise ApiError(400, f"'since' must be a non-negative integer, got {since!r}")
+        if not ROW_ID.match(since):
+            raise ApiError(400, f"'since' must be a non-negative integer below 2^63, got {since[:40]!r}")
         rows = con.execute("SELECT id, key, kind, choice, label, labeler, time FROM events WHERE run_id = ? AND id > ? "
                            "ORDER BY id LIMIT 1000", (run_id, int(since))).fetchall()
         cursor = rows[-1]["id"] if rows else int(since)
@@ -380,12 +547,12 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def list_runs():
         con = db()
         rows = con.execute(
-            "SELECT r.id, r.env_id, r.question, r.updated, COUNT(q.id) AS total, "
+            "SELECT r.id, r.env_id, r.question, r.updated, r.trainer, r.trainer_time, COUNT(q.id) AS total, "
             "SUM(q.status = 'pending') AS pending, SUM(q.status IN ('answered', 'used')) AS answered, "
             "MAX(q.created) AS last_query FROM runs r LEFT JOIN queries q ON q.run_id = r.id "
             "GROUP BY r.id ORDER BY (SUM(q.status = 'pending') > 0) DESC, COALESCE(MAX(q.created), r.updated) DESC").fetchall()
-        return jsonify(runs=[{k: (r[k] or 0) if k in ("total", "pending", "answered") else r[k] for k in r.keys()}
-                             for r in rows])
+        return jsonify(runs=[{**{k: (r[k] or 0) if k in ("total", "pending", "answered") else r[k] for k in r.keys()
+                                 if k not in ("trainer", "trainer_time")}, "trainer": trainer_json(r)} for r in rows])
 
     @app.post("/api/runs/<run_id>/lease")
     def lease(run_id: str):
@@ -405,7 +572,9 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             if row is not None:
                 con.execute("UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",
                             (client, now + lease_seconds, row["id"]))
-            return jsonify(query=query_json(con, row) if row is not None else None, progress=progress(con, run_id))
+            run = con.execute("SELECT trainer, trainer_time FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return jsonify(query=query_json(con, row) if row is not None else None,
+                           progress=progress(con, run_id, client=client), trainer=trainer_json(run))
 
     @app.post("/api/leases/renew")
     def renew():
@@ -424,8 +593,11 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
                     renewed.append(qid)
         return jsonify(renewed=renewed)
 
-    @app.post("/api/queries/<int:query_id>/answer")
-    def answer(query_id: int):
+    @app.post("/api/queries/<query_id>/answer")
+    def answer(query_id: str):
+        if not ROW_ID.match(query_id):
+            raise ApiError(404, f"no query {query_id[:40]!r}")
+        query_id = int(query_id)
         body = json_body()
         client = short_text(body, "client")
         labeler = short_text(body, "labeler")
@@ -440,11 +612,11 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             if row["status"] in ("answered", "used"):
                 if row["choice"] == choice:  # the same answer again (a retried request): stored once
                     return jsonify(ok=True, duplicate=True, progress=progress(con, row["run_id"], row["session"]))
-                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first")
+                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first", "answered")
             if row["status"] == "withdrawn":
-                raise ApiError(409, f"query {query_id} was withdrawn by the trainer")
+                raise ApiError(409, f"query {query_id} was withdrawn by the trainer", "withdrawn")
             if row["lease_client"] not in (None, client) and row["lease_until"] >= now:
-                raise ApiError(409, f"query {query_id} is being answered by another labeler")
+                raise ApiError(409, f"query {query_id} is being answered by another labeler", "leased")
             label = CHOICES[choice]
             con.execute("UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
                         "lease_client = NULL, lease_until = NULL WHERE id = ?", (choice, label, labeler, now, query_id))
@@ -464,9 +636,9 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             get_run(con, run_id)
             row = con.execute(
                 "SELECT q.* FROM events e JOIN queries q ON q.id = e.query_id WHERE e.run_id = ? AND e.kind = 'answer' "
-                "AND (e.client = ? OR e.labeler = ?) AND q.status IN ('answered', 'used') "
+                "AND e.client = ? AND q.status IN ('answered', 'used') "
                 "AND e.id = (SELECT MAX(id) FROM events WHERE query_id = e.query_id) ORDER BY e.id DESC LIMIT 1",
-                (run_id, client, labeler)).fetchone()
+                (run_id, client)).fetchone()
             if row is None:
                 raise ApiError(409, "nothing to undo")
             if row["status"] == "used":
@@ -488,30 +660,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
                         help="folder for the SQLite file and the clips (default: $PREFRL_FEEDBACK_DATA_DIR or humanFeedback/data)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
-                        help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV})")
+                        help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV}, which keeps "
+                             "it out of the process list)")
+    parser.add_argument("--allowed-hosts", default=None,
+                        help="comma-separated Host names answered when bound off loopback (default: any; on loopback "
+                             "only loopback names are answered)")
     parser.add_argument("--lease-seconds", type=float, default=30.0,
                         help="how long a page holds a query without renewing it (a closed tab frees it after this)")
     parser.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted (uploads)")
+    parser.add_argument("--threads", type=int, default=8, help="requests served at once (waitress worker threads)")
+    parser.add_argument("--quiet", action="store_true", help="no line per request in the log")
     args = parser.parse_args(argv)
     if not is_loopback(args.host) and not args.token:
-        print(f"error: --host {args.host} is reachable from other machines; give a token with --token or "
-              f"${TOKEN_ENV} (for example: --token {secrets.token_urlsafe(16)})", file=sys.stderr)
+        print(f"error: --host {args.host} is reachable from other machines; give a token with ${TOKEN_ENV} or "
+              f"--token (for example: {TOKEN_ENV}={secrets.token_urlsafe(16)})", file=sys.stderr)
         return 2
-    if not 0 < args.port < 65536 or not args.lease_seconds > 0 or not args.max_request_mb > 0 or not math.isfinite(args.lease_seconds):
-        print("error: --port must be 1-65535, --lease-seconds and --max-request-mb positive", file=sys.stderr)
+    if not 0 < args.port < 65536 or not 1 <= args.threads <= 256:
+        print(f"error: --port must be 1-65535 (got {args.port}) and --threads 1-256 (got {args.threads})", file=sys.stderr)
         return 2
+    if not (0 < args.lease_seconds < 1e6 and 0 < args.max_request_mb < 1e6):
+        print(f"error: --lease-seconds and --max-request-mb must be positive, got {args.lease_seconds} and "
+              f"{args.max_request_mb}", file=sys.stderr)
+        return 2
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logging.getLogger("waitress").setLevel(logging.INFO)
+    allowed = None if is_loopback(args.host) and args.allowed_hosts is None else (
+        [h.strip() for h in (args.allowed_hosts or "*").split(",") if h.strip()])
+    if allowed is not None and is_loopback(args.host):
+        allowed += ["localhost", "127.0.0.1", "::1"]
     try:
-        app = create_app(args.data_dir, args.token or None, args.lease_seconds, args.max_request_mb)
+        app = create_app(args.data_dir, args.token or None, args.lease_seconds, args.max_request_mb, allowed)
     except (OSError, sqlite3.Error) as e:
         print(f"error: cannot use --data-dir {args.data_dir!r}: {e}", file=sys.stderr)
         return 2
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     suffix = "/?token=<token>" if args.token else "/"
     print(f"feedback server: http://{shown}:{args.port}{suffix} (data in {Path(args.data_dir).resolve()})", flush=True)
-    from werkzeug.serving import run_simple
+    from waitress import serve
 
     try:
-        run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+        serve(app, host=args.host, port=args.port, threads=args.threads, channel_timeout=60, connection_limit=200,
+              ident="prefrl", clear_untrusted_proxy_headers=True, max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 2**20)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
 
     def start(self, wait: bool = True) -> "Server":
         env = dict(os.environ)
@@ -41,12 +42,16 @@ class Server:
                *self.extra]
         if self.token:
             cmd += ["--token", self.token]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # output to a file, never a pipe nobody reads: one log line per request would fill a pipe and stall the server
+        self.log_path = Path(self.data_dir).parent / f"server-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         if wait:
             deadline = time.monotonic() + 20
             headers = {"X-Prefrl-Token": self.token} if self.token else {}
             while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.proc.stdout.read()
+                assert self.proc.poll() is None, self.log_path.read_text()
                 try:
                     if requests.get(self.url + "/api/health", headers=headers, timeout=1).status_code == 200:
                         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -233,3 +234,257 @@ def test_kill_9_loses_no_answer_and_keeps_pending_queries_pending(tmp_path):
             assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         restarted.stop()
+
+
+# ------------------------------------------------------------------------------------------- edge input and fuzzing
+NASTY = ["\ud800", "a\udfff", 2**63, -(2**63) - 1, "<4400 digits>", 1e308 * 10, float("nan"), -1, 0, True, None, "", "x" * 5000,
+         [], {}, [1, "a"], {"a": 1}, "²", "left", 3.5, "../x", "\x00", "é" * 50]
+
+
+def raw(server, method, path, body: str | bytes | None = None, headers=None):
+    h = {"Content-Type": "application/json", **(headers or {})}
+    return requests.request(method, server.url + path, data=body, headers=h, timeout=10)
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/runs/run-1/lease", '{"client": "\\ud800"}'),
+    ("POST", "/api/runs/run-1/lease", '{"client": "a", "labeler": "\\ud800"}'),
+    ("PUT", "/api/runs/run-2", '{"env_id": "\\ud800"}'),
+    ("PUT", "/api/runs/run-2", '{"env_id": "Hopper-v5", "question": "\\udfff?"}'),
+    ("POST", "/api/queries/1/answer", '{"client": "a", "labeler": "\\ud800", "choice": "left"}'),
+    ("POST", f"/api/queries/{2**63}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
+    ("POST", f"/api/queries/{'9' * 5000}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
+    ("POST", "/api/runs/run-1/lease", '{"client": "a", "exclude": [%d]}' % 2**63),
+    ("POST", "/api/leases/renew", '{"client": "a", "ids": [%d]}' % 2**64),
+    ("POST", "/api/runs/run-1/lease", '{"client": "a", "exclude": [%s]}' % ("9" * 4400)),
+    ("GET", "/api/runs/run-1/events?since=%C2%B2", None),
+    ("GET", f"/api/runs/run-1/events?since={2**63}", None),
+    ("GET", f"/api/runs/run-1/events?since={'1' * 4400}", None),
+    ("POST", "/api/runs/run-1/lease", "[" * 100_000 + "]" * 100_000),
+    ("POST", "/api/runs/run-1/close", '{"keys": ' + "[" * 5000 + "]" * 5000 + "}"),
+    ("POST", "/api/runs/run-1/lease", b'{"client": "\xff\xfe"}'),
+    ("PUT", "/api/runs/run-1/status", '{"state": "training", "sessions_done": %d}' % 2**63),
+    ("PUT", "/api/runs/run-1/status", '{"state": "training", "next_in_s": NaN}'),
+    ("PUT", "/api/runs/run-1/status", '{"state": "\\ud800"}'),
+])
+def test_edge_input_is_a_4xx_never_a_500(server, method, path, body):
+    make_run(server, n=1)
+    r = raw(server, method, path, body, headers={"X-Prefrl-Client": "t"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert "error" in r.json() and "\n" not in r.json()["error"]
+
+
+@pytest.mark.parametrize("queries", ['[{"key": "k", "session": %s}]' % ("9" * 4400), '[{"key": "k", "session": %d}]' % 2**63,
+                                     '[{"key": "\\ud800", "session": 0}]', "[" * 50_000,
+                                     '[{"key": "k", "session": 0, "left_valid": 0}]',
+                                     '[{"key": "k", "session": 0, "right_valid": "1"}]'])
+def test_edge_input_in_an_upload_is_a_4xx(server, queries):
+    make_run(server)
+    files = [("left:k", ("k.mp4", FAKE_MP4, "video/mp4")), ("right:k", ("k.mp4", FAKE_MP4, "video/mp4"))]
+    r = api(server, "POST", "/api/runs/run-1/queries", headers=CLIENT, data={"queries": queries}, files=files)
+    assert r.status_code == 400, r.text
+    assert list((server.data_dir / "media").iterdir()) == []  # nothing written
+
+
+def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server):
+    """A few thousand random requests (valid shapes filled with hostile values) against every route."""
+    import random
+
+    rng = random.Random(0)
+    keys = make_run(server, n=6)
+    make_run(server, "run-2", n=3)
+    s = requests.Session()
+    routes = [("PUT", "/api/runs/{run}", ["env_id", "question"]), ("PUT", "/api/runs/{run}/status",
+              ["state", "sessions_done", "sessions_total", "next_in_s", "labels_given"]),
+              ("POST", "/api/runs/{run}/lease", ["client", "labeler", "exclude"]), ("POST", "/api/leases/renew", ["client", "ids"]),
+              ("POST", "/api/queries/{qid}/answer", ["client", "labeler", "choice"]), ("POST", "/api/runs/{run}/undo",
+              ["client", "labeler"]), ("POST", "/api/runs/{run}/close", ["keys"]), ("GET", "/api/runs/{run}/events", []),
+              ("GET", "/api/runs/{run}", []), ("GET", "/api/runs", []), ("GET", "/api/runs/{run}/queries", []),
+              ("GET", "/media/{clip}", [])]
+    good = {"env_id": "Hopper-v5", "question": "Which?", "state": "training", "sessions_done": 1, "sessions_total": 3,
+            "next_in_s": 12.5, "labels_given": 4, "client": "c1", "labeler": "l1", "exclude": [1], "ids": [1, 2],
+            "choice": "left", "keys": keys[:2]}
+    statuses = []
+    for i in range(2500):
+        method, template, names = rng.choice(routes)
+        path = template.format(run=rng.choice(["run-1", "run-2", "run-1", "nope", "%ED%A0%80", "a" * 300]),
+                               qid=rng.choice(["1", "2", "7", "0", str(2**63), "-1", "1e3", "%C2%B2"]),
+                               clip=rng.choice(["x.mp4", "0" * 32 + ".mp4", "..%2f..%2fetc%2fpasswd"]))
+        body = {n: (rng.choice(NASTY) if rng.random() < 0.3 else good[n]) for n in names if rng.random() < 0.9}
+        if rng.random() < 0.1:
+            body[rng.choice(["extra", "client"])] = {"deep": [[[[rng.choice(NASTY)]]]]}
+        params = {"since": rng.choice(["0", "5", "-1", "²", "1" * 30, ""])} if "events" in template else None
+        data = json.dumps(body, allow_nan=True).replace('"<4400 digits>"', "9" * 4400) if method != "GET" else None
+        headers = {"Content-Type": rng.choice(["application/json"] * 4 + ["text/plain"]), "X-Prefrl-Client": "fuzz"}
+        r = s.request(method, server.url + path, data=data, params=params, headers=headers, timeout=10)
+        statuses.append(r.status_code)
+        if r.status_code >= 400:
+            assert "error" in r.json(), r.text
+    assert max(statuses) < 500, [st for st in statuses if st >= 500][:5]
+    assert statuses.count(200) > 300  # the valid requests among them were served
+    with sqlite3.connect(server.data_dir / "feedback.sqlite3") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert "Traceback" not in server.log_path.read_text()
+
+
+# ----------------------------------------------------------------------------------------------------- security
+def test_only_loopback_host_names_are_answered_on_loopback(server):
+    make_run(server, n=1)
+    for host in ["attacker.test", "attacker.test:80", "10.0.0.1", "example.org:5001", "127.0.0.1.attacker.test"]:
+        r = requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, headers={"Host": host}, timeout=5)
+        assert r.status_code == 400 and "host" in r.json()["error"], host
+        assert requests.get(server.url + "/", headers={"Host": host}, timeout=5).status_code == 400
+    for host in [f"127.0.0.1:{server.port}", f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.2"]:
+        assert requests.get(server.url + "/api/runs", headers={"Host": host}, timeout=5).status_code == 200, host
+
+
+def test_off_loopback_the_configured_host_names_are_answered(tmp_path):
+    s = Server(tmp_path / "data", "--allowed-hosts", "labels.example.org,127.0.0.1", host="0.0.0.0", token="t").start()
+    try:
+        assert api(s, "GET", "/api/runs", headers={"Host": "labels.example.org"}).status_code == 200
+        assert api(s, "GET", "/api/runs", headers={"Host": "attacker.test"}).status_code == 400
+    finally:
+        s.stop()
+
+
+def test_undo_takes_back_only_the_same_clients_answer(server):
+    make_run(server, n=2)
+    q = lease(server, "run-1", "alice")
+    assert answer(server, q["id"], "left", client="alice").status_code == 200
+    # bob uses alice's labeler name: not enough
+    r = api(server, "POST", "/api/runs/run-1/undo", json={"client": "bob", "labeler": "alice"})
+    assert r.status_code == 409
+    r = api(server, "POST", "/api/runs/run-1/undo", json={"client": "alice", "labeler": "someone"})
+    assert r.status_code == 200 and r.json()["query"]["id"] == q["id"]
+
+
+def test_a_token_moves_from_the_url_to_a_cookie_and_never_reaches_the_log(tmp_path):
+    s = Server(tmp_path / "data", host="127.0.0.1", token="s3cret-value").start()
+    try:
+        make_run(s, n=1)
+        browser = requests.Session()
+        first = browser.get(s.url + "/?token=s3cret-value", timeout=5)
+        assert first.status_code == 200
+        cookie = first.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and f"prefrl_token_{s.port}" in cookie
+        # from now on the page sends neither a header nor ?token=: the cookie carries it, clips included
+        q = browser.post(s.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"]
+        assert "token" not in q["left"]
+        assert browser.get(s.url + q["left"], timeout=5).content == FAKE_MP4
+        assert requests.get(s.url + q["left"], timeout=5).status_code == 401  # not without it
+        assert requests.get(s.url + "/?token=wrong", timeout=5).status_code == 401
+    finally:
+        s.stop()
+    logged = s.log_path.read_text()
+    assert "token=REDACTED" in logged and "s3cret-value" not in logged
+
+
+def test_the_page_cannot_be_framed_by_another_site(server):
+    for path in ["/", "/api/runs"]:
+        r = requests.get(server.url + path, timeout=5)
+        assert r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert "Werkzeug" not in r.headers.get("Server", "")
+
+
+def test_media_links_are_not_followed(server, tmp_path):
+    make_run(server, n=1)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    link = server.data_dir / "media" / ("a" * 32 + ".mp4")
+    link.symlink_to(secret)
+    r = requests.get(server.url + "/media/" + link.name, timeout=5)
+    assert r.status_code == 404 and b"private" not in r.content
+
+
+def test_an_upload_of_1000_queries_is_accepted_and_1001_refused(server):
+    make_run(server)
+    for n, status in [(1000, 200), (1001, 400)]:
+        keys = [f"n{n}-{i}" for i in range(n)]
+        files = [(f"{side}:{k}", (f"{k}.mp4", FAKE_MP4, "video/mp4")) for k in keys for side in ("left", "right")]
+        r = api(server, "POST", "/api/runs/run-1/queries", headers=CLIENT, files=files,
+                data={"queries": json.dumps([{"key": k, "session": 0} for k in keys])})
+        assert r.status_code == status, r.text
+    assert len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"]) == 1000
+    assert "most 1000 queries" in SERVER.read_text()  # the documented limit is the enforced one
+
+
+def test_clip_files_match_the_database_after_a_crash(tmp_path):
+    """Orphans (uploads killed before their commit) are removed at start; a committed clip still under its temporary
+    name (killed between commit and rename) is completed."""
+    data = tmp_path / "data"
+    s = Server(data).start()
+    make_run(s, n=2)
+    s.stop()
+    media = data / "media"
+    with sqlite3.connect(data / "feedback.sqlite3") as con:
+        committed = con.execute("SELECT left_clip FROM queries LIMIT 1").fetchone()[0]
+    os.replace(media / committed, media / f".{committed}.tmp")  # killed between commit and rename
+    (media / ("b" * 32 + ".mp4")).write_bytes(FAKE_MP4)        # an orphan clip
+    (media / f".{'c' * 32}.mp4.tmp").write_bytes(FAKE_MP4)      # an upload killed before its commit
+    s.start()
+    try:
+        with sqlite3.connect(data / "feedback.sqlite3") as con:
+            referenced = {n for row in con.execute("SELECT left_clip, right_clip FROM queries") for n in row}
+        assert {p.name for p in media.iterdir()} == referenced
+        q = lease(s, "run-1", "a")
+        assert requests.get(s.url + q["left"], timeout=5).content == FAKE_MP4
+    finally:
+        s.stop()
+
+
+def test_trainer_status_clip_ends_and_who_holds_what_reach_the_page(server):
+    assert api(server, "PUT", "/api/runs/run-1", json={"env_id": "Hopper-v5"}).ok
+    files = [(f"{side}:k{i}", ("k.mp4", FAKE_MP4, "video/mp4")) for i in range(2) for side in ("left", "right")]
+    r = api(server, "POST", "/api/runs/run-1/queries", headers=CLIENT, files=files, data={"queries": json.dumps(
+        [{"key": "k0", "session": 0, "left_valid": 0.5}, {"key": "k1", "session": 0}])})
+    assert r.ok, r.text
+    assert api(server, "GET", "/api/runs/run-1").json()["trainer"] is None
+    status = {"state": "training", "sessions_done": 1, "sessions_total": 3, "next_in_s": 90.0, "labels_given": 2}
+    assert api(server, "PUT", "/api/runs/run-1/status", headers=CLIENT, json=status).ok
+    assert api(server, "PUT", "/api/runs/run-1/status", json=status).status_code == 403  # trainers only
+    assert api(server, "PUT", "/api/runs/run-1/status", headers=CLIENT, json={**status, "state": "x"}).status_code == 400
+    seen = api(server, "GET", "/api/runs").json()["runs"][0]["trainer"]
+    assert {k: seen[k] for k in status} == status and 0 <= seen["age_s"] < 5
+    a = api(server, "POST", "/api/runs/run-1/lease", json={"client": "tab-a"}).json()
+    assert (a["query"]["left_valid"], a["query"]["right_valid"]) == (0.5, 1.0) and a["trainer"]["state"] == "training"
+    b = api(server, "POST", "/api/runs/run-1/lease", json={"client": "tab-a", "exclude": [a["query"]["id"]]}).json()
+    c = api(server, "POST", "/api/runs/run-1/lease", json={"client": "tab-b"}).json()
+    assert c["query"] is None and c["progress"]["held_elsewhere"] == 2 and c["progress"]["pending"] == 2
+    assert b["progress"]["held_elsewhere"] == 0
+    refused = answer(server, a["query"]["id"], "left", client="tab-b")
+    assert refused.status_code == 409 and refused.json()["reason"] == "leased"
+    assert answer(server, a["query"]["id"], "left", client="tab-a").ok
+    assert answer(server, a["query"]["id"], "right", client="tab-a").json()["reason"] == "answered"
+    api(server, "POST", "/api/runs/run-1/close", json={"keys": ["k0", "k1"]})
+    assert answer(server, b["query"]["id"], "left", client="tab-a").json()["reason"] == "withdrawn"
+
+
+def test_an_older_database_file_is_upgraded_in_place(tmp_path):
+    """A data folder written before clip ends and trainer status existed keeps its answers and gains the columns."""
+    data = tmp_path / "data"
+    (data / "media").mkdir(parents=True)
+    with sqlite3.connect(data / "feedback.sqlite3") as con:
+        con.executescript("""
+            CREATE TABLE runs (id TEXT PRIMARY KEY, env_id TEXT NOT NULL, question TEXT NOT NULL, created REAL NOT NULL,
+                               updated REAL NOT NULL);
+            CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(id),
+                key TEXT NOT NULL, session INTEGER NOT NULL, left_clip TEXT NOT NULL, right_clip TEXT NOT NULL,
+                created REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending', choice TEXT, label REAL, labeler TEXT,
+                answered_at REAL, lease_client TEXT, lease_until REAL, UNIQUE (run_id, key));
+            INSERT INTO runs VALUES ('old', 'Hopper-v5', 'Which?', 0, 0);""")
+        for i in range(2):
+            con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, status, choice, label) "
+                        "VALUES ('old', ?, 0, ?, ?, 0, ?, ?, ?)", (f"k{i}", f"{i}" * 32 + ".mp4", f"{i + 2}" * 32 + ".mp4",
+                                                                  ["answered", "pending"][i], ["left", None][i], [0.0, None][i]))
+    for name in ["0" * 32, "1" * 32, "2" * 32, "3" * 32]:
+        (data / "media" / f"{name}.mp4").write_bytes(FAKE_MP4)
+    s = Server(data).start()
+    try:
+        queries = api(s, "GET", "/api/runs/old/queries").json()["queries"]
+        assert [(q["key"], q["status"], q["label"]) for q in queries] == [("k0", "answered", 0.0), ("k1", "pending", None)]
+        q = lease(s, "old", "a")
+        assert q["key"] == "k1" and q["left_valid"] == 1.0
+        assert len(list((data / "media").iterdir())) == 4
+    finally:
+        s.stop()
