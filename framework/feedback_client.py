@@ -3,14 +3,17 @@
 `HumanTeacher.answer(queries)` renders the two clips of every query from the stored physics states
 (`framework.clips`), uploads them with the query to the feedback server (humanFeedback/feedback_server.py; no shared
 disk is needed), then waits with a progress bar until a person has answered them all on the page (or
-`--feedback-timeout` passes). Every answer is appended to `<run>/answers.jsonl` the moment it arrives. Network errors
-and a server that is down are retried with backoff and never end the run; a refused token or a malformed request is a
-`UsageError` (one line, exit 2).
+`--feedback-timeout` passes). Every answer is appended to `<run>/answers.jsonl` the moment it arrives. Network errors,
+a server that is down and replies that are not the server's JSON (a proxy, a wrong URL) are retried with backoff and
+never end the run; a refused token or a malformed request is a `UsageError` (one line, exit 2). The trainer tells the
+page what it is doing (waiting for answers, training until the next session and for about how long, finished).
 
 Queries have stable keys (session, step, index), uploads are idempotent, and the server keeps every answer, so a
 trainer killed while waiting and resumed (`--resume`) finds the answers given while it was down. A session ends by
 "closing" its queries on the server: answered ones become final (undo no longer possible) and the labels the trainer
-learns from are the ones the server returns then; unanswered ones are withdrawn from the page.
+learns from are the ones the server returns then; unanswered ones are withdrawn from the page. When the server cannot
+be reached at a `--feedback-timeout` deadline, the trainer goes on with every answer the server acknowledged before
+(they are in answers.jsonl) and closes the session on the server once it is back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +93,10 @@ class FeedbackTimeout(Exception):
     """The deadline passed while the server was unreachable."""
 
 
+class NotTheServer(Exception):
+    """A reply that is not the feedback server's JSON (a proxy's page, a wrong URL): retried like an outage."""
+
+
 class FeedbackClient:
     """JSON over HTTP to the feedback server. Connection errors and 5xx answers are retried with backoff (printed
     once per outage); a 4xx is a `FeedbackServerError` with the server's message."""
@@ -107,18 +115,28 @@ class FeedbackClient:
     def page_url(self, run_id: str | None = None) -> str:
         return self.url + "/" + (f"?run={run_id}" if run_id else "")
 
-    def request(self, method: str, path: str, deadline: float | None = None, **kwargs) -> dict:
+    def request(self, method: str, path: str, deadline: float | None = None, expect: tuple[str, ...] = (),
+                **kwargs) -> dict:
+        """One API call. Retried with backoff through outages, 5xx and replies without the `expect`ed JSON keys; with
+        a `deadline` (time.monotonic()), every attempt is bounded by the time left and `FeedbackTimeout` is raised
+        when it has passed."""
         delay, down_since = 0.5, None
         while True:
+            timeout = self.request_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise FeedbackTimeout("the deadline passed")
             try:
-                response = self.session.request(method, self.url + path, timeout=self.request_timeout, **kwargs)
-                if response.status_code < 500:
-                    if down_since is not None:
-                        self.log(f"feedback server at {self.url} is back after {time.monotonic() - down_since:.0f} s")
-                    break
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            except requests.RequestException as e:
-                problem = f"{type(e).__name__}: {str(e)[:200]}"
+                response = self.session.request(method, self.url + path, timeout=timeout, **kwargs)
+                if response.status_code >= 500:
+                    raise NotTheServer(f"HTTP {response.status_code}: {one_line(response.text)}")
+                body = parse_reply(response, expect)
+                if down_since is not None:
+                    self.log(f"feedback server at {self.url} is back after {time.monotonic() - down_since:.0f} s")
+                break
+            except (requests.RequestException, NotTheServer) as e:
+                problem = str(e) if isinstance(e, NotTheServer) else f"{type(e).__name__}: {one_line(str(e))}"
             if down_since is None:
                 down_since = time.monotonic()
                 self.log(f"feedback server at {self.url} unreachable ({problem}); retrying with backoff "
@@ -127,10 +145,6 @@ class FeedbackClient:
                 raise FeedbackTimeout(problem)
             time.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.text[:200]}
         if response.status_code == 401:
             raise FeedbackServerError(f"the feedback server at {self.url} refused the token: set ${TOKEN_ENV} to the "
                                       "token the server was started with")
@@ -142,12 +156,20 @@ class FeedbackClient:
     # the trainer API
     def health(self, timeout: float = 2.0) -> bool:
         try:
-            return self.session.get(self.url + "/api/health", timeout=timeout).status_code == 200
+            response = self.session.get(self.url + "/api/health", timeout=timeout)
+            return response.status_code == 200 and "ok" in parse_reply(response, ("ok",))
+        except (requests.RequestException, NotTheServer):
+            return False
+
+    def put_status(self, run_id: str, status: dict, timeout: float = 5.0) -> bool:
+        """Tell the page what the trainer is doing; best effort (one try, short), since it only informs people."""
+        try:
+            return self.session.put(self.url + f"/api/runs/{run_id}/status", json=status, timeout=timeout).ok
         except requests.RequestException:
             return False
 
     def put_run(self, run_id: str, env_id: str, question: str, deadline: float | None = None) -> dict:
-        return self.request("PUT", f"/api/runs/{run_id}", deadline, json={"env_id": env_id, "question": question})
+        return self.request("PUT", f"/api/runs/{run_id}", deadline, ("run_id",), json={"env_id": env_id, "question": question})
 
     def upload(self, run_id: str, specs: list[dict], clips: dict[str, tuple[bytes, bytes]],
                deadline: float | None = None) -> dict:
@@ -155,26 +177,48 @@ class FeedbackClient:
         for key, (left, right) in clips.items():
             files += [(f"left:{key}", (f"{key}-left.mp4", left, "video/mp4")),
                       (f"right:{key}", (f"{key}-right.mp4", right, "video/mp4"))]
-        return self.request("POST", f"/api/runs/{run_id}/queries", deadline, data={"queries": json.dumps(specs)},
+        return self.request("POST", f"/api/runs/{run_id}/queries", deadline, ("added",), data={"queries": json.dumps(specs)},
                             files=files)
 
     def queries(self, run_id: str, deadline: float | None = None) -> list[dict]:
-        return self.request("GET", f"/api/runs/{run_id}/queries", deadline)["queries"]
+        return self.request("GET", f"/api/runs/{run_id}/queries", deadline, ("queries",))["queries"]
 
     def events(self, run_id: str, since: int, deadline: float | None = None) -> tuple[list[dict], int]:
-        body = self.request("GET", f"/api/runs/{run_id}/events", deadline, params={"since": since})
+        body = self.request("GET", f"/api/runs/{run_id}/events", deadline, ("events", "cursor"), params={"since": since})
         return body["events"], body["cursor"]
 
     def close(self, run_id: str, keys: list[str], deadline: float | None = None) -> dict[str, dict]:
-        return self.request("POST", f"/api/runs/{run_id}/close", deadline, json={"keys": keys})["labels"]
+        return self.request("POST", f"/api/runs/{run_id}/close", deadline, ("labels",), json={"keys": keys})["labels"]
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def parse_reply(response: requests.Response, expect: tuple[str, ...]) -> dict:
+    """The JSON object of a reply; `NotTheServer` for a 2xx that is not the feedback server's (HTML from a proxy or a
+    wrong URL, cut-off JSON, missing fields). A 4xx without JSON becomes {"error": its text}."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        return body if isinstance(body, dict) else {"error": one_line(response.text)}
+    if not isinstance(body, dict) or any(k not in body for k in expect):
+        kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+        raise NotTheServer(f"HTTP {response.status_code} with {kind} that is not the feedback server's reply "
+                           f"(a proxy or a wrong URL?): {one_line(response.text, 80)!r}")
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------- local server
-def start_local_server(url: str, token: str | None = None, data_dir: str | None = None,
+def start_local_server(url: str, token: str | None = None, data_dir: str | None = None, log_path: str | None = None,
                        wait_s: float = 30.0) -> subprocess.Popen | None:
     """Start humanFeedback/feedback_server.py on the URL's loopback port as a child process, stopped at exit.
 
-    Returns None when a server already answers at `url` (it is used as it is)."""
+    Its output goes to `log_path` (appended; never a pipe, which would fill with the server's one line per request
+    and stall it); the token goes by environment, never on the command line. Returns None when a server already
+    answers at `url` (it is used as it is)."""
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost", "::1") or parsed.scheme != "http":
         raise UsageError(f"--feedback-server-autostart starts a server on this machine; --feedback-server-url must be "
@@ -189,17 +233,25 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
     env = dict(os.environ)
     if token:
         env[TOKEN_ENV] = token
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if log_path is None:
+        log_path = os.path.join(tempfile.gettempdir(), f"prefrl-feedback-server-{parsed.port or 80}.log")
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UsageError(f"the feedback server did not start: {proc.stderr.read().strip()[-500:]}")
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                said = f.read().decode(errors="replace").strip().splitlines()
+            raise UsageError(f"the feedback server did not start: {said[-1] if said else 'no output'} (log: {log_path})")
         if client.health(timeout=1.0):
             break
         time.sleep(0.2)
     else:
         proc.kill()
-        raise UsageError(f"the feedback server did not answer at {url} within {wait_s:.0f} s")
+        raise UsageError(f"the feedback server did not answer at {url} within {wait_s:.0f} s (log: {log_path})")
 
     def stop() -> None:
         if proc.poll() is None:
@@ -210,7 +262,7 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
                 proc.kill()
 
     atexit.register(stop)
-    print(f"started a feedback server at {url} (pid {proc.pid}); it stops when training ends", flush=True)
+    print(f"started a feedback server at {url} (pid {proc.pid}, log {log_path}); it stops when training ends", flush=True)
     return proc
 
 
@@ -225,7 +277,13 @@ class HumanTeacher:
         self.clip_size, self.clip_fps, self.timeout = clip_size, clip_fps, timeout
         self.poll_interval, self.progress, self.close_grace = poll_interval, progress, close_grace
         self.answers_path = os.path.join(run_dir, "answers.jsonl")
-        self.recorded: set[int] = set()
+        self.recorded: set[int] = set()  # event ids already in answers.jsonl
+        self.history: list[dict] = []  # answer and undo events in answers.jsonl, in order
+        self.unclosed: dict[int, list[str]] = {}  # sessions that ended while the server was unreachable
+        self.answers_given = 0  # answered pairs of the closed sessions (can't-tell included)
+        self.schedule: list[tuple[int, int]] = []
+        self.started = time.monotonic()
+        self.last_closed: tuple[float, int] | None = None  # (time, env step) of the last session's close
         if os.path.exists(self.answers_path):  # a resumed run: these events are already in the file
             with open(self.answers_path) as f:
                 for line in f:
@@ -235,6 +293,13 @@ class HumanTeacher:
                         continue
                     if "event" in record:
                         self.recorded.add(record["event"])
+                        self.history.append(record)
+                    elif "closed" in record:
+                        self.answers_given += record.get("answered", sum(x is not None for x in record["labels"]))
+                        if not record.get("on_server", True):
+                            self.unclosed[record["closed"]] = record["keys"]
+                    elif "closed_on_server" in record:
+                        self.unclosed.pop(record["closed_on_server"], None)
         client.put_run(run_id, env_id, question)
         self.return_scale = 1.0  # the simulated teacher's interface; a person needs no scale
         self.rng = np.random.default_rng(0)
@@ -242,6 +307,10 @@ class HumanTeacher:
     def set_return_scale(self, scale: float) -> None:
         self.return_scale = scale
 
+    def plan(self, sessions: list[tuple[int, int]]) -> None:
+        self.schedule = list(sessions)
+
+    # ------------------------------------------------------------------------------------------------ bookkeeping
     def _append(self, records: list[dict]) -> None:
         if not records:
             return
@@ -254,8 +323,46 @@ class HumanTeacher:
     def keys(self, queries: QueryBatch) -> list[str]:
         return [f"s{queries.session}-t{queries.step}-q{i}" for i in range(len(queries))]
 
-    def upload(self, queries: QueryBatch) -> float:
-        """Render and upload the clips the server does not have yet; returns the seconds it took."""
+    def session_name(self, session: int) -> str:
+        return f"feedback session {session + 1}" + (f" of {len(self.schedule)}" if self.schedule else "")
+
+    def post_status(self, state: str, sessions_done: int, next_in_s: float | None = None) -> None:
+        self.client.put_status(self.run_id, {"state": state, "sessions_done": sessions_done,
+                                             "sessions_total": len(self.schedule) or None, "next_in_s": next_in_s,
+                                             "labels_given": self.answers_given})
+
+    def next_session_in(self, session: int, step: int) -> float | None:
+        """Seconds until the session after `session` (which ran at env `step`), at the pace training kept since the
+        previous session (or since this process started): None when unknown or there is none."""
+        if session + 1 >= len(self.schedule):
+            return None
+        if self.last_closed is not None and step > self.last_closed[1]:
+            seconds_per_step = (self.session_started - self.last_closed[0]) / (step - self.last_closed[1])
+        elif session == 0 and step > 0:  # a new run's first session: the pace of pre-exploration
+            seconds_per_step = (self.session_started - self.started) / step
+        else:
+            return None
+        return max(self.schedule[session + 1][0] - step, 0) * seconds_per_step
+
+    def close_unclosed(self, deadline: float | None = None) -> None:
+        """Close on the server the sessions that ended while it was unreachable (their pairs leave the page)."""
+        for session, keys in list(self.unclosed.items()):
+            try:
+                final = self.client.close(self.run_id, keys, deadline)
+            except FeedbackTimeout:
+                return
+            used = {r["key"] for r in self.history if r["kind"] == "answer"}
+            late = [k for k in keys if final[k]["answered"] and k not in used]
+            self._append([{"closed_on_server": session, "late_answers": late, "time": time.time()}])
+            del self.unclosed[session]
+            if late:
+                print(f"{self.session_name(session)}: {len(late)} answers reached the server after the session ended "
+                      "and were not used", flush=True)
+
+    # ------------------------------------------------------------------------------------------------- the session
+    def upload(self, queries: QueryBatch, on_first=None) -> float:
+        """Render and upload the clips the server does not have yet; returns the seconds it took. `on_first()` is
+        called as soon as the first pairs are on the server (rendering the rest goes on meanwhile)."""
         from framework.clips import get_clip_renderer, render_pair
 
         start = time.perf_counter()
@@ -263,20 +370,29 @@ class HumanTeacher:
         known = {q["key"] for q in self.client.queries(self.run_id)}
         todo = [i for i, k in enumerate(keys) if k not in known]
         if not todo:
+            if on_first:
+                on_first()
             return 0.0
         renderer = get_clip_renderer(self.env_id, self.clip_size)
         fps = self.clip_fps or renderer.fps
+        seg_len = queries.mask_a.shape[1]
         # render on this thread, upload on another: the first pairs are answerable while later ones still render
         with ThreadPoolExecutor(max_workers=1) as uploader:
             pending = []
             chunk: dict[str, tuple[bytes, bytes]] = {}
+            specs: list[dict] = []
             for n, i in enumerate(todo):
                 chunk[keys[i]] = render_pair(renderer, queries.physics_a[i], queries.mask_a[i], queries.physics_b[i],
                                              queries.mask_b[i], fps)
+                # where the episode ended inside each clip (the frames after it are padding)
+                specs.append({"key": keys[i], "session": queries.session,
+                              "left_valid": max(float((queries.mask_a[i] > 0).sum()), 1.0) / seg_len,
+                              "right_valid": max(float((queries.mask_b[i] > 0).sum()), 1.0) / seg_len})
                 if len(chunk) >= (2 if n < 4 else 5) or n == len(todo) - 1:
-                    specs = [{"key": k, "session": queries.session} for k in chunk]
                     pending.append(uploader.submit(self.client.upload, self.run_id, specs, chunk))
-                    chunk = {}
+                    if len(pending) == 1 and on_first:
+                        pending[0].add_done_callback(lambda f: f.exception() is None and on_first())
+                    chunk, specs = {}, []
             for future in pending:
                 future.result()
         return time.perf_counter() - start
@@ -286,31 +402,38 @@ class HumanTeacher:
         skipped, or not answered in time)."""
         from tqdm import tqdm
 
+        self.session_started = time.monotonic()
         keys = self.keys(queries)
-        seconds = self.upload(queries)
+        name = self.session_name(queries.session)
+        self.close_unclosed(time.monotonic() + 5.0)
+        self.post_status("waiting", queries.session)
+        url = self.client.page_url(self.run_id)
+        self.upload(queries, on_first=lambda: print(f"{name}: {len(keys)} pairs of clips; the first are ready to label "
+                                                    f"at {url}", flush=True))
         deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
-        print(f"feedback session {queries.session + 1}: {len(keys)} pairs of clips wait for answers "
-              f"(uploaded in {seconds:.1f} s). Open {self.client.page_url(self.run_id)} to label them.", flush=True)
+        print(f"{name}: all {len(keys)} pairs are on the page; waiting for answers"
+              + (f" (at most {self.timeout:g} s)" if deadline else ""), flush=True)
         wanted = set(keys)
-        current: dict[str, dict] = {}
+        # what people answered: first from answers.jsonl (a resumed run), then from the server's event feed
+        current = self._replay({}, [r for r in self.history if r["key"] in wanted])
         cursor = 0
-        bar = tqdm(total=len(keys), desc="answers", unit="pair", disable=not self.progress, file=sys.stderr)
+        bar = tqdm(total=len(keys), desc=f"{name}: answered", unit="pair", disable=not self.progress, file=sys.stderr,
+                   bar_format="{desc} {n}/{total} pairs |{bar:20}| {elapsed} waiting")
+        log = self.client.log
+        self.client.log = lambda msg: tqdm.write(msg, file=sys.stderr) if self.progress else log(msg)
         timed_out = False
         try:
             while True:
                 try:
                     while True:  # drain the event feed
                         events, cursor = self.client.events(self.run_id, cursor, deadline)
-                        new = [e for e in events if e["key"] in wanted]
-                        self._append([{"event": e["id"], "key": e["key"], "kind": e["kind"], "choice": e["choice"],
-                                       "label": e["label"], "labeler": e["labeler"], "time": e["time"]}
-                                      for e in new if e["id"] not in self.recorded])
-                        for e in new:
-                            self.recorded.add(e["id"])
-                            if e["kind"] == "answer":
-                                current[e["key"]] = e
-                            else:
-                                current.pop(e["key"], None)
+                        new = [{"event": e["id"], "key": e["key"], "kind": e["kind"], "choice": e["choice"],
+                                "label": e["label"], "labeler": e["labeler"], "time": e["time"]}
+                               for e in events if e["key"] in wanted and e["id"] not in self.recorded]
+                        self._append(new)
+                        self.recorded.update(r["event"] for r in new)
+                        self.history += new
+                        self._replay(current, new)
                         if len(events) < 1000:
                             break
                 except FeedbackTimeout:
@@ -325,32 +448,81 @@ class HumanTeacher:
                 time.sleep(self.poll_interval)
         finally:
             bar.close()
-        # close the session: what the server holds now is final (the page can no longer undo it)
+            self.client.log = log
+        labels, answered, on_server = self._close(queries.session, keys, current, timed_out)
+        self._append([{"closed": queries.session, "step": queries.step, "keys": keys, "answered": answered,
+                       "labels": [None if np.isnan(x) else float(x) for x in labels], "on_server": on_server,
+                       "time": time.time()}])
+        self.answers_given += answered
+        if timed_out and on_server:
+            print(f"{name}: --feedback-timeout {self.timeout:g} s passed with {answered} of {len(keys)} pairs "
+                  f"answered; training goes on with those, and the other {len(keys) - answered} left the page",
+                  flush=True)
+        elif not on_server:
+            print(f"{name}: the feedback server is unreachable at the deadline; training goes on with the {answered} "
+                  f"answers it acknowledged (kept in {self.answers_path}); the session is closed on the server when "
+                  "it is back, until then its other pairs may still show on the page", flush=True)
+        finished = len(self.schedule) > 0 and queries.session + 1 >= len(self.schedule)
+        self.post_status("finished" if finished else "training", queries.session + 1,
+                         None if finished else self.next_session_in(queries.session, queries.step))
+        self.last_closed = (time.monotonic(), queries.step)
+        return labels
+
+    @staticmethod
+    def _replay(current: dict[str, dict], events: list[dict]) -> dict[str, dict]:
+        """Apply answer and undo events in order: `current` maps a key to its standing answer."""
+        for e in events:
+            if e["kind"] == "answer":
+                current[e["key"]] = e
+            else:
+                current.pop(e["key"], None)
+        return current
+
+    def _close(self, session: int, keys: list[str], current: dict[str, dict],
+               timed_out: bool) -> tuple[np.ndarray, int, bool]:
+        """Close the session on the server: what it holds now is final (the page can no longer undo it). Returns
+        the labels, how many pairs were answered, and whether the server closed it. When the server cannot be reached
+        (only after a deadline), every answer it acknowledged before counts and the close is retried later."""
         try:
             final = self.client.close(self.run_id, keys, time.monotonic() + self.close_grace if timed_out else None)
-        except FeedbackTimeout:  # the server went away after the deadline: keep what arrived before
+            on_server = True
+        except FeedbackTimeout:
             final = {k: {"answered": k in current, "label": current[k]["label"] if k in current else None} for k in keys}
-            print(f"feedback session {queries.session + 1}: the server is unreachable; using the {len(current)} "
-                  "answers received before it went away", flush=True)
+            self.unclosed[session] = keys
+            on_server = False
         labels = np.array([final[k]["label"] if final[k]["answered"] and final[k]["label"] is not None else np.nan
                            for k in keys], dtype=np.float64)
-        answered = sum(final[k]["answered"] for k in keys)
-        self._append([{"closed": queries.session, "step": queries.step, "keys": keys,
-                       "labels": [None if np.isnan(x) else float(x) for x in labels], "time": time.time()}])
-        if timed_out:
-            print(f"feedback session {queries.session + 1}: --feedback-timeout {self.timeout:g} s passed with "
-                  f"{answered} of {len(keys)} pairs answered; training goes on with those, the rest are withdrawn",
-                  flush=True)
-        return labels
+        return labels, sum(bool(final[k]["answered"]) for k in keys), on_server
+
+    def finish(self) -> None:
+        """At exit: close what could not be closed, and tell the page that this trainer asks for nothing more."""
+        self.close_unclosed(time.monotonic() + 5.0)
+        self.post_status("ended", self.sessions_done())
+
+    def sessions_done(self) -> int:
+        closed = set()
+        if os.path.exists(self.answers_path):
+            with open(self.answers_path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if "closed" in record:
+                        closed.add(record["closed"])
+        return len(closed)
 
 
 def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_dir: str) -> HumanTeacher:
-    """The human teacher of a run, starting a local server first with `--feedback-server-autostart`."""
+    """The human teacher of a run, starting a local server first with `--feedback-server-autostart` (its log is
+    `<run>/feedback_server.log`). At exit the page is told that the run asks for nothing more."""
     token = os.environ.get(TOKEN_ENV) or None
     if args.feedback_server_autostart:
-        start_local_server(args.feedback_server_url, token)
+        start_local_server(args.feedback_server_url, token, log_path=os.path.join(run_dir, "feedback_server.log"))
     client = FeedbackClient(args.feedback_server_url, token)
     print(f"human feedback: queries go to {args.feedback_server_url}; answers are kept in {run_dir}/answers.jsonl",
           flush=True)
-    return HumanTeacher(client, run_id, env_id, run_dir, args.clip_size, args.clip_fps, args.feedback_timeout,
-                        args.feedback_question)
+    teacher = HumanTeacher(client, run_id, env_id, run_dir, args.clip_size, args.clip_fps, args.feedback_timeout,
+                           args.feedback_question)
+    atexit.register(teacher.finish)
+    return teacher

@@ -671,6 +671,7 @@ def main(args: Args) -> dict:
                                     args.total_labels, args.labels_per_session, args.feedback_frequency,
                                     args.schedule_growth, args.pretrain_labels)
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
+    teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
     # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
     explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
 

@@ -702,6 +702,7 @@ def main(args: Args) -> dict:
                                     args.labels_per_session, args.feedback_frequency, args.schedule_growth,
                                     args.pretrain_labels)
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
+    teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
 
     def sac_modules() -> dict:
         return {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,

@@ -79,6 +79,9 @@ class Teacher(Protocol):
 
     def answer(self, queries: QueryBatch) -> np.ndarray: ...
 
+    def plan(self, sessions: list[tuple[int, int]]) -> None:
+        """The run's feedback sessions, (env step, labels asked) each, told once before the first one."""
+
 
 class SimulatedTeacher:
     """B-Pref's scripted teacher; see the module docstring for the model and the label convention."""
@@ -109,6 +112,9 @@ class SimulatedTeacher:
         self.equal_threshold = equal_threshold
         self.return_scale = 1.0
         self.rng = np.random.default_rng(seed)
+
+    def plan(self, sessions: list[tuple[int, int]]) -> None:
+        """A simulated teacher needs no notice of the sessions to come."""
 
     def set_return_scale(self, scale: float) -> None:
         """Set the segment-return scale that the skip and equal thresholds are multiplied by."""

@@ -207,3 +207,177 @@ def test_bad_human_mode_flags_fail_at_start(runs_dir):
         result = run_script("sac_rlhf.py", "--teacher-feedback-mode", "human", "--runs-dir", str(runs_dir), *flags,
                             timeout=120)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr)
+
+
+# ----------------------------------------------------------------------------------------------- hardening
+def test_an_autostarted_server_answers_3000_requests_and_logs_to_the_run_folder(tmp_path):
+    """Its one log line per request goes to a file: a pipe nobody reads would fill after ~650 requests and stall it."""
+    from framework.feedback_client import start_local_server
+
+    url = f"http://127.0.0.1:{free_port()}"
+    log_path = tmp_path / "run" / "feedback_server.log"
+    os.environ["PREFRL_FEEDBACK_TOKEN"] = "tok-secret"
+    try:
+        proc = start_local_server(url, "tok-secret", data_dir=str(tmp_path / "data"), log_path=str(log_path))
+    finally:
+        del os.environ["PREFRL_FEEDBACK_TOKEN"]
+    try:
+        assert "tok-secret" not in Path(f"/proc/{proc.pid}/cmdline").read_text()  # by environment, not arguments
+        s = requests.Session()
+        s.headers["X-Prefrl-Token"] = "tok-secret"
+        slowest = 0.0
+        for i in range(3000):
+            start = time.monotonic()
+            path = ["/api/runs", "/api/health", "/api/runs/none", "/"][i % 4]
+            assert s.get(url + path, timeout=5).status_code in (200, 404)
+            slowest = max(slowest, time.monotonic() - start)
+        assert slowest < 5.0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    logged = log_path.read_text()
+    assert logged.count('"GET /api/runs"') >= 750 and "tok-secret" not in logged
+
+
+class FakeServer:
+    """A loopback HTTP server that answers every request with `reply` (status, content type, body), or never."""
+
+    def __init__(self, status: int = 200, content_type: str = "text/html", body: bytes = b"<html>proxy login</html>",
+                 hang: bool = False):
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def handle_one_request(self):
+                if outer.hang:
+                    time.sleep(60)
+                    return
+                super().handle_one_request()
+
+            def do_GET(self):
+                self.send_response(outer.status)
+                self.send_header("Content-Type", outer.content_type)
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            do_POST = do_PUT = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.status, self.content_type, self.body, self.hang = status, content_type, body, hang
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+@pytest.mark.parametrize("content_type, body", [("text/html", b"<html>proxy login</html>"),
+                                                ("application/json", b'{"events": [1, 2'),
+                                                ("application/json", b'{"unrelated": true}'),
+                                                ("application/json", b"[1, 2, 3]")])
+def test_a_reply_that_is_not_the_servers_is_one_line_and_waited_out(content_type, body):
+    from framework.feedback_client import FeedbackTimeout
+
+    fake = FakeServer(200, content_type, body)
+    logs: list[str] = []
+    try:
+        client = FeedbackClient(fake.url, log=logs.append, max_backoff=0.2)
+        with pytest.raises(FeedbackTimeout):
+            client.events("run-1", 0, deadline=time.monotonic() + 1.5)
+    finally:
+        fake.stop()
+    assert len(logs) == 1 and "\n" not in logs[0] and "not the feedback server" in logs[0], logs
+
+
+def test_a_server_that_hangs_does_not_push_past_the_deadline():
+    from framework.feedback_client import FeedbackTimeout
+
+    fake = FakeServer(hang=True)
+    try:
+        client = FeedbackClient(fake.url, log=lambda m: None)  # 30 s per request otherwise
+        start = time.monotonic()
+        with pytest.raises(FeedbackTimeout):
+            client.events("run-1", 0, deadline=start + 2.0)
+        assert time.monotonic() - start < 3.0
+    finally:
+        fake.hang = False
+        fake.stop()
+
+
+def test_at_the_deadline_with_the_server_down_acknowledged_answers_are_kept_and_the_close_retried(tmp_path, capsys):
+    server = Server(tmp_path / "data").start()
+    answered: list[str] = []
+
+    def answer_two_then_kill():
+        while len(answered) < 2:
+            runs = requests.get(server.url + "/api/runs", timeout=5).json()["runs"]
+            q = runs and requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"]
+            if q:
+                assert requests.post(server.url + f"/api/queries/{q['id']}/answer", timeout=5,
+                                     json={"client": "a", "labeler": "a", "choice": "right"}).ok
+                answered.append(q["key"])
+            time.sleep(0.1)
+        time.sleep(1.0)  # the trainer has seen them
+        server.kill9()
+
+    threading.Thread(target=answer_two_then_kill, daemon=True).start()
+    teacher = HumanTeacher(FeedbackClient(server.url, log=lambda m: None, max_backoff=0.3), "run-1",
+                           "InvertedPendulum-v5", str(tmp_path), clip_size=64, timeout=5.0, progress=False,
+                           poll_interval=0.1, close_grace=1.0)
+    teacher.plan([(100, 4), (200, 4)])
+    labels = teacher.answer(query_batch(4))
+    assert np.sum(labels == 1.0) == 2 and np.isnan(labels).sum() == 2  # both acknowledged answers count
+    out = capsys.readouterr().out
+    assert "unreachable at the deadline" in out and "2 answers it acknowledged" in out and "withdrawn" not in out
+    closed = [json.loads(line) for line in open(tmp_path / "answers.jsonl") if '"closed"' in line]
+    assert closed[-1]["on_server"] is False and closed[-1]["answered"] == 2
+    # the server comes back: the next contact closes the old session (its other pairs leave the page)
+    server.start()
+    try:
+        resumed = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
+                               progress=False)  # a trainer resumed from the run folder knows it too
+        assert list(resumed.unclosed) == [0]
+        resumed.finish()
+        statuses = sorted(q["status"] for q in api(server, "GET", "/api/runs/run-1/queries").json()["queries"])
+        assert statuses == ["used", "used", "withdrawn", "withdrawn"]
+        assert api(server, "GET", "/api/runs/run-1").json()["trainer"]["state"] == "ended"
+    finally:
+        server.stop()
+    assert "closed_on_server" in (tmp_path / "answers.jsonl").read_text()
+
+
+def test_the_page_learns_what_the_trainer_does_and_the_url_comes_with_the_first_pairs(tmp_path, capsys):
+    server = Server(tmp_path / "data").start()
+    seen: list[dict] = []
+    labeler = ApiLabeler(server.url, choose=lambda q: seen.append(
+        api(server, "GET", "/api/runs/run-1").json()["trainer"]) or "left")
+    try:
+        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
+                               progress=False, poll_interval=0.1)
+        teacher.plan([(100, 12), (300, 2)])
+        on_server_at_first = []
+        teacher.upload(query_batch(12), on_first=lambda: on_server_at_first.append(
+            len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"])))
+        assert 0 < on_server_at_first[0] < 12  # the URL is printed while later clips still render
+        labeler.start()
+        teacher.answer(query_batch(12))
+        after_first = api(server, "GET", "/api/runs/run-1").json()["trainer"]
+        time.sleep(0.5)
+        teacher.answer(query_batch(2, session=1))
+        after_last = api(server, "GET", "/api/runs/run-1").json()["trainer"]
+    finally:
+        labeler.stop()
+        server.stop()
+    posted = [t for t in seen if t]  # the labeler may take the first pairs before the trainer says it waits
+    assert posted[0]["state"] == "waiting" and posted[0]["sessions_total"] == 2
+    assert after_first["state"] == "training" and after_first["sessions_done"] == 1 and after_first["labels_given"] == 12
+    assert after_first["next_in_s"] is not None and after_first["next_in_s"] >= 0
+    assert after_last["state"] == "finished" and after_last["labels_given"] == 14
+    out = capsys.readouterr().out
+    assert "feedback session 1 of 2: 12 pairs of clips; the first are ready to label at http" in out
