@@ -5,6 +5,8 @@
    and until all of them are waiting on the page, per clip size.
 2. Page latency: headless Chromium (Playwright) answers every query with the keyboard; measured is the time from the
    key press to the next pair on screen (the page preloads the next pair while the current one is shown).
+3. Server: the labeling page's request (lease the next pair) one after another, and from several clients at once,
+   against the real server (waitress); measured are the latency of each request and the requests served per second.
 
 Prints a table, saves benchmarks/results/feedback.md with a plot, and a screenshot of the page to
 media/feedback_page.png.
@@ -56,6 +58,10 @@ class Args:
     """the browser"""
     screenshot: str = str(ROOT / "media" / "feedback_page.png")
     """where the page's screenshot goes"""
+    server_requests: int = 3000
+    """requests of the server measurement, one after another (and as many again from `server_clients` clients)"""
+    server_clients: int = 8
+    """clients at once in the concurrent part of the server measurement"""
 
 
 def segments(env_id: str, n: int, seg_len: int, seed: int = 0) -> QueryBatch:
@@ -120,12 +126,39 @@ def page_latency(server: Server, run_id: str, n: int, chromium: str, screenshot:
         page.screenshot(path=screenshot)
         for i in range(n):
             page.wait_for_function(playing, timeout=60_000)
-            page.wait_for_timeout(150)  # a person looks before answering; the next pair preloads meanwhile
+            page.wait_for_timeout(400)  # a person looks before answering (the page ignores answers within 300 ms)
             page.keyboard.press(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown"][i % 4])
         page.wait_for_function("() => document.getElementById('nothing').offsetParent !== null", timeout=60_000)
         latencies = page.evaluate("() => window.prefrlLatencies")
         browser.close()
     return latencies
+
+
+def server_speed(server: Server, run_id: str, n: int, clients: int) -> list[list]:
+    """Leases (the page's most frequent write) one after another, then from `clients` threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def lease_many(count: int, client: str) -> list[float]:
+        s = requests.Session()
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            r = s.post(f"{server.url}/api/runs/{run_id}/lease", json={"client": client}, timeout=10)
+            assert r.status_code == 200, r.text
+            times.append(time.perf_counter() - start)
+        return times
+
+    rows = []
+    for label, k in [("one client", 1), (f"{clients} clients at once", clients)]:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(k) as pool:
+            times = [t for ts in pool.map(lambda i: lease_many(n // k, f"bench-{i}"), range(k)) for t in ts]
+        wall = time.perf_counter() - start
+        ms = np.array(times) * 1000
+        rows.append([label, len(times), round(float(np.median(ms)), 1), round(float(np.percentile(ms, 99)), 1),
+                     round(float(ms.max()), 1), round(len(times) / wall, 1)])
+        print(f"server, {label}: {len(times)} leases, median {np.median(ms):.1f} ms, max {ms.max():.1f} ms")
+    return rows
 
 
 def main(args: Args) -> None:
@@ -142,6 +175,7 @@ def main(args: Args) -> None:
                 print(f"clips {size}px: first query answerable after {first:.2f} s, all {args.queries} after {total:.2f} s")
             page_run = "bench-320" if 320 in args.clip_sizes else f"bench-{args.clip_sizes[0]}"
             latencies = page_latency(server, page_run, args.queries, args.chromium, args.screenshot)
+            server_rows = server_speed(server, page_run, args.server_requests, args.server_clients)
         finally:
             server.stop()
     lat = np.array(latencies)
@@ -150,14 +184,19 @@ def main(args: Args) -> None:
     page_table = markdown_table(["answers", "median (ms)", "95th percentile (ms)", "max (ms)"],
                                 [[len(lat), round(float(np.median(lat)), 1), round(float(np.percentile(lat, 95)), 1),
                                   round(float(lat.max()), 1)]])
+    server_table = markdown_table(["clients", "requests", "median (ms)", "99th percentile (ms)", "max (ms)",
+                                   "requests per s"], server_rows)
     body = (f"{args.queries} queries of {args.segment_length}-frame {args.env_id} clips ({args.clip_fps:g} fps, H.264), "
             f"real feedback server on this machine; {machine_description()}.\n\n"
             f"Command: `python benchmarks/feedback.py`\n\n"
             f"## From the start of a feedback session to its queries being answerable on the page\n\n{table}\n\n"
             f"## Page latency: from an answer (key press) to the next pair on screen (Chromium, headless)\n\n{page_table}\n\n"
+            f"## Server: leasing the next pair (the page's request), waitress with 8 threads, one log line per request\n\n"
+            f"{server_table}\n\n"
             f"![session time](feedback.png)\n")
     print(table)
     print(page_table)
+    print(server_table)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].bar([r[0] for r in rows], [sessions[s] for s in args.clip_sizes], color="#2d6cdf")
     axes[0].set_ylabel(f"seconds until all {args.queries} queries are answerable")

@@ -136,7 +136,7 @@ class FeedbackClient:
                     self.log(f"feedback server at {self.url} is back after {time.monotonic() - down_since:.0f} s")
                 break
             except (requests.RequestException, NotTheServer) as e:
-                problem = str(e) if isinstance(e, NotTheServer) else f"{type(e).__name__}: {one_line(str(e))}"
+                problem = describe(e)
             if down_since is None:
                 down_since = time.monotonic()
                 self.log(f"feedback server at {self.url} unreachable ({problem}); retrying with backoff "
@@ -189,6 +189,15 @@ class FeedbackClient:
 
     def close(self, run_id: str, keys: list[str], deadline: float | None = None) -> dict[str, dict]:
         return self.request("POST", f"/api/runs/{run_id}/close", deadline, ("labels",), json={"keys": keys})["labels"]
+
+
+def describe(e: Exception) -> str:
+    """A short reason for an outage, for one line of the console."""
+    if isinstance(e, requests.ConnectTimeout) or isinstance(e, requests.ReadTimeout):
+        return "no reply in time"
+    if isinstance(e, requests.ConnectionError):
+        return "connection refused or dropped"
+    return str(e) if isinstance(e, NotTheServer) else f"{type(e).__name__}: {one_line(str(e))}"
 
 
 def one_line(text: str, limit: int = 160) -> str:
