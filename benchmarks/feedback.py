@@ -126,7 +126,8 @@ def page_latency(server: Server, run_id: str, n: int, chromium: str, screenshot:
         page.screenshot(path=screenshot)
         for i in range(n):
             page.wait_for_function(playing, timeout=60_000)
-            page.wait_for_timeout(400)  # a person looks before answering (the page ignores answers within 300 ms)
+            # a person looks before answering: the page takes answers 300 ms after a pair appeared
+            page.wait_for_function("() => document.getElementById('buttons').dataset.ready === 'true'", timeout=60_000)
             page.keyboard.press(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown"][i % 4])
         page.wait_for_function("() => document.getElementById('nothing').offsetParent !== null", timeout=60_000)
         latencies = page.evaluate("() => window.prefrlLatencies")

@@ -102,9 +102,9 @@ MIGRATIONS = [("queries", "left_valid", "REAL NOT NULL DEFAULT 1.0"), ("queries"
 class ApiError(Exception):
     """A request the server refuses: becomes `{"error": message}` with a 4xx status."""
 
-    def __init__(self, status: int, message: str, reason: str | None = None):
+    def __init__(self, status: int, message: str, reason: str | None = None, **extra):
         super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
+        self.status, self.message, self.reason, self.extra = status, message, reason, extra
 
 
 def connect(db_path: str) -> sqlite3.Connection:
@@ -331,7 +331,7 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
 
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
-        return jsonify(error=e.message, **({"reason": e.reason} if e.reason else {})), e.status
+        return jsonify(error=e.message, **({"reason": e.reason} if e.reason else {}), **e.extra), e.status
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -612,7 +612,8 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             if row["status"] in ("answered", "used"):
                 if row["choice"] == choice:  # the same answer again (a retried request): stored once
                     return jsonify(ok=True, duplicate=True, progress=progress(con, row["run_id"], row["session"]))
-                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first", "answered")
+                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first", "answered",
+                               choice=row["choice"])
             if row["status"] == "withdrawn":
                 raise ApiError(409, f"query {query_id} was withdrawn by the trainer", "withdrawn")
             if row["lease_client"] not in (None, client) and row["lease_until"] >= now:

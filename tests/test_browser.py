@@ -1,9 +1,11 @@
-"""End to end in a real browser: Debian's Chromium, driven by Playwright, labels a sac_rlhf run with the keyboard."""
+"""End to end in a real browser: Debian's Chromium, driven by Playwright, labels sac_rlhf runs with the keyboard."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from feedback_helpers import Server, api
+from feedback_helpers import Server, api, free_port
 from test_human_feedback import HUMAN_RUN
 
 CHROMIUM = os.environ.get("PREFRL_CHROMIUM", "/usr/bin/chromium")
@@ -62,6 +64,8 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
                     assert "InvertedPendulum-v5" in page.inner_text("#meta")
                 key = keys[len(pressed) % 4]
                 shown = page.evaluate("() => document.getElementById('video-left').src")
+                # the page takes answers 300 ms after a pair appeared (a press sooner is a double press)
+                page.wait_for_function("() => document.getElementById('buttons').dataset.ready === 'true'")
                 page.keyboard.press(key)
                 pressed.append(key)
                 if len(pressed) == 1 and not undone:  # take the first answer back and give it again
@@ -95,3 +99,134 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
     assert summary["labels_used"] == 18
     assert summary["labels_stored"] == sum(x is not None for x in final)  # the person's labels trained the model
     assert "session=3 labels=18" in out
+
+
+E2E_RUN = [*HUMAN_RUN[:HUMAN_RUN.index("--labels-per-session")], "--labels-per-session", "20", "--total-labels", "60",
+           *HUMAN_RUN[HUMAN_RUN.index("--segment-length"):]]
+
+
+def state(page) -> str:
+    return page.evaluate("() => document.getElementById('app').dataset.state")
+
+
+def shown_query(page) -> int | None:
+    """The id of the pair on screen once both clips play and the page takes answers (300 ms after it appeared)."""
+    return page.evaluate("""() => (typeof current !== 'undefined' && current && current.query
+        && performance.now() - current.shownAt > 350 && document.getElementById('app').dataset.state === 'labeling')
+        ? current.query.id : null""")
+
+
+def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twice(tmp_path, runs_dir):
+    """The README's human command (--feedback-server-autostart), three sessions of 20 pairs answered in two tabs of one
+    browser (one phone-sized); the server is killed with SIGKILL twice between answers and each tab answers while it
+    is down. Every answer given is in the SQLite file once, under the tab that gave it, and in answers.jsonl, and the
+    trainer learned from exactly those."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    run = "two-tabs"
+    log = open(tmp_path / "trainer.log", "w")
+    trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *E2E_RUN,
+                                "--feedback-server-autostart", "--feedback-server-url", url, "--runs-dir", str(runs_dir),
+                                "--run-name", run], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(data)))
+    keys = {"ArrowLeft": "left", "ArrowRight": "right", "ArrowUp": "equal", "ArrowDown": "skip"}
+    given: dict[int, tuple[str, str]] = {}  # query id -> (tab's client id, choice)
+    states: set[str] = set()
+    replacement = Server(data)
+    replacement.port, replacement.url = port, url
+    kills = 0
+    try:
+        def started() -> int | None:
+            m = re.search(r"started a feedback server at \S+ \(pid (\d+)", (tmp_path / "trainer.log").read_text())
+            return int(m.group(1)) if m else None
+
+        deadline = time.monotonic() + 120
+        while not started() and time.monotonic() < deadline:
+            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()
+            time.sleep(0.2)
+        child = started()
+        with sync_playwright() as p:
+            browser = launch(p)
+            context = browser.new_context(viewport={"width": 1100, "height": 640})
+            tabs = [context.new_page(), context.new_page()]
+            tabs[1].set_viewport_size({"width": 390, "height": 844})
+            for tab in tabs:
+                tab.goto(f"{url}/?run={run}")
+            clients = [tab.evaluate("() => sessionStorage.getItem('prefrl-client')") for tab in tabs]
+            assert clients[0] and clients[1] and clients[0] != clients[1]
+
+            def answer_in(i: int, wait: float = 30) -> bool:
+                tab, end = tabs[i], time.monotonic() + wait
+                while time.monotonic() < end:
+                    states.add(state(tab))
+                    qid = shown_query(tab)
+                    if qid is not None and qid not in given and videos_playing(tab):
+                        key = list(keys)[len(given) % 4]
+                        if i == 1:  # the phone tab taps its buttons
+                            tab.click(f"button[data-choice={keys[key]}]")
+                        else:
+                            tab.keyboard.press(key)
+                        given[qid] = (clients[i], keys[key])
+                        return True
+                    if trainer.poll() is not None:
+                        return False
+                    time.sleep(0.05)
+                return False
+
+            end = time.monotonic() + 420
+            while trainer.poll() is None and time.monotonic() < end:
+                turn = len(given) % 2  # alternate; the other tab when this one has nothing (it holds the last pairs)
+                answered = answer_in(turn, wait=2) or answer_in(1 - turn, wait=2)
+                if answered and len(given) in (12, 35) and kills < 2:  # kill -9 between answers, mid-session
+                    if kills == 0:
+                        os.kill(child, 9)
+                    else:
+                        replacement.kill9()
+                    kills += 1
+                    time.sleep(0.5)
+                    for i in (0, 1):  # each tab answers the pair it shows (its answer waits in the browser)
+                        assert answer_in(i, wait=15), f"tab {i} could not answer while the server was down"
+                    tabs[0].wait_for_function("() => document.getElementById('app').dataset.server !== 'ok'"
+                                              " || document.body.innerText.includes('saved in this browser')", timeout=15_000)
+                    states.add(state(tabs[0]))
+                    replacement.start()
+                for tab in tabs:
+                    states.add(state(tab))
+            trainer.wait(180)
+            for tab in tabs:  # everything queued was delivered, and the page says the run is over
+                tab.wait_for_function("() => !document.body.innerText.includes('saved in this browser')", timeout=30_000)
+                tab.wait_for_function("() => ['finished'].includes(document.getElementById('app').dataset.state)",
+                                      timeout=30_000)
+            browser.close()
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        replacement.stop()
+    out = (tmp_path / "trainer.log").read_text()
+    assert trainer.returncode == 0, out
+    assert kills == 2 and len(given) >= 60
+    assert {"labeling", "training", "unreachable"} <= states, states
+    with sqlite3.connect(data / "feedback.sqlite3") as con:
+        stored = {qid: (client, choice) for qid, client, choice in con.execute(
+            "SELECT query_id, client, choice FROM events WHERE kind = 'answer' AND run_id = ?", (run,))}
+        answers = con.execute("SELECT COUNT(*) FROM events WHERE kind = 'answer' AND run_id = ?", (run,)).fetchone()[0]
+        statuses = [r[0] for r in con.execute("SELECT status FROM queries WHERE run_id = ?", (run,))]
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    used = {qid: given[qid] for qid in stored}
+    assert answers == len(stored) == 60 and statuses == ["used"] * 60  # each stored once; every pair answered
+    assert stored == used and set(stored) <= set(given)  # under the tab that gave it, with its choice
+    lost = {qid: g for qid, g in given.items() if qid not in stored}
+    assert not lost, lost
+    records = [json.loads(line) for line in open(runs_dir / run / "answers.jsonl")]
+    events = [r for r in records if "event" in r]
+    assert sorted(e["choice"] for e in events) == sorted(c for _, c in stored.values())
+    closed = [x for r in records if "closed" in r for x in r["labels"]]
+    label = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
+    assert sorted(closed, key=str) == sorted((label[c] for _, c in stored.values()), key=str)
+    summary = json.loads((runs_dir / run / "summary.json").read_text())
+    assert summary["labels_used"] == 60 and summary["labels_stored"] == sum(x is not None for x in closed)
+    child_log = (runs_dir / run / "feedback_server.log").read_text()  # the child's log, never a pipe
+    assert child_log.count('"POST /api/') > 20
