@@ -8,8 +8,8 @@
 3. Server: the labeling page's request (lease the next pair) one after another, and from several clients at once,
    against the real server (waitress); measured are the latency of each request and the requests served per second.
 
-Prints a table, saves benchmarks/results/feedback.md with a plot, and a screenshot of the page to
-media/feedback_page.png.
+Prints a table, saves benchmarks/results/feedback.md with a plot, and screenshots of the page to
+media/feedback_page.png and media/feedback_page_phone.png.
 
     python benchmarks/feedback.py
     python benchmarks/feedback.py --queries 20 --segment-length 50 --clip-sizes 256 320 480
@@ -36,6 +36,9 @@ from common import RESULTS, ROOT, machine_description, markdown_table, save_mark
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from framework.runtime import setup_headless_rendering  # noqa: E402
+
+setup_headless_rendering()  # before MuJoCo is first imported
 from feedback_helpers import Server  # noqa: E402
 from framework.envs import make_env  # noqa: E402
 from framework.feedback_client import FeedbackClient, HumanTeacher  # noqa: E402
@@ -124,6 +127,10 @@ def page_latency(server: Server, run_id: str, n: int, chromium: str, screenshot:
         page.wait_for_timeout(900)
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=screenshot)
+        page.set_viewport_size({"width": 390, "height": 844})  # the same pair on a phone
+        page.wait_for_timeout(600)
+        page.screenshot(path=screenshot.replace(".png", "_phone.png"))
+        page.set_viewport_size({"width": 1100, "height": 560})
         for i in range(n):
             page.wait_for_function(playing, timeout=60_000)
             # a person looks before answering: the page takes answers 300 ms after a pair appeared
