@@ -489,3 +489,29 @@ def test_an_older_database_file_is_upgraded_in_place(tmp_path):
         assert len(list((data / "media").iterdir())) == 4
     finally:
         s.stop()
+
+
+def test_stalled_clients_do_not_hold_up_the_others(server):
+    """Connections that send half a request and stall (a slow or hostile client) take no worker thread: requests
+    from others are still answered at once, also with more stalled clients than the server has threads."""
+    import socket
+
+    make_run(server, n=1)
+    stalled = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"POST /api/runs/run-1/lease HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+            stalled.append(sock)
+        for _ in range(20):
+            start = time.monotonic()
+            assert requests.get(server.url + "/api/runs", timeout=5).status_code == 200
+            assert time.monotonic() - start < 1.0
+        old = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # a request without an HTTP version
+        old.sendall(b"GET /api/runs\r\n\r\n")
+        reply = old.recv(200)
+        old.close()
+        assert not reply.startswith(b"{") and (reply == b"" or reply.startswith(b"HTTP/1."))  # never HTTP/0.9
+    finally:
+        for sock in stalled:
+            sock.close()
