@@ -7,7 +7,7 @@ import os
 import random
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -53,6 +53,35 @@ class UsageError(ValueError):
     """
 
 
+COMMAND_LINE: list[str] | None = None
+"""The arguments `run_cli` parsed; None when a script's main() is called from Python (a sweep in process)."""
+
+
+def flags_given(argv: list[str]) -> set[str]:
+    """Field names of the flags written on a command line: `--feedback-timeout 0`, `--feedback-timeout=0` and
+    `--no-feedback-server-autostart` give feedback_timeout and feedback_server_autostart."""
+    names = set()
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names.add(name)
+            if name.startswith("no_"):
+                names.add(name[3:])
+    return names
+
+
+def resumed_args(args: T, saved: dict, overridable: tuple[str, ...]) -> T:
+    """The flags a resumed run was started with (`saved`), except the `overridable` ones given on this command line,
+    with whatever value, defaults included (`--feedback-timeout 0` lifts a saved limit). Without a command line
+    (main() called from Python) an overridable flag counts as given when it differs from its default."""
+    if COMMAND_LINE is not None:
+        given = flags_given(COMMAND_LINE) & set(overridable)
+    else:
+        given = {f.name for f in fields(args) if f.name in overridable and getattr(args, f.name) != f.default}
+    return type(args)(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
+                         for f in fields(args)})
+
+
 def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | None = None) -> None:
     """Parse `args_type` with tyro and run `main(args)`.
 
@@ -61,6 +90,8 @@ def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | N
     """
     import tyro
 
+    global COMMAND_LINE
+    COMMAND_LINE = list(sys.argv[1:] if argv is None else argv)
     args = tyro.cli(args_type, args=argv)
     try:
         main(args)

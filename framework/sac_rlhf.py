@@ -24,7 +24,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
@@ -40,7 +40,7 @@ from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, mak
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
 from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
-                               setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
+                               resumed_args, setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
 from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
 from framework.tracking import Tracker, timed
 
@@ -642,9 +642,7 @@ def main(args: Args) -> dict:
         checkpoint = load_checkpoint(path)
         saved = checkpoint["args"]
         folder = os.path.normpath(args.resume)
-        given = {f.name for f in fields(Args) if f.name in RESUME_OVERRIDABLE and getattr(args, f.name) != f.default}
-        args = Args(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
-                       for f in fields(Args)})
+        args = resumed_args(args, saved, RESUME_OVERRIDABLE)
         args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
     validate(args)
     setup_headless_rendering()
