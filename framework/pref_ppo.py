@@ -200,7 +200,7 @@ class Args(HumanFeedbackArgs, RunArgs):
     early_stop_patience: int = 0
     """stop after this many evaluations without a new best return (0: never)"""
     correlation_window: int = 10_000
-    """the most recent steps on which learned and true rewards are correlated"""
+    """the most recent transitions on which learned and true rewards are correlated"""
 
 
 def validate(args: Args) -> None:

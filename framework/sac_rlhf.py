@@ -54,7 +54,7 @@ class Args(HumanFeedbackArgs, RunArgs):
     checkpoint_frequency: int = 10_000
     """write <run>/checkpoint.pt at the first episode end after every this many steps (0: only at the end)"""
 
-    # environment and SAC (same meaning and defaults as sac.py)
+    # environment and SAC (same meaning and defaults as sac.py but learning_starts; the tests list each difference)
     env_id: str = "Hopper-v5"
     """the Gymnasium environment id"""
     total_timesteps: int = 1_000_000
@@ -74,7 +74,7 @@ class Args(HumanFeedbackArgs, RunArgs):
     q_lr: float = 1e-3
     """learning rate of the Q networks"""
     policy_frequency: int = 2
-    """policy updates happen every this many steps (and that many at once)"""
+    """policy updates happen every this many steps (and that many at once: delayed TD3-style updates)"""
     target_network_frequency: int = 1
     """target networks are updated every this many steps"""
     alpha: float = 0.2
