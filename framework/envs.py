@@ -123,14 +123,6 @@ def make_env(
     return env
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, teacher_reward: Callable | None = None) -> gym.vector.VectorEnv:
-    """`num_envs` copies in one process (SyncVectorEnv: on 2 cores it beat AsyncVectorEnv 2-3x); env i gets seed+i."""
-    check_env_id(env_id)
-    return gym.vector.SyncVectorEnv(
-        [lambda i=i: make_env(env_id, seed + i, teacher_reward=teacher_reward) for i in range(num_envs)]
-    )
-
-
 def require_continuous_actions(space: gym.Space, env_id: str, script: str) -> None:
     """Raise a `UsageError` unless `space` is a Box (continuous actions)."""
     if not isinstance(space, gym.spaces.Box):
