@@ -289,6 +289,7 @@ class HumanTeacher:
         self.recorded: set[int] = set()  # event ids already in answers.jsonl
         self.history: list[dict] = []  # answer and undo events in answers.jsonl, in order
         self.unclosed: dict[int, list[str]] = {}  # sessions that ended while the server was unreachable
+        self.closed: set[int] = set()  # sessions that ended, on the server or not
         self.answers_given = 0  # answered pairs of the closed sessions (can't-tell included)
         self.schedule: list[tuple[int, int]] = []
         self.started = time.monotonic()
@@ -304,6 +305,7 @@ class HumanTeacher:
                         self.recorded.add(record["event"])
                         self.history.append(record)
                     elif "closed" in record:
+                        self.closed.add(record["closed"])
                         self.answers_given += record.get("answered", sum(x is not None for x in record["labels"]))
                         if not record.get("on_server", True):
                             self.unclosed[record["closed"]] = record["keys"]
@@ -463,6 +465,7 @@ class HumanTeacher:
                        "labels": [None if np.isnan(x) else float(x) for x in labels], "on_server": on_server,
                        "time": time.time()}])
         self.answers_given += answered
+        self.closed.add(queries.session)
         if timed_out and on_server:
             print(f"{name}: --feedback-timeout {self.timeout:g} s passed with {answered} of {len(keys)} pairs "
                   f"answered; training goes on with those, and the other {len(keys) - answered} left the page",
@@ -506,20 +509,7 @@ class HumanTeacher:
     def finish(self) -> None:
         """At exit: close what could not be closed, and tell the page that this trainer asks for nothing more."""
         self.close_unclosed(time.monotonic() + 5.0)
-        self.post_status("ended", self.sessions_done())
-
-    def sessions_done(self) -> int:
-        closed = set()
-        if os.path.exists(self.answers_path):
-            with open(self.answers_path) as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if "closed" in record:
-                        closed.add(record["closed"])
-        return len(closed)
+        self.post_status("ended", len(self.closed))
 
 
 def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_dir: str) -> HumanTeacher:

@@ -267,6 +267,11 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         log.info("media folder: %d clips completed, %d orphaned files removed", completed, removed)
     hosts = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
 
+    def host_allowed(name: str) -> bool:
+        if allowed_hosts is None:  # a loopback server: loopback names only (no DNS rebinding)
+            return is_loopback(name)
+        return hosts is None or name in hosts
+
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(max_request_mb * 2**20)
     app.json.sort_keys = False
@@ -291,7 +296,7 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def check_host_and_token():
         g.started = time.perf_counter()
         name = host_name(request.host or "")
-        if not (is_loopback(name) if hosts is None and allowed_hosts is None else hosts is None or name in hosts):
+        if not host_allowed(name):
             return jsonify(error=f"requests to host {name[:100]!r} are not answered here"), 400
         if token is None:
             return None
@@ -314,19 +319,10 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             response.headers["Cache-Control"] = "no-store"
         if g.get("set_cookie"):  # the page keeps the token out of its address bar and its clip URLs
             response.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", path="/")
-        return response
-
-    @app.teardown_request
-    def access_log(_exc) -> None:
-        started = g.get("started")
-        status = g.get("status", "-")
-        ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        # the access log: every response passes here, errors included (they become responses in the handlers below)
+        ms = (time.perf_counter() - g.started) * 1000 if "started" in g else 0.0
         log.info('%s "%s %s" %s %.1fms', request.remote_addr, request.method,
-                 redacted(request.path, request.query_string.decode("latin-1")), status, ms)
-
-    @app.after_request
-    def remember_status(response: Response) -> Response:
-        g.status = response.status_code
+                 redacted(request.path, request.query_string.decode("latin-1")), response.status_code, ms)
         return response
 
     @app.errorhandler(ApiError)

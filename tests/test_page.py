@@ -167,11 +167,18 @@ def box(page, selector: str) -> dict:
 
 
 def screenshot(page, name: str, tmp_path: Path) -> Path:
-    """media/<name> when PREFRL_SAVE_SCREENSHOTS=1 (for the README), else a temporary file."""
-    folder = ROOT / "media" if os.environ.get("PREFRL_SAVE_SCREENSHOTS") == "1" else tmp_path
-    path = folder / name
+    """A screenshot in the test's folder (the README's come from benchmarks/feedback.py, with real clips)."""
+    path = tmp_path / name
     page.screenshot(path=str(path))
     return path
+
+
+def open_tabs(context, url: str, run: str, n: int = 2) -> list:
+    """`n` tabs of one browser (shared localStorage, one client id each) on the run's labeling view."""
+    tabs = [context.new_page() for _ in range(n)]
+    for page in tabs:
+        page.goto(f"{url}/?run={run}")
+    return tabs
 
 
 # ----------------------------------------------------------------------------------------------------- tests
@@ -179,9 +186,7 @@ def test_two_tabs_answer_through_server_restarts_and_every_answer_lands_once_und
     server = Server(tmp_path / "data").start()
     try:
         simple_queries(server, "tabs", clips, 30)
-        tabs = [context.new_page(), context.new_page()]
-        for page in tabs:
-            page.goto(f"{server.url}/?run=tabs")
+        tabs = open_tabs(context, server.url, "tabs")
         for page in tabs:
             wait_pair(page)
         clients = [client_of(page) for page in tabs]
@@ -492,9 +497,7 @@ def test_an_answer_left_behind_by_a_closed_tab_is_sent_by_another_under_the_clos
     server = Server(tmp_path / "data").start()
     try:
         simple_queries(server, "orphan", clips, 4)
-        a, b = context.new_page(), context.new_page()
-        a.goto(f"{server.url}/?run=orphan")
-        b.goto(f"{server.url}/?run=orphan")
+        a, b = open_tabs(context, server.url, "orphan")
         qa, client_a = wait_pair(a), client_of(a)
         wait_pair(b)
         server.kill9()
@@ -531,9 +534,7 @@ def test_undo_takes_back_only_this_tabs_answers_even_before_they_reach_the_serve
     server = Server(tmp_path / "data").start()
     try:
         simple_queries(server, "undo", clips, 6)
-        a, b = context.new_page(), context.new_page()
-        a.goto(f"{server.url}/?run=undo")
-        b.goto(f"{server.url}/?run=undo")
+        a, b = open_tabs(context, server.url, "undo")
         wait_pair(b)
         qa = answer_with_key(a, "left")
         a.wait_for_function(ALL_SENT)
