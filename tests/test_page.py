@@ -2,7 +2,7 @@
 
 The clips are real H.264 files (made once per module with `framework.clips.encode_mp4`), so the page plays, seeks and
 preloads them as it does for a trainer. No trainer runs here: the tests speak the trainer's HTTP API themselves.
-`PREFRL_SAVE_SCREENSHOTS=1` writes the page's screenshots to media/ (otherwise they go to a temporary folder).
+Screenshots go to each test's temporary folder; the README's come from benchmarks/feedback.py, with real clips.
 """
 
 from __future__ import annotations
