@@ -39,6 +39,8 @@ run: setup
 	  --feedback-frequency 3000 --labels-per-session 50 --total-labels 250 --eval-frequency 5000 --eval-episodes 5
 
 test: setup test-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests
 
 bench: setup

@@ -28,8 +28,10 @@ def run_algorithm(script: str, run_name: str, runs_dir: str, *flags: str) -> dic
 def machine_description() -> str:
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -91,7 +91,9 @@ def segments(env_id: str, n: int, seg_len: int, seed: int = 0) -> QueryBatch:
 def time_session(server: Server, run_id: str, batch: QueryBatch, size: int, fps: float) -> tuple[float, float]:
     """Seconds from the start of the session to the first query and to all queries waiting on the server."""
     client = FeedbackClient(server.url)
-    teacher = HumanTeacher(client, run_id, batch.env_id, tempfile.mkdtemp(), clip_size=size, clip_fps=fps, progress=False)
+    teacher = HumanTeacher(
+        client, run_id, batch.env_id, tempfile.mkdtemp(), clip_size=size, clip_fps=fps, progress=False
+    )
     first = []
     done = threading.Event()
 
@@ -117,8 +119,16 @@ def page_latency(server: Server, run_id: str, n: int, chromium: str, screenshot:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--autoplay-policy=no-user-gesture-required"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1100, "height": 560})
         page.goto(f"{server.url}/?run={run_id}")
         playing = """() => ['video-left', 'video-right'].every(id => { const v = document.getElementById(id);
@@ -160,11 +170,19 @@ def server_speed(server: Server, run_id: str, n: int, clients: int) -> list[list
     for label, k in [("one client", 1), (f"{clients} clients at once", clients)]:
         start = time.perf_counter()
         with ThreadPoolExecutor(k) as pool:
-            times = [t for ts in pool.map(lambda i: lease_many(n // k, f"bench-{i}"), range(k)) for t in ts]
+            times = [t for ts in pool.map(lease_many, [n // k] * k, [f"bench-{i}" for i in range(k)]) for t in ts]
         wall = time.perf_counter() - start
         ms = np.array(times) * 1000
-        rows.append([label, len(times), round(float(np.median(ms)), 1), round(float(np.percentile(ms, 99)), 1),
-                     round(float(ms.max()), 1), round(len(times) / wall, 1)])
+        rows.append(
+            [
+                label,
+                len(times),
+                round(float(np.median(ms)), 1),
+                round(float(np.percentile(ms, 99)), 1),
+                round(float(ms.max()), 1),
+                round(len(times) / wall, 1),
+            ]
+        )
         print(f"server, {label}: {len(times)} leases, median {np.median(ms):.1f} ms, max {ms.max():.1f} ms")
     return rows
 
@@ -180,28 +198,50 @@ def main(args: Args) -> None:
                 sessions[size] = total
                 frames = 2 * args.queries * args.segment_length
                 rows.append([f"{size}x{size}", round(first, 2), round(total, 2), round(frames / total, 1)])
-                print(f"clips {size}px: first query answerable after {first:.2f} s, all {args.queries} after {total:.2f} s")
+                print(
+                    f"clips {size}px: first query answerable after {first:.2f} s, "
+                    f"all {args.queries} after {total:.2f} s"
+                )
             page_run = "bench-320" if 320 in args.clip_sizes else f"bench-{args.clip_sizes[0]}"
             latencies = page_latency(server, page_run, args.queries, args.chromium, args.screenshot)
             server_rows = server_speed(server, page_run, args.server_requests, args.server_clients)
         finally:
             server.stop()
     lat = np.array(latencies)
-    table = markdown_table(["clip size", "first query answerable (s)", f"all {args.queries} answerable (s)",
-                            "frames rendered+encoded+uploaded per s"], rows)
-    page_table = markdown_table(["answers", "median (ms)", "95th percentile (ms)", "max (ms)"],
-                                [[len(lat), round(float(np.median(lat)), 1), round(float(np.percentile(lat, 95)), 1),
-                                  round(float(lat.max()), 1)]])
-    server_table = markdown_table(["clients", "requests", "median (ms)", "99th percentile (ms)", "max (ms)",
-                                   "requests per s"], server_rows)
-    body = (f"{args.queries} queries of {args.segment_length}-frame {args.env_id} clips ({args.clip_fps:g} fps, H.264), "
-            f"real feedback server on this machine; {machine_description()}.\n\n"
-            f"Command: `python benchmarks/feedback.py`\n\n"
-            f"## From the start of a feedback session to its queries being answerable on the page\n\n{table}\n\n"
-            f"## Page latency: from an answer (key press) to the next pair on screen (Chromium, headless)\n\n{page_table}\n\n"
-            f"## Server: leasing the next pair (the page's request), waitress with 8 threads, one log line per request\n\n"
-            f"{server_table}\n\n"
-            f"![session time](feedback.png)\n")
+    table = markdown_table(
+        [
+            "clip size",
+            "first query answerable (s)",
+            f"all {args.queries} answerable (s)",
+            "frames rendered+encoded+uploaded per s",
+        ],
+        rows,
+    )
+    page_table = markdown_table(
+        ["answers", "median (ms)", "95th percentile (ms)", "max (ms)"],
+        [
+            [
+                len(lat),
+                round(float(np.median(lat)), 1),
+                round(float(np.percentile(lat, 95)), 1),
+                round(float(lat.max()), 1),
+            ]
+        ],
+    )
+    server_table = markdown_table(
+        ["clients", "requests", "median (ms)", "99th percentile (ms)", "max (ms)", "requests per s"], server_rows
+    )
+    body = (
+        f"{args.queries} queries of {args.segment_length}-frame {args.env_id} clips ({args.clip_fps:g} fps, H.264), "
+        f"real feedback server on this machine; {machine_description()}.\n\n"
+        f"Command: `python benchmarks/feedback.py`\n\n"
+        f"## From the start of a feedback session to its queries being answerable on the page\n\n{table}\n\n"
+        f"## Page latency: from an answer (key press) to the next pair on screen (Chromium, headless)\n\n"
+        f"{page_table}\n\n"
+        f"## Server: leasing the next pair (the page's request), waitress with 8 threads, one log line per request\n\n"
+        f"{server_table}\n\n"
+        f"![session time](feedback.png)\n"
+    )
     print(table)
     print(page_table)
     print(server_table)

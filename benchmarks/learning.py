@@ -5,8 +5,8 @@ Runs `sac_rlhf.py` against the oracle `sac.py` (`--pair pebble`), or `pref_ppo.p
 each, the ratio to the oracle, labels used, steps/s of each phase, wall time. Saves it to
 benchmarks/results/learning_<pair>_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
 
-    python benchmarks/learning.py                                 # PEBBLE, HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
-    python benchmarks/learning.py --pair prefppo                  # PrefPPO against ppo.py, the same settings
+    python benchmarks/learning.py                             # PEBBLE, HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
+    python benchmarks/learning.py --pair prefppo              # PrefPPO against ppo.py, the same settings
     python benchmarks/learning.py --env-id Hopper-v5 --seeds 1 --total-timesteps 20000 --total-labels 200
 
 By default two runs train at a time with one torch thread each (a 2-core machine), so each pair of runs shares the
@@ -34,7 +34,6 @@ import numpy as np
 import tyro
 
 from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
-
 
 PAIRS = {  # preference-based script, its oracle, and how the table names them
     "pebble": ("sac_rlhf", "sac", "PEBBLE", "oracle SAC"),
@@ -91,42 +90,100 @@ def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
     first = random_steps + args.unsupervised_steps
     interval = max((args.total_timesteps - first) // args.sessions, 1)
     per_session = -(-args.total_labels // args.sessions)
-    common = ["--env-id", args.env_id, "--total-timesteps", str(args.total_timesteps), "--depth", str(args.depth),
-              "--eval-frequency", str(args.eval_frequency), "--eval-episodes", str(args.eval_episodes),
-              "--torch-threads", str(args.torch_threads), "--no-cuda", "--runs-dir", runs_dir]
+    common = [
+        "--env-id",
+        args.env_id,
+        "--total-timesteps",
+        str(args.total_timesteps),
+        "--depth",
+        str(args.depth),
+        "--eval-frequency",
+        str(args.eval_frequency),
+        "--eval-episodes",
+        str(args.eval_episodes),
+        "--torch-threads",
+        str(args.torch_threads),
+        "--no-cuda",
+        "--runs-dir",
+        runs_dir,
+    ]
     if args.hidden_size is not None:
         common += ["--hidden-size", str(args.hidden_size)]
-    rlhf_flags = ["--unsupervised-steps", str(args.unsupervised_steps), "--total-labels", str(args.total_labels),
-                  "--labels-per-session", str(per_session), "--feedback-frequency", str(interval),
-                  "--query-sampling", args.query_sampling, *args.extra_rlhf_flags.split()]
+    rlhf_flags = [
+        "--unsupervised-steps",
+        str(args.unsupervised_steps),
+        "--total-labels",
+        str(args.total_labels),
+        "--labels-per-session",
+        str(per_session),
+        "--feedback-frequency",
+        str(interval),
+        "--query-sampling",
+        args.query_sampling,
+        *args.extra_rlhf_flags.split(),
+    ]
     if args.pair == "pebble":
         rlhf_flags += ["--learning-starts", str(args.learning_starts)]
     oracle_flags = ["--learning-starts", str(args.oracle_learning_starts)] if oracle == "sac" else []
     out = []
     for seed in args.seeds:
-        out.append((rlhf, seed, [sys.executable, str(ROOT / "framework" / f"{rlhf}.py"), *common, "--seed", str(seed),
-                    "--run-name", f"{rlhf}_{seed}", *rlhf_flags]))
-        out.append((oracle, seed, [sys.executable, str(ROOT / "framework" / f"{oracle}.py"), *common, "--seed", str(seed),
-                    "--run-name", f"{oracle}_{seed}", *oracle_flags]))
+        out.append(
+            (
+                rlhf,
+                seed,
+                [
+                    sys.executable,
+                    str(ROOT / "framework" / f"{rlhf}.py"),
+                    *common,
+                    "--seed",
+                    str(seed),
+                    "--run-name",
+                    f"{rlhf}_{seed}",
+                    *rlhf_flags,
+                ],
+            )
+        )
+        out.append(
+            (
+                oracle,
+                seed,
+                [
+                    sys.executable,
+                    str(ROOT / "framework" / f"{oracle}.py"),
+                    *common,
+                    "--seed",
+                    str(seed),
+                    "--run-name",
+                    f"{oracle}_{seed}",
+                    *oracle_flags,
+                ],
+            )
+        )
     return out
 
 
-def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str,
-            reuse_finished: bool = False) -> dict[tuple[str, int], dict]:
+def run_all(
+    jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str, reuse_finished: bool = False
+) -> dict[tuple[str, int], dict]:
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     pending, running, results = [], [], {}
     for algo, seed, cmd in jobs:
         summary = Path(runs_dir) / f"{algo}_{seed}" / "summary.json"
         if reuse_finished and summary.is_file():
             results[(algo, seed)] = {**json.loads(summary.read_text()), "reused": True}
-            print(f"reused {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}", flush=True)
+            print(
+                f"reused {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}",
+                flush=True,
+            )
         else:
             pending.append((algo, seed, cmd))
     while pending or running:
         while pending and len(running) < parallel:
             algo, seed, cmd = pending.pop(0)
             log = open(Path(runs_dir) / f"{algo}_{seed}.log", "w")
-            running.append((algo, seed, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            running.append(
+                (algo, seed, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            )
             print(f"started {algo} seed {seed}", flush=True)
         for item in list(running):
             algo, seed, proc, log = item
@@ -137,7 +194,10 @@ def run_all(jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str
             if proc.returncode != 0:
                 raise SystemExit(f"{algo} seed {seed} failed; see {log.name}")
             results[(algo, seed)] = json.loads((Path(runs_dir) / f"{algo}_{seed}" / "summary.json").read_text())
-            print(f"finished {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}", flush=True)
+            print(
+                f"finished {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}",
+                flush=True,
+            )
         time.sleep(2)
     return results
 
@@ -151,30 +211,62 @@ def main(args: Args) -> None:
     rows = []
     for seed in args.seeds:
         rl, oracle = results[(rlhf, seed)], results[(oracle_name, seed)]
-        rows.append([seed, rl["final_eval_return"], oracle["final_eval_return"],
-                     f'{rl["final_eval_return"] / oracle["final_eval_return"]:.2f}', rl["labels_used"],
-                     rl["exploration_sps"], rl["main_phase_sps"], oracle.get("learning_sps", oracle["sps"]),
-                     rl["wall_time_s"] / 60, oracle["wall_time_s"] / 60])
+        rows.append(
+            [
+                seed,
+                rl["final_eval_return"],
+                oracle["final_eval_return"],
+                f"{rl['final_eval_return'] / oracle['final_eval_return']:.2f}",
+                rl["labels_used"],
+                rl["exploration_sps"],
+                rl["main_phase_sps"],
+                oracle.get("learning_sps", oracle["sps"]),
+                rl["wall_time_s"] / 60,
+                oracle["wall_time_s"] / 60,
+            ]
+        )
     rl_mean = np.mean([r[1] for r in rows])
     oracle_mean = np.mean([r[2] for r in rows])
-    rows.append(["mean", rl_mean, oracle_mean, f"{rl_mean / oracle_mean:.2f}", int(np.mean([r[4] for r in rows])),
-                 *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)]])
-    headers = ["seed", f"{rl_label} return", f"{oracle_label} return", "ratio", "labels", f"{rl_label} exploration steps/s",
-               f"{rl_label} main steps/s", "oracle learning steps/s", f"{rl_label} wall (min)", "oracle wall (min)"]
+    rows.append(
+        [
+            "mean",
+            rl_mean,
+            oracle_mean,
+            f"{rl_mean / oracle_mean:.2f}",
+            int(np.mean([r[4] for r in rows])),
+            *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)],
+        ]
+    )
+    headers = [
+        "seed",
+        f"{rl_label} return",
+        f"{oracle_label} return",
+        "ratio",
+        "labels",
+        f"{rl_label} exploration steps/s",
+        f"{rl_label} main steps/s",
+        "oracle learning steps/s",
+        f"{rl_label} wall (min)",
+        "oracle wall (min)",
+    ]
     table = markdown_table(headers, rows)
     print(table)
     random_steps = f"{args.learning_starts} random + " if args.pair == "pebble" else ""
     oracle_start = f"; oracle learning starts at {args.oracle_learning_starts}" if args.pair == "pebble" else ""
     width = args.hidden_size or ("256" if args.pair == "pebble" else "64")
-    settings = (f"{rl_label} ({rlhf}.py) against {oracle_label} ({oracle_name}.py): {args.env_id}, {args.total_timesteps} env "
-                f"steps, seeds {list(args.seeds)}, {args.total_labels} labels from a perfect simulated teacher in "
-                f"{args.sessions} sessions, {args.query_sampling} query sampling, {random_steps}{args.unsupervised_steps} "
-                f"pre-exploration steps{oracle_start}; {width}x{args.depth} networks; {args.parallel} runs at a time with "
-                f"{args.torch_threads or 'default'} torch thread(s) each; {machine_description()}.")
+    settings = (
+        f"{rl_label} ({rlhf}.py) against {oracle_label} ({oracle_name}.py): {args.env_id}, {args.total_timesteps} env "
+        f"steps, seeds {list(args.seeds)}, {args.total_labels} labels from a perfect simulated teacher in "
+        f"{args.sessions} sessions, {args.query_sampling} query sampling, {random_steps}{args.unsupervised_steps} "
+        f"pre-exploration steps{oracle_start}; {width}x{args.depth} networks; {args.parallel} runs at a time with "
+        f"{args.torch_threads or 'default'} torch thread(s) each; {machine_description()}."
+    )
     reused = [f"{algo} seed {seed}" for (algo, seed), r in sorted(results.items()) if r.get("reused")]
     if reused:
-        settings += (f" Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same code and "
-                     f"settings): {', '.join(reused)}.")
+        settings += (
+            f" Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same code and "
+            f"settings): {', '.join(reused)}."
+        )
 
     def flag(k: str, v) -> str:
         name = k.replace("_", "-")
@@ -183,13 +275,19 @@ def main(args: Args) -> None:
         return f"--{name} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
 
     command = "python benchmarks/learning.py " + " ".join(
-        flag(k, v) for k, v in vars(args).items() if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None))
+        flag(k, v)
+        for k, v in vars(args).items()
+        if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None)
+    )
     name = f"learning_{args.pair}_{args.env_id.split('-')[0].lower()}"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo, label in ((rlhf, f"{rlhf}.py ({rl_label}, {args.total_labels} labels)"), (oracle_name, f"{oracle_name}.py (oracle, true reward)")):
+    for algo, label in (
+        (rlhf, f"{rlhf}.py ({rl_label}, {args.total_labels} labels)"),
+        (oracle_name, f"{oracle_name}.py (oracle, true reward)"),
+    ):
         histories = [results[(algo, s)]["eval_history"] for s in args.seeds]
         steps = [s for s, _ in histories[0]]
         values = np.array([[v for _, v in h] for h in histories])

@@ -50,20 +50,52 @@ def env_steps_per_second(env: gym.Env, steps: int) -> float:
 def main(args: Args) -> None:
     rows = [
         ["raw env (gym.make)", env_steps_per_second(gym.make(args.env_id), args.env_steps), "random actions"],
-        ["env from make_env", env_steps_per_second(make_env(args.env_id, 0), args.env_steps),
-         "+ episode statistics, physics state"],
+        [
+            "env from make_env",
+            env_steps_per_second(make_env(args.env_id, 0), args.env_steps),
+            "+ episode statistics, physics state",
+        ],
     ]
     with tempfile.TemporaryDirectory() as runs:
-        sac = run_algorithm("sac.py", "sac", runs, "--env-id", args.env_id, "--total-timesteps", str(args.sac_steps),
-                            "--learning-starts", "1000", "--eval-episodes", "1", "--no-cuda", "--seed", str(args.seed))
+        sac = run_algorithm(
+            "sac.py",
+            "sac",
+            runs,
+            "--env-id",
+            args.env_id,
+            "--total-timesteps",
+            str(args.sac_steps),
+            "--learning-starts",
+            "1000",
+            "--eval-episodes",
+            "1",
+            "--no-cuda",
+            "--seed",
+            str(args.seed),
+        )
         rows.append(["sac.py (learning phase)", sac["learning_sps"], "256x2 nets, batch 256, one update per step"])
-        ppo = run_algorithm("ppo.py", "ppo", runs, "--env-id", args.env_id, "--total-timesteps", str(args.ppo_steps),
-                            "--eval-episodes", "1", "--no-cuda", "--seed", str(args.seed))
+        ppo = run_algorithm(
+            "ppo.py",
+            "ppo",
+            runs,
+            "--env-id",
+            args.env_id,
+            "--total-timesteps",
+            str(args.ppo_steps),
+            "--eval-episodes",
+            "1",
+            "--no-cuda",
+            "--seed",
+            str(args.seed),
+        )
         rows.append(["ppo.py", ppo["sps"], "4 envs x 512 steps, 10 epochs, 64x2 nets"])
 
     table = markdown_table(["what", "steps/s", "notes"], rows)
     print(table)
-    body = f"{args.env_id}; {machine_description()}.\nCommand: `python benchmarks/speed.py --env-id {args.env_id}`\n\n{table}"
+    body = (
+        f"{args.env_id}; {machine_description()}.\n"
+        f"Command: `python benchmarks/speed.py --env-id {args.env_id}`\n\n{table}"
+    )
     print(f"saved {save_markdown('speed', 'Speed of the oracle baselines', body)}")
 
     fig, ax = plt.subplots(figsize=(7, 3))

@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps from W&B sweep YAML: through a W&B server when one is configured, else locally.
+r"""Hyperparameter sweeps from W&B sweep YAML: through a W&B server when one is configured, else locally.
 
 The YAML (`sweep_config/*.yaml`) is W&B's sweep format: `method` (grid / random / bayes), `metric` (a key of the
 runs' summary.json such as `final_eval_return`, or a TensorBoard tag such as `eval/episodic_return`), `parameters`
@@ -14,8 +14,10 @@ Trials run in this process, as local subprocesses, or as SLURM jobs (submitit); 
 best first, is printed and saved to `<sweep dir>/results.md` (and `results.json`).
 
     python framework/sweep.py --config-filename sweep_config/hopper.yaml --algorithm sac-rlhf --sweep-count 8
-    python framework/sweep.py --config-filename sweep_config/pref_ppo_hopper.yaml --algorithm pref-ppo --launcher slurm --max-parallel 4
-    python framework/sweep.py --config-filename sweep_config/hopper.yaml --sweep-id abc123 --project-name prefrl   # join a W&B sweep
+    python framework/sweep.py --config-filename sweep_config/pref_ppo_hopper.yaml --algorithm pref-ppo \
+        --launcher slurm --max-parallel 4
+    # join a W&B sweep:
+    python framework/sweep.py --config-filename sweep_config/hopper.yaml --sweep-id abc123 --project-name prefrl
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Args:
     sweep_count: int = 10
     """trials this process runs (the YAML's `run_cap`, when set, caps the whole sweep)"""
     mode: Literal["auto", "wandb", "local"] = "auto"
-    """`wandb`: a W&B server runs the sweep; `local`: the `sweeps` engine here; `auto`: W&B when a server is configured"""
+    """`wandb`: a W&B server runs the sweep; `local`: the `sweeps` engine here; `auto`: W&B if a server is configured"""
     launcher: Literal["inprocess", "local", "slurm"] = "local"
     """where trials run: in this process, as subprocesses, or as SLURM jobs"""
     max_parallel: int = 1
@@ -214,12 +216,23 @@ def to_sweep_run(trial: Trial, metric: str | None):
     """The `sweeps` engine's view of a trial (built with its field aliases so pydantic 2 keeps the data)."""
     from sweeps import RunState, SweepRun
 
-    state = {"pending": RunState.running, "running": RunState.running, "finished": RunState.finished,
-             "failed": RunState.failed, "stopped": RunState.killed, "cancelled": RunState.killed}[trial.state]
+    state = {
+        "pending": RunState.running,
+        "running": RunState.running,
+        "finished": RunState.finished,
+        "failed": RunState.failed,
+        "stopped": RunState.killed,
+        "cancelled": RunState.killed,
+    }[trial.state]
     summary = {metric: trial.metric} if metric and not math.isnan(trial.metric) else {}
     history = [{metric: v, "_step": s} for s, v in trial.history] if metric else []
-    return SweepRun(name=trial.name, state=state, config={k: {"value": v} for k, v in trial.params.items()},
-                    summaryMetrics=summary, sampledHistory=history)
+    return SweepRun(
+        name=trial.name,
+        state=state,
+        config={k: {"value": v} for k, v in trial.params.items()},
+        summaryMetrics=summary,
+        sampledHistory=history,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- launchers
@@ -263,8 +276,9 @@ class LocalLauncher:
 
     def start(self, trial: Trial, argv: list[str], log_path: str) -> None:
         with open(log_path, "ab") as log:
-            trial.handle = subprocess.Popen([sys.executable, self.script, *argv], cwd=ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            trial.handle = subprocess.Popen(
+                [sys.executable, self.script, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         trial.state = "running"
 
     def poll(self, trial: Trial) -> str:
@@ -280,9 +294,17 @@ class LocalLauncher:
         trial.handle.wait()
 
 
-SLURM_TERMINAL = {"COMPLETED": "finished", "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "failed",
-                  "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed", "PREEMPTED": "failed", "BOOT_FAIL": "failed",
-                  "DEADLINE": "failed"}
+SLURM_TERMINAL = {
+    "COMPLETED": "finished",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed",
+    "PREEMPTED": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+}
 
 
 def slurm_state(job) -> str:
@@ -292,21 +314,43 @@ def slurm_state(job) -> str:
     return SLURM_TERMINAL.get(raw, "running")
 
 
-def slurm_executor(folder: str, name: str, time_min: int, cpus: int, mem_gb: float, partition: str | None = None,
-                   mail_user: str | None = None, mail_type: str = "FAIL"):
+def slurm_executor(
+    folder: str,
+    name: str,
+    time_min: int,
+    cpus: int,
+    mem_gb: float,
+    partition: str | None = None,
+    mail_user: str | None = None,
+    mail_type: str = "FAIL",
+):
     """A submitit executor for SLURM jobs with these limits (mail only when `mail_user` is given)."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     extra = {"mail_user": mail_user, "mail_type": mail_type} if mail_user else {}
-    executor.update_parameters(name=name, timeout_min=time_min, cpus_per_task=cpus, mem_gb=mem_gb,
-                               slurm_partition=partition, slurm_additional_parameters=extra)
+    executor.update_parameters(
+        name=name,
+        timeout_min=time_min,
+        cpus_per_task=cpus,
+        mem_gb=mem_gb,
+        slurm_partition=partition,
+        slurm_additional_parameters=extra,
+    )
     return executor
 
 
 def sweep_executor(args: Args, folder: str, name: str):
-    return slurm_executor(folder, name, args.slurm_time_min, args.slurm_cpus, args.slurm_mem_gb, args.slurm_partition,
-                          args.slurm_mail_user, args.slurm_mail_type)
+    return slurm_executor(
+        folder,
+        name,
+        args.slurm_time_min,
+        args.slurm_cpus,
+        args.slurm_mem_gb,
+        args.slurm_partition,
+        args.slurm_mail_user,
+        args.slurm_mail_type,
+    )
 
 
 class SlurmLauncher:
@@ -409,7 +453,10 @@ def run_local_sweep(args: Args, config: dict, sweep_dir: str) -> list[Trial]:
                     t = running[run.name]
                     launcher.stop(t)
                     t.state, t.detail = "stopped", f"hyperband stop after {len(t.history)} evaluations"
-                    print(f"{t.name}: stopped by hyperband ({metric} history {[round(v, 3) for _, v in t.history]})", flush=True)
+                    print(
+                        f"{t.name}: stopped by hyperband ({metric} history {[round(v, 3) for _, v in t.history]})",
+                        flush=True,
+                    )
         active = sum(t.state == "running" for t in trials)
         while not exhausted and active < args.max_parallel and len(trials) < budget:
             proposal = sweeps.next_run(engine_config, [to_sweep_run(t, metric) for t in trials])
@@ -456,7 +503,9 @@ def run_wandb_sweep(args: Args, config: dict, sweep_dir: str) -> list[Trial]:
             update_metric(trial, metric, live=False)
             for step, value in trial.history:
                 run.log({metric: value, "global_step": step})
-        run.summary.update({k: v for k, v in (read_summary(trial.run_dir) or {}).items() if isinstance(v, (int, float, str))})
+        run.summary.update(
+            {k: v for k, v in (read_summary(trial.run_dir) or {}).items() if isinstance(v, (int, float, str))}
+        )
         run.finish(exit_code=0 if trial.state == "finished" else 1)
 
     wandb.agent(sweep_id, function=one_trial, count=args.sweep_count, project=args.project_name, entity=args.entity)
@@ -468,20 +517,43 @@ def submit_wandb_workers(args: Args, sweep_id: str, sweep_dir: str) -> list[Tria
     same with sbatch)."""
     executor = sweep_executor(args, os.path.join(sweep_dir, "slurm"), f"sweep-worker-{sweep_id}")
     per_worker = math.ceil(args.sweep_count / args.max_parallel)
-    command = [sys.executable, os.path.abspath(__file__), "--config-filename", os.path.abspath(args.config_filename),
-               "--algorithm", args.algorithm, "--mode", "wandb", "--sweep-id", sweep_id, "--project-name",
-               args.project_name, "--launcher", "inprocess", "--sweep-count", str(per_worker), "--sweep-dir", sweep_dir]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--config-filename",
+        os.path.abspath(args.config_filename),
+        "--algorithm",
+        args.algorithm,
+        "--mode",
+        "wandb",
+        "--sweep-id",
+        sweep_id,
+        "--project-name",
+        args.project_name,
+        "--launcher",
+        "inprocess",
+        "--sweep-count",
+        str(per_worker),
+        "--sweep-dir",
+        sweep_dir,
+    ]
     if args.entity:
         command += ["--entity", args.entity]
-    jobs = [executor.submit(run_command, command, os.path.join(sweep_dir, f"worker-{i}.log"), ROOT)
-            for i in range(args.max_parallel)]
-    print(f"submitted W&B sweep workers: {', '.join(j.job_id for j in jobs)}; results are in the W&B sweep page", flush=True)
+    jobs = [
+        executor.submit(run_command, command, os.path.join(sweep_dir, f"worker-{i}.log"), ROOT)
+        for i in range(args.max_parallel)
+    ]
+    print(
+        f"submitted W&B sweep workers: {', '.join(j.job_id for j in jobs)}; results are in the W&B sweep page",
+        flush=True,
+    )
     return []
 
 
 # ---------------------------------------------------------------------------------------------------- the table
 def results_table(trials: list[Trial], metric: str | None, maximize: bool) -> str:
     """A markdown table of the trials, best first (trials without a value last)."""
+
     def key(t: Trial) -> tuple:
         missing = math.isnan(t.metric)
         return (missing, -t.metric if maximize and not missing else (t.metric if not missing else 0))
@@ -500,17 +572,32 @@ def save_results(trials: list[Trial], config: dict, sweep_dir: str) -> str:
     metric, maximize = metric_goal(config)
     table = results_table(trials, metric, maximize)
     atomic_write_bytes(os.path.join(sweep_dir, "results.md"), (table + "\n").encode())
-    rows = [{"name": t.name, "state": t.state, "metric": None if math.isnan(t.metric) else t.metric,
-             "params": t.params, "history": t.history, "run_dir": t.run_dir, "detail": t.detail} for t in trials]
-    atomic_write_bytes(os.path.join(sweep_dir, "results.json"),
-                       json.dumps({"metric": metric, "goal": "maximize" if maximize else "minimize", "trials": rows},
-                                  indent=2).encode())
+    rows = [
+        {
+            "name": t.name,
+            "state": t.state,
+            "metric": None if math.isnan(t.metric) else t.metric,
+            "params": t.params,
+            "history": t.history,
+            "run_dir": t.run_dir,
+            "detail": t.detail,
+        }
+        for t in trials
+    ]
+    atomic_write_bytes(
+        os.path.join(sweep_dir, "results.json"),
+        json.dumps(
+            {"metric": metric, "goal": "maximize" if maximize else "minimize", "trials": rows}, indent=2
+        ).encode(),
+    )
     return table
 
 
 def main(args: Args) -> list[Trial]:
     if args.sweep_count < 1 or args.max_parallel < 1:
-        raise UsageError(f"--sweep-count and --max-parallel must be >= 1, got {args.sweep_count} and {args.max_parallel}")
+        raise UsageError(
+            f"--sweep-count and --max-parallel must be >= 1, got {args.sweep_count} and {args.max_parallel}"
+        )
     warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
     config = load_sweep_config(args.config_filename)
     check_parameters(config, args.algorithm, args.config_filename)
@@ -518,8 +605,10 @@ def main(args: Args) -> list[Trial]:
         import shutil
 
         if shutil.which("sbatch") is None:
-            raise UsageError("--launcher slurm: no `sbatch` on PATH (run on a SLURM login node, or start a local "
-                             "cluster with slurm/local_cluster.sh up)")
+            raise UsageError(
+                "--launcher slurm: no `sbatch` on PATH (run on a SLURM login node, or start a local "
+                "cluster with slurm/local_cluster.sh up)"
+            )
     if args.mode == "auto":
         use_wandb, reason = wandb_server(args.probe_timeout)
     else:
@@ -527,10 +616,14 @@ def main(args: Args) -> list[Trial]:
     if args.sweep_id and not use_wandb:
         raise UsageError(f"--sweep-id {args.sweep_id!r} joins a W&B sweep, but no W&B server is usable ({reason})")
     stem = os.path.splitext(os.path.basename(args.config_filename))[0]
-    sweep_dir = os.path.abspath(args.sweep_dir or os.path.join("runs", "sweeps", f"{stem}__{args.algorithm}__{int(time.time())}"))
+    sweep_dir = os.path.abspath(
+        args.sweep_dir or os.path.join("runs", "sweeps", f"{stem}__{args.algorithm}__{int(time.time())}")
+    )
     os.makedirs(sweep_dir, exist_ok=True)
-    print(f"sweep mode: {'wandb' if use_wandb else 'local'} ({reason}); launcher: {args.launcher}; folder: {sweep_dir}",
-          flush=True)
+    print(
+        f"sweep mode: {'wandb' if use_wandb else 'local'} ({reason}); launcher: {args.launcher}; folder: {sweep_dir}",
+        flush=True,
+    )
     trials = run_wandb_sweep(args, config, sweep_dir) if use_wandb else run_local_sweep(args, config, sweep_dir)
     if trials:
         table = save_results(trials, config, sweep_dir)

@@ -90,13 +90,18 @@ CREATE TABLE IF NOT EXISTS queries (
 CREATE INDEX IF NOT EXISTS queries_waiting ON queries (run_id, status, id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL, query_id INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('answer', 'undo')),
+    run_id TEXT NOT NULL, query_id INTEGER NOT NULL, key TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('answer', 'undo')),
     choice TEXT, label REAL, labeler TEXT, client TEXT, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
 """
 # columns added after the first release: (table, column, declaration), added to older files at start
-MIGRATIONS = [("queries", "left_valid", "REAL NOT NULL DEFAULT 1.0"), ("queries", "right_valid", "REAL NOT NULL DEFAULT 1.0"),
-              ("runs", "trainer", "TEXT"), ("runs", "trainer_time", "REAL")]
+MIGRATIONS = [
+    ("queries", "left_valid", "REAL NOT NULL DEFAULT 1.0"),
+    ("queries", "right_valid", "REAL NOT NULL DEFAULT 1.0"),
+    ("runs", "trainer", "TEXT"),
+    ("runs", "trainer_time", "REAL"),
+]
 
 
 class ApiError(Exception):
@@ -214,7 +219,7 @@ def host_name(host_header: str) -> str:
     """'127.0.0.1:5001' -> '127.0.0.1', '[::1]:5001' -> '::1', 'Example.org' -> 'example.org'."""
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -235,7 +240,12 @@ def sweep_media(media_dir: Path, con: sqlite3.Connection) -> tuple[int, int]:
     completed = removed = 0
     for path in media_dir.iterdir():
         name = path.name
-        if name.startswith(".") and name.endswith(".tmp") and name[1:-4] in known and not (media_dir / name[1:-4]).exists():
+        if (
+            name.startswith(".")
+            and name.endswith(".tmp")
+            and name[1:-4] in known
+            and not (media_dir / name[1:-4]).exists()
+        ):
             os.replace(path, media_dir / name[1:-4])
             completed += 1
         elif name not in known and path.is_file():
@@ -245,8 +255,13 @@ def sweep_media(media_dir: Path, con: sqlite3.Connection) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------------ the app
-def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None = None, lease_seconds: float = 30.0,
-               max_request_mb: float = 64.0, allowed_hosts: list[str] | None = None) -> Flask:
+def create_app(
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    token: str | None = None,
+    lease_seconds: float = 30.0,
+    max_request_mb: float = 64.0,
+    allowed_hosts: list[str] | None = None,
+) -> Flask:
     """The Flask app over `<data_dir>/feedback.sqlite3` and `<data_dir>/media/` (both created when missing).
 
     `allowed_hosts`: the Host names requests may be addressed to; None: loopback names only; ["*"]: any."""
@@ -321,8 +336,14 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             response.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", path="/")
         # the access log: every response passes here, errors included (they become responses in the handlers below)
         ms = (time.perf_counter() - g.started) * 1000 if "started" in g else 0.0
-        log.info('%s "%s %s" %s %.1fms', request.remote_addr, request.method,
-                 redacted(request.path, request.query_string.decode("latin-1")), response.status_code, ms)
+        log.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote_addr,
+            request.method,
+            redacted(request.path, request.query_string.decode("latin-1")),
+            response.status_code,
+            ms,
+        )
         return response
 
     @app.errorhandler(ApiError)
@@ -353,24 +374,44 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
 
     def progress(con: sqlite3.Connection, run_id: str, session: int | None = None, client: str | None = None) -> dict:
         run = con.execute(
-            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered, SUM(status = 'pending') AS pending, "
-            "SUM(status = 'pending' AND lease_client IS NOT NULL AND lease_client IS NOT ? AND lease_until >= ?) AS held "
-            "FROM queries WHERE run_id = ?", (client, time.time(), run_id)).fetchone()
+            "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered, "
+            "SUM(status = 'pending') AS pending, "
+            "SUM(status = 'pending' AND lease_client IS NOT NULL AND lease_client IS NOT ? AND lease_until >= ?) "
+            "AS held FROM queries WHERE run_id = ?",
+            (client, time.time(), run_id),
+        ).fetchone()
         if session is None:
             session = con.execute("SELECT MAX(session) FROM queries WHERE run_id = ?", (run_id,)).fetchone()[0]
         ses = con.execute(
             "SELECT COUNT(*) AS total, SUM(status IN ('answered', 'used')) AS answered FROM queries "
-            "WHERE run_id = ? AND session = ? AND status != 'withdrawn'", (run_id, session)).fetchone()
-        return {"session": session, "session_answered": ses["answered"] or 0, "session_total": ses["total"],
-                "run_answered": run["answered"] or 0, "run_total": run["total"], "pending": run["pending"] or 0,
-                "held_elsewhere": run["held"] or 0}
+            "WHERE run_id = ? AND session = ? AND status != 'withdrawn'",
+            (run_id, session),
+        ).fetchone()
+        return {
+            "session": session,
+            "session_answered": ses["answered"] or 0,
+            "session_total": ses["total"],
+            "run_answered": run["answered"] or 0,
+            "run_total": run["total"],
+            "pending": run["pending"] or 0,
+            "held_elsewhere": run["held"] or 0,
+        }
 
     def query_json(con: sqlite3.Connection, row: sqlite3.Row) -> dict:
         run = con.execute("SELECT env_id, question FROM runs WHERE id = ?", (row["run_id"],)).fetchone()
-        return {"id": row["id"], "run_id": row["run_id"], "key": row["key"], "session": row["session"],
-                "env_id": run["env_id"], "question": run["question"],
-                "left": f"/media/{row['left_clip']}", "right": f"/media/{row['right_clip']}",
-                "left_valid": row["left_valid"], "right_valid": row["right_valid"], "lease_seconds": lease_seconds}
+        return {
+            "id": row["id"],
+            "run_id": row["run_id"],
+            "key": row["key"],
+            "session": row["session"],
+            "env_id": run["env_id"],
+            "question": run["question"],
+            "left": f"/media/{row['left_clip']}",
+            "right": f"/media/{row['right_clip']}",
+            "left_valid": row["left_valid"],
+            "right_valid": row["right_valid"],
+            "lease_seconds": lease_seconds,
+        }
 
     # ------------------------------------------------------------------------------------------------- the page
     @app.get("/")
@@ -404,17 +445,25 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         question = short_text(body, "question", 500, required=False) or "Which clip is better?"
         now = time.time()
         with Transaction(db()) as con:
-            con.execute("INSERT INTO runs (id, env_id, question, created, updated) VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET env_id = excluded.env_id, question = excluded.question, "
-                        "updated = excluded.updated", (run_id, env_id, question, now, now))
+            con.execute(
+                "INSERT INTO runs (id, env_id, question, created, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET env_id = excluded.env_id, question = excluded.question, "
+                "updated = excluded.updated",
+                (run_id, env_id, question, now, now),
+            )
         return jsonify(run_id=run_id, env_id=env_id, question=question)
 
     @app.get("/api/runs/<run_id>")
     def run_status(run_id: str):
         con = db()
         run = get_run(con, run_id)
-        return jsonify(run_id=run_id, env_id=run["env_id"], question=run["question"], progress=progress(con, run_id),
-                       trainer=trainer_json(run))
+        return jsonify(
+            run_id=run_id,
+            env_id=run["env_id"],
+            question=run["question"],
+            progress=progress(con, run_id),
+            trainer=trainer_json(run),
+        )
 
     @app.put("/api/runs/<run_id>/status")
     def put_trainer_status(run_id: str):
@@ -424,16 +473,25 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         state = field(body, "state", str)
         if state not in TRAINER_STATES:
             raise ApiError(400, f"state {state[:50]!r} is not one of {list(TRAINER_STATES)}")
-        status = {"state": state, "sessions_done": field(body, "sessions_done", int, False, 0),
-                  "sessions_total": field(body, "sessions_total", int, False),
-                  "next_in_s": field(body, "next_in_s", float, False), "labels_given": field(body, "labels_given", int, False, 0)}
-        if status["sessions_done"] < 0 or status["labels_given"] < 0 or (status["next_in_s"] or 0) < 0 or (
-                status["sessions_total"] is not None and status["sessions_total"] < 0):
+        status = {
+            "state": state,
+            "sessions_done": field(body, "sessions_done", int, False, 0),
+            "sessions_total": field(body, "sessions_total", int, False),
+            "next_in_s": field(body, "next_in_s", float, False),
+            "labels_given": field(body, "labels_given", int, False, 0),
+        }
+        if (
+            status["sessions_done"] < 0
+            or status["labels_given"] < 0
+            or (status["next_in_s"] or 0) < 0
+            or (status["sessions_total"] is not None and status["sessions_total"] < 0)
+        ):
             raise ApiError(400, "sessions_done, sessions_total, next_in_s and labels_given must be >= 0")
         with Transaction(db()) as con:
             get_run(con, run_id)
-            con.execute("UPDATE runs SET trainer = ?, trainer_time = ? WHERE id = ?",
-                        (json.dumps(status), time.time(), run_id))
+            con.execute(
+                "UPDATE runs SET trainer = ?, trainer_time = ? WHERE id = ?", (json.dumps(status), time.time(), run_id)
+            )
         return jsonify(trainer=status)
 
     @app.post("/api/runs/<run_id>/queries")
@@ -444,7 +502,9 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         get_run(con, run_id)
         specs = parse_json(request.form.get("queries", ""), "form field 'queries'")
         if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs) or len(specs) > MAX_QUERIES:
-            raise ApiError(400, f"form field 'queries' must be a JSON list of at most {MAX_QUERIES} {{key, session}} objects")
+            raise ApiError(
+                400, f"form field 'queries' must be a JSON list of at most {MAX_QUERIES} {{key, session}} objects"
+            )
         keys = [checked_name(s.get("key"), "query key") for s in specs]
         if len(set(keys)) != len(keys):
             raise ApiError(400, "query keys repeat within the upload")
@@ -454,8 +514,12 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         valid = [(field(s, "left_valid", float, False, 1.0), field(s, "right_valid", float, False, 1.0)) for s in specs]
         if not all(0.0 < v <= 1.0 for pair in valid for v in pair):
             raise ApiError(400, "fields 'left_valid' and 'right_valid' must be in (0, 1]")
-        known = {r["key"] for r in con.execute(
-            f"SELECT key FROM queries WHERE run_id = ? AND key IN ({','.join('?' * len(keys))})", (run_id, *keys))}
+        known = {
+            r["key"]
+            for r in con.execute(
+                f"SELECT key FROM queries WHERE run_id = ? AND key IN ({','.join('?' * len(keys))})", (run_id, *keys)
+            )
+        }
         new = [(k, s, v) for k, s, v in zip(keys, sessions, valid) if k not in known]
         clips = {}
         for key, _, _ in new:  # check every file before writing any
@@ -480,19 +544,37 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             now = time.time()
             with Transaction(con):
                 for key, session, (left_valid, right_valid) in new:
-                    con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, left_valid, "
-                                "right_valid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
-                                (run_id, key, session, names[(key, "left")], names[(key, "right")], now, left_valid,
-                                 right_valid))
+                    con.execute(
+                        "INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, left_valid, "
+                        "right_valid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
+                        (
+                            run_id,
+                            key,
+                            session,
+                            names[(key, "left")],
+                            names[(key, "right")],
+                            now,
+                            left_valid,
+                            right_valid,
+                        ),
+                    )
                 con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
         except BaseException:
             for path in temporary.values():
                 path.unlink(missing_ok=True)
             raise
-        stored = {r[0] for r in con.execute(  # a concurrent upload of the same key won: its clips are the ones used
-            f"SELECT left_clip FROM queries WHERE left_clip IN ({','.join('?' * len(names))}) "
-            f"UNION SELECT right_clip FROM queries WHERE right_clip IN ({','.join('?' * len(names))})",
-            (*names.values(), *names.values()))} if names else set()
+        stored = (
+            {
+                r[0]
+                for r in con.execute(  # a concurrent upload of the same key won: its clips are the ones used
+                    f"SELECT left_clip FROM queries WHERE left_clip IN ({','.join('?' * len(names))}) "
+                    f"UNION SELECT right_clip FROM queries WHERE right_clip IN ({','.join('?' * len(names))})",
+                    (*names.values(), *names.values()),
+                )
+            }
+            if names
+            else set()
+        )
         for name, path in temporary.items():
             if name in stored:
                 os.replace(path, media_dir / name)
@@ -504,7 +586,9 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
     def list_queries(run_id: str):
         con = db()
         get_run(con, run_id)
-        rows = con.execute("SELECT key, session, status, choice, label FROM queries WHERE run_id = ? ORDER BY id", (run_id,))
+        rows = con.execute(
+            "SELECT key, session, status, choice, label FROM queries WHERE run_id = ? ORDER BY id", (run_id,)
+        )
         return jsonify(queries=[dict(r) for r in rows])
 
     @app.get("/api/runs/<run_id>/events")
@@ -514,8 +598,11 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         since = request.args.get("since", "0")
         if not ROW_ID.match(since):
             raise ApiError(400, f"'since' must be a non-negative integer below 2^63, got {since[:40]!r}")
-        rows = con.execute("SELECT id, key, kind, choice, label, labeler, time FROM events WHERE run_id = ? AND id > ? "
-                           "ORDER BY id LIMIT 1000", (run_id, int(since))).fetchall()
+        rows = con.execute(
+            "SELECT id, key, kind, choice, label, labeler, time FROM events WHERE run_id = ? AND id > ? "
+            "ORDER BY id LIMIT 1000",
+            (run_id, int(since)),
+        ).fetchall()
         cursor = rows[-1]["id"] if rows else int(since)
         return jsonify(events=[dict(r) for r in rows], cursor=cursor)
 
@@ -527,13 +614,17 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             get_run(con, run_id)
             labels = {}
             for key in keys:
-                row = con.execute("SELECT id, status, label FROM queries WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+                row = con.execute(
+                    "SELECT id, status, label FROM queries WHERE run_id = ? AND key = ?", (run_id, key)
+                ).fetchone()
                 if row is None:
                     raise ApiError(404, f"run {run_id!r} has no query {key!r}")
                 if row["status"] == "answered":
                     con.execute("UPDATE queries SET status = 'used' WHERE id = ?", (row["id"],))
                 elif row["status"] == "pending":
-                    con.execute("UPDATE queries SET status = 'withdrawn', lease_client = NULL WHERE id = ?", (row["id"],))
+                    con.execute(
+                        "UPDATE queries SET status = 'withdrawn', lease_client = NULL WHERE id = ?", (row["id"],)
+                    )
                 answered = row["status"] in ("answered", "used")
                 labels[key] = {"answered": answered, "label": row["label"] if answered else None}
         return jsonify(labels=labels)
@@ -546,9 +637,21 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             "SELECT r.id, r.env_id, r.question, r.updated, r.trainer, r.trainer_time, COUNT(q.id) AS total, "
             "SUM(q.status = 'pending') AS pending, SUM(q.status IN ('answered', 'used')) AS answered, "
             "MAX(q.created) AS last_query FROM runs r LEFT JOIN queries q ON q.run_id = r.id "
-            "GROUP BY r.id ORDER BY (SUM(q.status = 'pending') > 0) DESC, COALESCE(MAX(q.created), r.updated) DESC").fetchall()
-        return jsonify(runs=[{**{k: (r[k] or 0) if k in ("total", "pending", "answered") else r[k] for k in r.keys()
-                                 if k not in ("trainer", "trainer_time")}, "trainer": trainer_json(r)} for r in rows])
+            "GROUP BY r.id ORDER BY (SUM(q.status = 'pending') > 0) DESC, COALESCE(MAX(q.created), r.updated) DESC"
+        ).fetchall()
+        return jsonify(
+            runs=[
+                {
+                    **{
+                        k: (r[k] or 0) if k in ("total", "pending", "answered") else r[k]
+                        for k in r.keys()
+                        if k not in ("trainer", "trainer_time")
+                    },
+                    "trainer": trainer_json(r),
+                }
+                for r in rows
+            ]
+        )
 
     @app.post("/api/runs/<run_id>/lease")
     def lease(run_id: str):
@@ -564,13 +667,19 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
                 f"SELECT * FROM queries WHERE run_id = ? AND status = 'pending' "
                 f"AND (lease_client IS NULL OR lease_until < ? OR lease_client = ?) {not_in} "
                 f"ORDER BY (lease_client IS ? AND lease_until >= ?) DESC, id LIMIT 1",
-                (run_id, now, client, *exclude, client, now)).fetchone()
+                (run_id, now, client, *exclude, client, now),
+            ).fetchone()
             if row is not None:
-                con.execute("UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",
-                            (client, now + lease_seconds, row["id"]))
+                con.execute(
+                    "UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",
+                    (client, now + lease_seconds, row["id"]),
+                )
             run = con.execute("SELECT trainer, trainer_time FROM runs WHERE id = ?", (run_id,)).fetchone()
-            return jsonify(query=query_json(con, row) if row is not None else None,
-                           progress=progress(con, run_id, client=client), trainer=trainer_json(run))
+            return jsonify(
+                query=query_json(con, row) if row is not None else None,
+                progress=progress(con, run_id, client=client),
+                trainer=trainer_json(run),
+            )
 
     @app.post("/api/leases/renew")
     def renew():
@@ -581,9 +690,11 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
         with Transaction(db()) as con:
             renewed = []
             for qid in ids:
-                cur = con.execute("UPDATE queries SET lease_until = ? WHERE id = ? AND status = 'pending' AND "
-                                  "(lease_client = ? OR lease_client IS NULL OR lease_until < ?)",
-                                  (now + lease_seconds, qid, client, now))
+                cur = con.execute(
+                    "UPDATE queries SET lease_until = ? WHERE id = ? AND status = 'pending' AND "
+                    "(lease_client = ? OR lease_client IS NULL OR lease_until < ?)",
+                    (now + lease_seconds, qid, client, now),
+                )
                 if cur.rowcount:
                     con.execute("UPDATE queries SET lease_client = ? WHERE id = ?", (client, qid))
                     renewed.append(qid)
@@ -608,18 +719,27 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
             if row["status"] in ("answered", "used"):
                 if row["choice"] == choice:  # the same answer again (a retried request): stored once
                     return jsonify(ok=True, duplicate=True, progress=progress(con, row["run_id"], row["session"]))
-                raise ApiError(409, f"query {query_id} is already answered ({row['choice']}); undo it first", "answered",
-                               choice=row["choice"])
+                raise ApiError(
+                    409,
+                    f"query {query_id} is already answered ({row['choice']}); undo it first",
+                    "answered",
+                    choice=row["choice"],
+                )
             if row["status"] == "withdrawn":
                 raise ApiError(409, f"query {query_id} was withdrawn by the trainer", "withdrawn")
             if row["lease_client"] not in (None, client) and row["lease_until"] >= now:
                 raise ApiError(409, f"query {query_id} is being answered by another labeler", "leased")
             label = CHOICES[choice]
-            con.execute("UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
-                        "lease_client = NULL, lease_until = NULL WHERE id = ?", (choice, label, labeler, now, query_id))
-            con.execute("INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, time) "
-                        "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?)",
-                        (row["run_id"], query_id, row["key"], choice, label, labeler, client, now))
+            con.execute(
+                "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
+                "lease_client = NULL, lease_until = NULL WHERE id = ?",
+                (choice, label, labeler, now, query_id),
+            )
+            con.execute(
+                "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, time) "
+                "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?)",
+                (row["run_id"], query_id, row["key"], choice, label, labeler, client, now),
+            )
             con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, row["run_id"]))
             return jsonify(ok=True, duplicate=False, progress=progress(con, row["run_id"], row["session"]))
 
@@ -635,16 +755,22 @@ def create_app(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, token: str | None
                 "SELECT q.* FROM events e JOIN queries q ON q.id = e.query_id WHERE e.run_id = ? AND e.kind = 'answer' "
                 "AND e.client = ? AND q.status IN ('answered', 'used') "
                 "AND e.id = (SELECT MAX(id) FROM events WHERE query_id = e.query_id) ORDER BY e.id DESC LIMIT 1",
-                (run_id, client)).fetchone()
+                (run_id, client),
+            ).fetchone()
             if row is None:
                 raise ApiError(409, "nothing to undo")
             if row["status"] == "used":
                 raise ApiError(409, "that answer was already used by the trainer and cannot be undone")
-            con.execute("UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
-                        "answered_at = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
-                        (client, now + lease_seconds, row["id"]))
-            con.execute("INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) VALUES (?, ?, ?, 'undo', ?, ?, ?)",
-                        (run_id, row["id"], row["key"], labeler, client, now))
+            con.execute(
+                "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
+                "answered_at = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
+                (client, now + lease_seconds, row["id"]),
+            )
+            con.execute(
+                "INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) "
+                "VALUES (?, ?, ?, 'undo', ?, ?, ?)",
+                (run_id, row["id"], row["key"], labeler, client, now),
+            )
             return jsonify(query=query_json(con, row), progress=progress(con, run_id, row["session"]))
 
     return app
@@ -654,36 +780,60 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The prefrl feedback server (labeling page + trainer API).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                        help="folder for the SQLite file and the clips (default: $PREFRL_FEEDBACK_DATA_DIR or humanFeedback/data)")
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
-                        help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV}, which keeps "
-                             "it out of the process list)")
-    parser.add_argument("--allowed-hosts", default=None,
-                        help="comma-separated Host names answered when bound off loopback (default: any; on loopback "
-                             "only loopback names are answered)")
-    parser.add_argument("--lease-seconds", type=float, default=30.0,
-                        help="how long a page holds a query without renewing it (a closed tab frees it after this)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="folder for the SQLite file and the clips (default: $PREFRL_FEEDBACK_DATA_DIR or humanFeedback/data)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"token every request must carry; required off loopback (default: ${TOKEN_ENV}, which keeps "
+        "it out of the process list)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host names answered when bound off loopback (default: any; on loopback "
+        "only loopback names are answered)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        help="how long a page holds a query without renewing it (a closed tab frees it after this)",
+    )
     parser.add_argument("--max-request-mb", type=float, default=64.0, help="largest request accepted (uploads)")
     parser.add_argument("--threads", type=int, default=8, help="requests served at once (waitress worker threads)")
     parser.add_argument("--quiet", action="store_true", help="no line per request in the log")
     args = parser.parse_args(argv)
     if not is_loopback(args.host) and not args.token:
-        print(f"error: --host {args.host} is reachable from other machines; give a token with ${TOKEN_ENV} or "
-              f"--token (for example: {TOKEN_ENV}={secrets.token_urlsafe(16)})", file=sys.stderr)
+        print(
+            f"error: --host {args.host} is reachable from other machines; give a token with ${TOKEN_ENV} or "
+            f"--token (for example: {TOKEN_ENV}={secrets.token_urlsafe(16)})",
+            file=sys.stderr,
+        )
         return 2
     if not 0 < args.port < 65536 or not 1 <= args.threads <= 256:
-        print(f"error: --port must be 1-65535 (got {args.port}) and --threads 1-256 (got {args.threads})", file=sys.stderr)
+        print(
+            f"error: --port must be 1-65535 (got {args.port}) and --threads 1-256 (got {args.threads})", file=sys.stderr
+        )
         return 2
     if not (0 < args.lease_seconds < 1e6 and 0 < args.max_request_mb < 1e6):
-        print(f"error: --lease-seconds and --max-request-mb must be positive, got {args.lease_seconds} and "
-              f"{args.max_request_mb}", file=sys.stderr)
+        print(
+            f"error: --lease-seconds and --max-request-mb must be positive, got {args.lease_seconds} and "
+            f"{args.max_request_mb}",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("waitress").setLevel(logging.INFO)
-    allowed = None if is_loopback(args.host) and args.allowed_hosts is None else (
-        [h.strip() for h in (args.allowed_hosts or "*").split(",") if h.strip()])
+    allowed = (
+        None
+        if is_loopback(args.host) and args.allowed_hosts is None
+        else ([h.strip() for h in (args.allowed_hosts or "*").split(",") if h.strip()])
+    )
     if allowed is not None and is_loopback(args.host):
         allowed += ["localhost", "127.0.0.1", "::1"]
     try:
@@ -697,8 +847,17 @@ def main(argv: list[str] | None = None) -> int:
     from waitress import serve
 
     try:
-        serve(app, host=args.host, port=args.port, threads=args.threads, channel_timeout=60, connection_limit=200,
-              ident="prefrl", clear_untrusted_proxy_headers=True, max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 2**20)
+        serve(
+            app,
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            channel_timeout=60,
+            connection_limit=200,
+            ident="prefrl",
+            clear_untrusted_proxy_headers=True,
+            max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 2**20,
+        )
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
-"""Submit prefrl runs to SLURM with submitit: one run, or a job array over seeds (and config lines), then wait.
+r"""Submit prefrl runs to SLURM with submitit: one run, or a job array over seeds (and config lines), then wait.
 
 Flags after `--` go to the training script unchanged:
 
     python slurm/submit.py --algorithm sac-rlhf --seeds 1 2 3 -- --env-id Hopper-v5 --total-labels 500
-    python slurm/submit.py --algorithm pref-ppo --configs-file configs.txt --partition gpu --no-wait -- --env-id Walker2d-v5
+    python slurm/submit.py --algorithm pref-ppo --configs-file configs.txt --partition gpu --no-wait \
+        -- --env-id Walker2d-v5
 
 Every (config line, seed) pair becomes one task of a SLURM job array. With `--wait` (the default) it prints each
 task's final state (COMPLETED, FAILED, CANCELLED, ...) and exits 0 only when all completed; a cancelled or failed
@@ -72,8 +73,25 @@ def task_commands(args: Args, script_flags: list[str]) -> list[tuple[str, list[s
     for i, line in enumerate(lines):
         for seed in args.seeds:
             name = f"{args.job_name}__cfg{i}__seed{seed}__{stamp}"
-            tasks.append((name, [sys.executable, script, *script_flags, *line, "--seed", str(seed), "--runs-dir",
-                                 os.path.abspath(args.runs_dir), "--run-name", name, "--torch-threads", str(args.cpus)]))
+            tasks.append(
+                (
+                    name,
+                    [
+                        sys.executable,
+                        script,
+                        *script_flags,
+                        *line,
+                        "--seed",
+                        str(seed),
+                        "--runs-dir",
+                        os.path.abspath(args.runs_dir),
+                        "--run-name",
+                        name,
+                        "--torch-threads",
+                        str(args.cpus),
+                    ],
+                )
+            )
     return tasks
 
 
@@ -90,8 +108,9 @@ def main(args: Args, script_flags: list[str]) -> int:
     tasks = task_commands(args, script_flags)
     folder = os.path.abspath(args.folder)
     os.makedirs(folder, exist_ok=True)
-    executor = slurm_executor(folder, args.job_name, args.time_min, args.cpus, args.mem_gb, args.partition,
-                              args.mail_user, args.mail_type)
+    executor = slurm_executor(
+        folder, args.job_name, args.time_min, args.cpus, args.mem_gb, args.partition, args.mail_user, args.mail_type
+    )
     logs = [os.path.join(folder, f"{name}.log") for name, _ in tasks]
     jobs = executor.map_array(run_command, [c for _, c in tasks], logs, [ROOT] * len(tasks))
     for (name, _), job in zip(tasks, jobs):
@@ -111,7 +130,7 @@ if __name__ == "__main__":
 
     def entry(args: Args) -> None:
         global status
-        status = main(args, argv[split + 1:])
+        status = main(args, argv[split + 1 :])
 
     run_cli(Args, entry, argv[:split])
     sys.exit(status)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from slurm_cluster import slurm_cluster as slurm_cluster  # the session fixture, for every test module
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 os.environ["WANDB_MODE"] = "offline"

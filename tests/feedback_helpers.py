@@ -35,11 +35,20 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
-    def start(self, wait: bool = True) -> "Server":
+    def start(self, wait: bool = True) -> Server:
         env = dict(os.environ)
         env.pop("PREFRL_FEEDBACK_TOKEN", None)
-        cmd = [sys.executable, str(SERVER), "--host", self.host, "--port", str(self.port), "--data-dir", str(self.data_dir),
-               *self.extra]
+        cmd = [
+            sys.executable,
+            str(SERVER),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+        ]
         if self.token:
             cmd += ["--token", self.token]
         # output to a file, never a pipe nobody reads: one log line per request would fill a pipe and stall the server
@@ -87,8 +96,14 @@ def make_run(server: Server, run_id: str = "run-1", n: int = 0, session: int = 0
     keys = [f"{prefix}{session}-{i}" for i in range(n)]
     if n:
         files = [(f"{side}:{k}", (f"{k}.mp4", FAKE_MP4, "video/mp4")) for k in keys for side in ("left", "right")]
-        r = api(server, "POST", f"/api/runs/{run_id}/queries", headers={"X-Prefrl-Client": "test"},
-                data={"queries": __import__("json").dumps([{"key": k, "session": session} for k in keys])}, files=files)
+        r = api(
+            server,
+            "POST",
+            f"/api/runs/{run_id}/queries",
+            headers={"X-Prefrl-Client": "test"},
+            data={"queries": __import__("json").dumps([{"key": k, "session": session} for k in keys])},
+            files=files,
+        )
         assert r.status_code == 200, r.text
     return keys
 
@@ -109,14 +124,20 @@ class ApiLabeler(threading.Thread):
             try:
                 for run in requests.get(self.url + "/api/runs", timeout=5).json()["runs"]:
                     while not self.stop_event.is_set():
-                        q = requests.post(self.url + f"/api/runs/{run['id']}/lease", timeout=5,
-                                          json={"client": self.client, "labeler": self.client}).json()["query"]
+                        q = requests.post(
+                            self.url + f"/api/runs/{run['id']}/lease",
+                            timeout=5,
+                            json={"client": self.client, "labeler": self.client},
+                        ).json()["query"]
                         if q is None:
                             break
                         time.sleep(self.delay)
                         choice = self.choose(q)
-                        r = requests.post(self.url + f"/api/queries/{q['id']}/answer", timeout=5,
-                                          json={"client": self.client, "labeler": self.client, "choice": choice})
+                        r = requests.post(
+                            self.url + f"/api/queries/{q['id']}/answer",
+                            timeout=5,
+                            json={"client": self.client, "labeler": self.client, "choice": choice},
+                        )
                         if r.ok:
                             self.answered.append((q["key"], choice))
             except requests.RequestException:

@@ -19,8 +19,13 @@ STATE_DIR = os.environ.get("PREFRL_SLURM_DIR", "/tmp/prefrl-slurm")
 
 
 def cluster(command: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PREFRL_SLURM_DIR": STATE_DIR})
+    return subprocess.run(
+        ["bash", str(SCRIPT), command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PREFRL_SLURM_DIR": STATE_DIR},
+    )
 
 
 def can_run_cluster() -> str | None:
@@ -63,7 +68,9 @@ def sacct_state(job_id: str) -> str:
     return out.stdout.strip().splitlines()[0].split()[0] if out.stdout.strip() else ""
 
 
-def wait_for_states(job_ids: list[str], timeout: float, done=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")) -> list[str]:
+def wait_for_states(
+    job_ids: list[str], timeout: float, done=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+) -> list[str]:
     """sacct states of the jobs, once all are terminal (fails the test after `timeout` seconds)."""
     end = time.time() + timeout
     while True:

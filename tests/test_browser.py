@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from feedback_helpers import Server, api, free_port
+from feedback_helpers import Server, free_port
 from test_human_feedback import HUMAN_RUN
 
 CHROMIUM = os.environ.get("PREFRL_CHROMIUM", "/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--autoplay-policy=no-user-gesture-required"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (`make test` installs Debian's chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (`make test` installs Debian's chromium)"
+)
 
 
 def launch(playwright):
@@ -41,9 +48,23 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
     server = Server(tmp_path / "data").start()
     run = "browser-run"
     log = open(tmp_path / "trainer.log", "w")
-    trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *HUMAN_RUN,
-                                "--feedback-server-url", server.url, "--runs-dir", str(runs_dir), "--run-name", run],
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "framework" / "sac_rlhf.py"),
+            *HUMAN_RUN,
+            "--feedback-server-url",
+            server.url,
+            "--runs-dir",
+            str(runs_dir),
+            "--run-name",
+            run,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     keys = ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown"]
     pressed: list[str] = []
     undone = False
@@ -101,8 +122,14 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
     assert "session=3 labels=18" in out
 
 
-E2E_RUN = [*HUMAN_RUN[:HUMAN_RUN.index("--labels-per-session")], "--labels-per-session", "20", "--total-labels", "60",
-           *HUMAN_RUN[HUMAN_RUN.index("--segment-length"):]]
+E2E_RUN = [
+    *HUMAN_RUN[: HUMAN_RUN.index("--labels-per-session")],
+    "--labels-per-session",
+    "20",
+    "--total-labels",
+    "60",
+    *HUMAN_RUN[HUMAN_RUN.index("--segment-length") :],
+]
 
 
 def state(page) -> str:
@@ -128,10 +155,25 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
     data = tmp_path / "data"
     run = "two-tabs"
     log = open(tmp_path / "trainer.log", "w")
-    trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *E2E_RUN,
-                                "--feedback-server-autostart", "--feedback-server-url", url, "--runs-dir", str(runs_dir),
-                                "--run-name", run], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(data)))
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "framework" / "sac_rlhf.py"),
+            *E2E_RUN,
+            "--feedback-server-autostart",
+            "--feedback-server-url",
+            url,
+            "--runs-dir",
+            str(runs_dir),
+            "--run-name",
+            run,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(data)),
+    )
     keys = {"ArrowLeft": "left", "ArrowRight": "right", "ArrowUp": "equal", "ArrowDown": "skip"}
     given: dict[int, tuple[str, str]] = {}  # query id -> (tab's client id, choice)
     states: set[str] = set()
@@ -139,6 +181,7 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
     replacement.port, replacement.url = port, url
     kills = 0
     try:
+
         def started() -> int | None:
             m = re.search(r"started a feedback server at \S+ \(pid (\d+)", (tmp_path / "trainer.log").read_text())
             return int(m.group(1)) if m else None
@@ -189,17 +232,23 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
                     time.sleep(0.5)
                     for i in (0, 1):  # each tab answers the pair it shows (its answer waits in the browser)
                         assert answer_in(i, wait=15), f"tab {i} could not answer while the server was down"
-                    tabs[0].wait_for_function("() => document.getElementById('app').dataset.server !== 'ok'"
-                                              " || document.body.innerText.includes('saved in this browser')", timeout=15_000)
+                    tabs[0].wait_for_function(
+                        "() => document.getElementById('app').dataset.server !== 'ok'"
+                        " || document.body.innerText.includes('saved in this browser')",
+                        timeout=15_000,
+                    )
                     states.add(state(tabs[0]))
                     replacement.start()
                 for tab in tabs:
                     states.add(state(tab))
             trainer.wait(180)
             for tab in tabs:  # everything queued was delivered, and the page says the run is over
-                tab.wait_for_function("() => !document.body.innerText.includes('saved in this browser')", timeout=30_000)
-                tab.wait_for_function("() => ['finished'].includes(document.getElementById('app').dataset.state)",
-                                      timeout=30_000)
+                tab.wait_for_function(
+                    "() => !document.body.innerText.includes('saved in this browser')", timeout=30_000
+                )
+                tab.wait_for_function(
+                    "() => ['finished'].includes(document.getElementById('app').dataset.state)", timeout=30_000
+                )
             browser.close()
     finally:
         if trainer.poll() is None:
@@ -210,8 +259,12 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
     assert kills == 2 and len(given) >= 60
     assert {"labeling", "training", "unreachable"} <= states, states
     with sqlite3.connect(data / "feedback.sqlite3") as con:
-        stored = {qid: (client, choice) for qid, client, choice in con.execute(
-            "SELECT query_id, client, choice FROM events WHERE kind = 'answer' AND run_id = ?", (run,))}
+        stored = {
+            qid: (client, choice)
+            for qid, client, choice in con.execute(
+                "SELECT query_id, client, choice FROM events WHERE kind = 'answer' AND run_id = ?", (run,)
+            )
+        }
         answers = con.execute("SELECT COUNT(*) FROM events WHERE kind = 'answer' AND run_id = ?", (run,)).fetchone()[0]
         statuses = [r[0] for r in con.execute("SELECT status FROM queries WHERE run_id = ?", (run,))]
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -23,13 +23,20 @@ def server(tmp_path):
 
 
 def lease(server, run_id, client, exclude=()):
-    r = api(server, "POST", f"/api/runs/{run_id}/lease", json={"client": client, "labeler": client, "exclude": list(exclude)})
+    r = api(
+        server,
+        "POST",
+        f"/api/runs/{run_id}/lease",
+        json={"client": client, "labeler": client, "exclude": list(exclude)},
+    )
     assert r.status_code == 200, r.text
     return r.json()["query"]
 
 
 def answer(server, qid, choice, client="alice"):
-    return api(server, "POST", f"/api/queries/{qid}/answer", json={"client": client, "labeler": client, "choice": choice})
+    return api(
+        server, "POST", f"/api/queries/{qid}/answer", json={"client": client, "labeler": client, "choice": choice}
+    )
 
 
 def test_round_trip_from_upload_to_final_labels(server):
@@ -48,11 +55,13 @@ def test_round_trip_from_upload_to_final_labels(server):
     assert lease(server, "run-1", "alice") is None
     events = api(server, "GET", "/api/runs/run-1/events", params={"since": 0}).json()
     assert [(e["key"], e["choice"], e["label"]) for e in events["events"]] == [
-        (k, c, {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}[c]) for k, c in seen.items()]
+        (k, c, {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}[c]) for k, c in seen.items()
+    ]
     assert api(server, "GET", "/api/runs/run-1/events", params={"since": events["cursor"]}).json()["events"] == []
     labels = api(server, "POST", "/api/runs/run-1/close", json={"keys": keys}).json()["labels"]
-    assert {k: v["label"] for k, v in labels.items()} == {k: {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}[c]
-                                                           for k, c in seen.items()}
+    assert {k: v["label"] for k, v in labels.items()} == {
+        k: {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}[c] for k, c in seen.items()
+    }
     assert all(v["answered"] for v in labels.values())
     assert {q["status"] for q in api(server, "GET", "/api/runs/run-1/queries").json()["queries"]} == {"used"}
     # closing again is idempotent (a trainer that died after closing asks again)
@@ -63,8 +72,13 @@ def test_round_trip_from_upload_to_final_labels(server):
 
 def test_upload_is_idempotent_by_key(server):
     keys = make_run(server, n=2)
-    again = api(server, "POST", "/api/runs/run-1/queries", headers={"X-Prefrl-Client": "t"},
-                data={"queries": json.dumps([{"key": keys[0], "session": 0}])})
+    again = api(
+        server,
+        "POST",
+        "/api/runs/run-1/queries",
+        headers={"X-Prefrl-Client": "t"},
+        data={"queries": json.dumps([{"key": keys[0], "session": 0}])},
+    )
     assert again.status_code == 200 and again.json() == {"added": [], "existing": [keys[0]]}
     assert len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"]) == 2
 
@@ -73,37 +87,74 @@ MP4 = ("left:k", ("k.mp4", FAKE_MP4, "video/mp4"))
 CLIENT = {"X-Prefrl-Client": "t"}
 
 
-@pytest.mark.parametrize("method, path, kwargs, status", [
-    ("POST", "/api/queries/1/answer", {"data": "choice=left"}, 415),                     # not JSON
-    ("POST", "/api/queries/1/answer", {"json": ["left"]}, 400),                          # JSON but not an object
-    ("POST", "/api/queries/1/answer", {"json": {"client": "a", "labeler": "a"}}, 400),   # missing field
-    ("POST", "/api/queries/1/answer", {"json": {"client": "a", "labeler": "a", "choice": 1}}, 400),       # wrong type
-    ("POST", "/api/queries/1/answer", {"json": {"client": "a", "labeler": "a", "choice": "LEFT!"}}, 400),  # bad value
-    ("POST", "/api/queries/1/answer", {"json": {"client": "", "labeler": "a", "choice": "left"}}, 400),   # empty name
-    ("POST", "/api/queries/1/answer", {"json": {"client": "a" * 500, "labeler": "a", "choice": "left"}}, 400),
-    ("POST", "/api/queries/999/answer", {"json": {"client": "a", "labeler": "a", "choice": "left"}}, 404),
-    ("POST", "/api/queries/abc/answer", {"json": {"client": "a", "labeler": "a", "choice": "left"}}, 404),
-    ("POST", "/api/runs/nope/lease", {"json": {"client": "a"}}, 404),                     # unknown run
-    ("POST", "/api/runs/run-1/lease", {"json": {"client": "a", "exclude": ["x"]}}, 400),  # bad list
-    ("PUT", "/api/runs/bad%20id", {"json": {"env_id": "Hopper-v5"}}, 400),               # bad run id
-    ("PUT", "/api/runs/run-2", {"json": {"env_id": 5}}, 400),
-    ("GET", "/api/runs/run-1/events?since=-1", {}, 400),
-    ("GET", "/api/runs/run-1/events?since=abc", {}, 400),
-    ("POST", "/api/runs/run-1/queries", {"data": {"queries": "[]"}}, 403),               # upload without header
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": "not json"}}, 400),
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": '[{"key": "k"}]'}}, 400),
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": '[{"key": "../k", "session": 0}]'}}, 400),
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": '[{"key": "k", "session": 0}]'},
-                                         "files": [MP4]}, 400),                          # right clip missing
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": '[{"key": "k", "session": 0}]'},
-                                         "files": [("left:k", ("k", b"<html>", "video/mp4")),
-                                                   ("right:k", ("k", b"<html>", "video/mp4"))]}, 415),  # not an mp4
-    ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": "[]"},
-                                         "files": [("left:k", ("k", b"\0" * 2_000_000, "video/mp4"))]}, 413),  # too big
-    ("POST", "/api/runs/run-1/close", {"json": {"keys": "k"}}, 400),
-    ("POST", "/api/runs/run-1/close", {"json": {"keys": ["unknown"]}}, 404),
-    ("DELETE", "/api/runs/run-1", {}, 405),
-])
+@pytest.mark.parametrize(
+    "method, path, kwargs, status",
+    [
+        ("POST", "/api/queries/1/answer", {"data": "choice=left"}, 415),  # not JSON
+        ("POST", "/api/queries/1/answer", {"json": ["left"]}, 400),  # JSON but not an object
+        ("POST", "/api/queries/1/answer", {"json": {"client": "a", "labeler": "a"}}, 400),  # missing field
+        ("POST", "/api/queries/1/answer", {"json": {"client": "a", "labeler": "a", "choice": 1}}, 400),  # wrong type
+        (
+            "POST",
+            "/api/queries/1/answer",
+            {"json": {"client": "a", "labeler": "a", "choice": "LEFT!"}},
+            400,
+        ),  # bad value
+        (
+            "POST",
+            "/api/queries/1/answer",
+            {"json": {"client": "", "labeler": "a", "choice": "left"}},
+            400,
+        ),  # empty name
+        ("POST", "/api/queries/1/answer", {"json": {"client": "a" * 500, "labeler": "a", "choice": "left"}}, 400),
+        ("POST", "/api/queries/999/answer", {"json": {"client": "a", "labeler": "a", "choice": "left"}}, 404),
+        ("POST", "/api/queries/abc/answer", {"json": {"client": "a", "labeler": "a", "choice": "left"}}, 404),
+        ("POST", "/api/runs/nope/lease", {"json": {"client": "a"}}, 404),  # unknown run
+        ("POST", "/api/runs/run-1/lease", {"json": {"client": "a", "exclude": ["x"]}}, 400),  # bad list
+        ("PUT", "/api/runs/bad%20id", {"json": {"env_id": "Hopper-v5"}}, 400),  # bad run id
+        ("PUT", "/api/runs/run-2", {"json": {"env_id": 5}}, 400),
+        ("GET", "/api/runs/run-1/events?since=-1", {}, 400),
+        ("GET", "/api/runs/run-1/events?since=abc", {}, 400),
+        ("POST", "/api/runs/run-1/queries", {"data": {"queries": "[]"}}, 403),  # upload without header
+        ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": "not json"}}, 400),
+        ("POST", "/api/runs/run-1/queries", {"headers": CLIENT, "data": {"queries": '[{"key": "k"}]'}}, 400),
+        (
+            "POST",
+            "/api/runs/run-1/queries",
+            {"headers": CLIENT, "data": {"queries": '[{"key": "../k", "session": 0}]'}},
+            400,
+        ),
+        (
+            "POST",
+            "/api/runs/run-1/queries",
+            {"headers": CLIENT, "data": {"queries": '[{"key": "k", "session": 0}]'}, "files": [MP4]},
+            400,
+        ),  # right clip missing
+        (
+            "POST",
+            "/api/runs/run-1/queries",
+            {
+                "headers": CLIENT,
+                "data": {"queries": '[{"key": "k", "session": 0}]'},
+                "files": [("left:k", ("k", b"<html>", "video/mp4")), ("right:k", ("k", b"<html>", "video/mp4"))],
+            },
+            415,
+        ),  # not an mp4
+        (
+            "POST",
+            "/api/runs/run-1/queries",
+            {
+                "headers": CLIENT,
+                "data": {"queries": "[]"},
+                "files": [("left:k", ("k", b"\0" * 2_000_000, "video/mp4"))],
+            },
+            413,
+        ),  # too big
+        ("POST", "/api/runs/run-1/close", {"json": {"keys": "k"}}, 400),
+        ("POST", "/api/runs/run-1/close", {"json": {"keys": ["unknown"]}}, 404),
+        ("DELETE", "/api/runs/run-1", {}, 405),
+    ],
+)
 def test_malformed_input_gets_a_json_4xx(server, method, path, kwargs, status):
     make_run(server)
     r = api(server, method, path, **kwargs)
@@ -112,9 +163,19 @@ def test_malformed_input_gets_a_json_4xx(server, method, path, kwargs, status):
     assert len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"]) == 0  # nothing half-stored
 
 
-@pytest.mark.parametrize("path", ["/media/../feedback.sqlite3", "/media/..%2ffeedback.sqlite3", "/media/%2e%2e%2ffeedback.sqlite3",
-                                  "/media/..%2f..%2f..%2fetc%2fpasswd", "/static/../feedback_server.py",
-                                  "/static/..%2ffeedback_server.py", "/media/feedback.sqlite3", "/static/%2e%2e/feedback_server.py"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/../feedback.sqlite3",
+        "/media/..%2ffeedback.sqlite3",
+        "/media/%2e%2e%2ffeedback.sqlite3",
+        "/media/..%2f..%2f..%2fetc%2fpasswd",
+        "/static/../feedback_server.py",
+        "/static/..%2ffeedback_server.py",
+        "/media/feedback.sqlite3",
+        "/static/%2e%2e/feedback_server.py",
+    ],
+)
 def test_path_traversal_is_refused(server, path):
     make_run(server, n=1)
     r = requests.get(server.url + path, timeout=5)
@@ -126,14 +187,22 @@ def test_no_cross_origin_access(server):
     make_run(server, n=1)
     r = requests.get(server.url + "/api/runs", headers={"Origin": "https://evil.example"}, timeout=5)
     assert "Access-Control-Allow-Origin" not in r.headers
-    pre = requests.options(server.url + "/api/queries/1/answer", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, timeout=5)
+    pre = requests.options(
+        server.url + "/api/queries/1/answer",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=5,
+    )
     assert "Access-Control-Allow-Origin" not in pre.headers
 
 
 def test_off_loopback_needs_a_token(tmp_path):
-    refused = subprocess.run([sys.executable, str(SERVER), "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    refused = subprocess.run(
+        [sys.executable, str(SERVER), "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert refused.returncode == 2 and "token" in refused.stderr and "Traceback" not in refused.stderr
 
     s = Server(tmp_path / "data", host="0.0.0.0", token="s3cret").start()
@@ -147,8 +216,14 @@ def test_off_loopback_needs_a_token(tmp_path):
         q = api(s, "POST", "/api/runs/run-1/lease", json={"client": "a"}).json()["query"]
         assert requests.get(s.url + q["left"], timeout=5).status_code == 401
         assert requests.get(s.url + q["left"] + "?token=s3cret", timeout=5).status_code == 200
-        assert requests.post(s.url + f"/api/queries/{q['id']}/answer", timeout=5,
-                             json={"client": "a", "labeler": "a", "choice": "left"}).status_code == 401
+        assert (
+            requests.post(
+                s.url + f"/api/queries/{q['id']}/answer",
+                timeout=5,
+                json={"client": "a", "labeler": "a", "choice": "left"},
+            ).status_code
+            == 401
+        )
         assert keys
     finally:
         s.stop()
@@ -199,7 +274,16 @@ def test_undo_until_the_trainer_has_used_the_answer(server):
 
 def test_the_page_is_served_with_its_controls(server):
     html = requests.get(server.url + "/", timeout=5).text
-    for needle in ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Undo", "Left is better", "Equally good", "Can't tell"]:
+    for needle in [
+        "ArrowLeft",
+        "ArrowRight",
+        "ArrowUp",
+        "ArrowDown",
+        "Undo",
+        "Left is better",
+        "Equally good",
+        "Can't tell",
+    ]:
         assert needle in html
 
 
@@ -224,7 +308,8 @@ def test_kill_9_loses_no_answer_and_keeps_pending_queries_pending(tmp_path):
         assert queries[first["key"]]["status"] == "answered" and queries[first["key"]]["label"] == 1.0
         assert queries[second["key"]]["status"] == "answered" and queries[second["key"]]["label"] == 0.5
         assert sorted(k for k, q in queries.items() if q["status"] == "pending") == sorted(
-            k for k in keys if k not in (first["key"], second["key"]))
+            k for k in keys if k not in (first["key"], second["key"])
+        )
         events = api(restarted, "GET", "/api/runs/run-1/events").json()["events"]
         assert [(e["key"], e["choice"]) for e in events] == [(first["key"], "right"), (second["key"], "equal")]
         again = lease(restarted, "run-1", "alice")  # the page picks up where it was
@@ -237,8 +322,31 @@ def test_kill_9_loses_no_answer_and_keeps_pending_queries_pending(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- edge input and fuzzing
-NASTY = ["\ud800", "a\udfff", 2**63, -(2**63) - 1, "<4400 digits>", 1e308 * 10, float("nan"), -1, 0, True, None, "", "x" * 5000,
-         [], {}, [1, "a"], {"a": 1}, "²", "left", 3.5, "../x", "\x00", "é" * 50]
+NASTY = [
+    "\ud800",
+    "a\udfff",
+    2**63,
+    -(2**63) - 1,
+    "<4400 digits>",
+    1e308 * 10,
+    float("nan"),
+    -1,
+    0,
+    True,
+    None,
+    "",
+    "x" * 5000,
+    [],
+    {},
+    [1, "a"],
+    {"a": 1},
+    "²",
+    "left",
+    3.5,
+    "../x",
+    "\x00",
+    "é" * 50,
+]
 
 
 def raw(server, method, path, body: str | bytes | None = None, headers=None):
@@ -246,27 +354,30 @@ def raw(server, method, path, body: str | bytes | None = None, headers=None):
     return requests.request(method, server.url + path, data=body, headers=h, timeout=10)
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/api/runs/run-1/lease", '{"client": "\\ud800"}'),
-    ("POST", "/api/runs/run-1/lease", '{"client": "a", "labeler": "\\ud800"}'),
-    ("PUT", "/api/runs/run-2", '{"env_id": "\\ud800"}'),
-    ("PUT", "/api/runs/run-2", '{"env_id": "Hopper-v5", "question": "\\udfff?"}'),
-    ("POST", "/api/queries/1/answer", '{"client": "a", "labeler": "\\ud800", "choice": "left"}'),
-    ("POST", f"/api/queries/{2**63}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
-    ("POST", f"/api/queries/{'9' * 5000}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
-    ("POST", "/api/runs/run-1/lease", '{"client": "a", "exclude": [%d]}' % 2**63),
-    ("POST", "/api/leases/renew", '{"client": "a", "ids": [%d]}' % 2**64),
-    ("POST", "/api/runs/run-1/lease", '{"client": "a", "exclude": [%s]}' % ("9" * 4400)),
-    ("GET", "/api/runs/run-1/events?since=%C2%B2", None),
-    ("GET", f"/api/runs/run-1/events?since={2**63}", None),
-    ("GET", f"/api/runs/run-1/events?since={'1' * 4400}", None),
-    ("POST", "/api/runs/run-1/lease", "[" * 100_000 + "]" * 100_000),
-    ("POST", "/api/runs/run-1/close", '{"keys": ' + "[" * 5000 + "]" * 5000 + "}"),
-    ("POST", "/api/runs/run-1/lease", b'{"client": "\xff\xfe"}'),
-    ("PUT", "/api/runs/run-1/status", '{"state": "training", "sessions_done": %d}' % 2**63),
-    ("PUT", "/api/runs/run-1/status", '{"state": "training", "next_in_s": NaN}'),
-    ("PUT", "/api/runs/run-1/status", '{"state": "\\ud800"}'),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/api/runs/run-1/lease", '{"client": "\\ud800"}'),
+        ("POST", "/api/runs/run-1/lease", '{"client": "a", "labeler": "\\ud800"}'),
+        ("PUT", "/api/runs/run-2", '{"env_id": "\\ud800"}'),
+        ("PUT", "/api/runs/run-2", '{"env_id": "Hopper-v5", "question": "\\udfff?"}'),
+        ("POST", "/api/queries/1/answer", '{"client": "a", "labeler": "\\ud800", "choice": "left"}'),
+        ("POST", f"/api/queries/{2**63}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
+        ("POST", f"/api/queries/{'9' * 5000}/answer", '{"client": "a", "labeler": "a", "choice": "left"}'),
+        ("POST", "/api/runs/run-1/lease", f'{{"client": "a", "exclude": [{2**63}]}}'),
+        ("POST", "/api/leases/renew", f'{{"client": "a", "ids": [{2**64}]}}'),
+        ("POST", "/api/runs/run-1/lease", f'{{"client": "a", "exclude": [{"9" * 4400}]}}'),
+        ("GET", "/api/runs/run-1/events?since=%C2%B2", None),
+        ("GET", f"/api/runs/run-1/events?since={2**63}", None),
+        ("GET", f"/api/runs/run-1/events?since={'1' * 4400}", None),
+        ("POST", "/api/runs/run-1/lease", "[" * 100_000 + "]" * 100_000),
+        ("POST", "/api/runs/run-1/close", '{"keys": ' + "[" * 5000 + "]" * 5000 + "}"),
+        ("POST", "/api/runs/run-1/lease", b'{"client": "\xff\xfe"}'),
+        ("PUT", "/api/runs/run-1/status", f'{{"state": "training", "sessions_done": {2**63}}}'),
+        ("PUT", "/api/runs/run-1/status", '{"state": "training", "next_in_s": NaN}'),
+        ("PUT", "/api/runs/run-1/status", '{"state": "\\ud800"}'),
+    ],
+)
 def test_edge_input_is_a_4xx_never_a_500(server, method, path, body):
     make_run(server, n=1)
     r = raw(server, method, path, body, headers={"X-Prefrl-Client": "t"})
@@ -274,10 +385,17 @@ def test_edge_input_is_a_4xx_never_a_500(server, method, path, body):
     assert "error" in r.json() and "\n" not in r.json()["error"]
 
 
-@pytest.mark.parametrize("queries", ['[{"key": "k", "session": %s}]' % ("9" * 4400), '[{"key": "k", "session": %d}]' % 2**63,
-                                     '[{"key": "\\ud800", "session": 0}]', "[" * 50_000,
-                                     '[{"key": "k", "session": 0, "left_valid": 0}]',
-                                     '[{"key": "k", "session": 0, "right_valid": "1"}]'])
+@pytest.mark.parametrize(
+    "queries",
+    [
+        f'[{{"key": "k", "session": {"9" * 4400}}}]',
+        f'[{{"key": "k", "session": {2**63}}}]',
+        '[{"key": "\\ud800", "session": 0}]',
+        "[" * 50_000,
+        '[{"key": "k", "session": 0, "left_valid": 0}]',
+        '[{"key": "k", "session": 0, "right_valid": "1"}]',
+    ],
+)
 def test_edge_input_in_an_upload_is_a_4xx(server, queries):
     make_run(server)
     files = [("left:k", ("k.mp4", FAKE_MP4, "video/mp4")), ("right:k", ("k.mp4", FAKE_MP4, "video/mp4"))]
@@ -294,22 +412,43 @@ def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server)
     keys = make_run(server, n=6)
     make_run(server, "run-2", n=3)
     s = requests.Session()
-    routes = [("PUT", "/api/runs/{run}", ["env_id", "question"]), ("PUT", "/api/runs/{run}/status",
-              ["state", "sessions_done", "sessions_total", "next_in_s", "labels_given"]),
-              ("POST", "/api/runs/{run}/lease", ["client", "labeler", "exclude"]), ("POST", "/api/leases/renew", ["client", "ids"]),
-              ("POST", "/api/queries/{qid}/answer", ["client", "labeler", "choice"]), ("POST", "/api/runs/{run}/undo",
-              ["client", "labeler"]), ("POST", "/api/runs/{run}/close", ["keys"]), ("GET", "/api/runs/{run}/events", []),
-              ("GET", "/api/runs/{run}", []), ("GET", "/api/runs", []), ("GET", "/api/runs/{run}/queries", []),
-              ("GET", "/media/{clip}", [])]
-    good = {"env_id": "Hopper-v5", "question": "Which?", "state": "training", "sessions_done": 1, "sessions_total": 3,
-            "next_in_s": 12.5, "labels_given": 4, "client": "c1", "labeler": "l1", "exclude": [1], "ids": [1, 2],
-            "choice": "left", "keys": keys[:2]}
+    routes = [
+        ("PUT", "/api/runs/{run}", ["env_id", "question"]),
+        ("PUT", "/api/runs/{run}/status", ["state", "sessions_done", "sessions_total", "next_in_s", "labels_given"]),
+        ("POST", "/api/runs/{run}/lease", ["client", "labeler", "exclude"]),
+        ("POST", "/api/leases/renew", ["client", "ids"]),
+        ("POST", "/api/queries/{qid}/answer", ["client", "labeler", "choice"]),
+        ("POST", "/api/runs/{run}/undo", ["client", "labeler"]),
+        ("POST", "/api/runs/{run}/close", ["keys"]),
+        ("GET", "/api/runs/{run}/events", []),
+        ("GET", "/api/runs/{run}", []),
+        ("GET", "/api/runs", []),
+        ("GET", "/api/runs/{run}/queries", []),
+        ("GET", "/media/{clip}", []),
+    ]
+    good = {
+        "env_id": "Hopper-v5",
+        "question": "Which?",
+        "state": "training",
+        "sessions_done": 1,
+        "sessions_total": 3,
+        "next_in_s": 12.5,
+        "labels_given": 4,
+        "client": "c1",
+        "labeler": "l1",
+        "exclude": [1],
+        "ids": [1, 2],
+        "choice": "left",
+        "keys": keys[:2],
+    }
     statuses = []
-    for i in range(2500):
+    for _ in range(2500):
         method, template, names = rng.choice(routes)
-        path = template.format(run=rng.choice(["run-1", "run-2", "run-1", "nope", "%ED%A0%80", "a" * 300]),
-                               qid=rng.choice(["1", "2", "7", "0", str(2**63), "-1", "1e3", "%C2%B2"]),
-                               clip=rng.choice(["x.mp4", "0" * 32 + ".mp4", "..%2f..%2fetc%2fpasswd"]))
+        path = template.format(
+            run=rng.choice(["run-1", "run-2", "run-1", "nope", "%ED%A0%80", "a" * 300]),
+            qid=rng.choice(["1", "2", "7", "0", str(2**63), "-1", "1e3", "%C2%B2"]),
+            clip=rng.choice(["x.mp4", "0" * 32 + ".mp4", "..%2f..%2fetc%2fpasswd"]),
+        )
         body = {n: (rng.choice(NASTY) if rng.random() < 0.3 else good[n]) for n in names if rng.random() < 0.9}
         if rng.random() < 0.1:
             body[rng.choice(["extra", "client"])] = {"deep": [[[[rng.choice(NASTY)]]]]}
@@ -383,7 +522,9 @@ def test_a_token_moves_from_the_url_to_a_cookie_and_never_reaches_the_log(tmp_pa
 def test_the_page_cannot_be_framed_by_another_site(server):
     for path in ["/", "/api/runs"]:
         r = requests.get(server.url + path, timeout=5)
-        assert r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert (
+            r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        )
         assert "Werkzeug" not in r.headers.get("Server", "")
 
 
@@ -402,8 +543,14 @@ def test_an_upload_of_1000_queries_is_accepted_and_1001_refused(server):
     for n, status in [(1000, 200), (1001, 400)]:
         keys = [f"n{n}-{i}" for i in range(n)]
         files = [(f"{side}:{k}", (f"{k}.mp4", FAKE_MP4, "video/mp4")) for k in keys for side in ("left", "right")]
-        r = api(server, "POST", "/api/runs/run-1/queries", headers=CLIENT, files=files,
-                data={"queries": json.dumps([{"key": k, "session": 0} for k in keys])})
+        r = api(
+            server,
+            "POST",
+            "/api/runs/run-1/queries",
+            headers=CLIENT,
+            files=files,
+            data={"queries": json.dumps([{"key": k, "session": 0} for k in keys])},
+        )
         assert r.status_code == status, r.text
     assert len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"]) == 1000
     assert "most 1000 queries" in SERVER.read_text()  # the documented limit is the enforced one
@@ -420,8 +567,8 @@ def test_clip_files_match_the_database_after_a_crash(tmp_path):
     with sqlite3.connect(data / "feedback.sqlite3") as con:
         committed = con.execute("SELECT left_clip FROM queries LIMIT 1").fetchone()[0]
     os.replace(media / committed, media / f".{committed}.tmp")  # killed between commit and rename
-    (media / ("b" * 32 + ".mp4")).write_bytes(FAKE_MP4)        # an orphan clip
-    (media / f".{'c' * 32}.mp4.tmp").write_bytes(FAKE_MP4)      # an upload killed before its commit
+    (media / ("b" * 32 + ".mp4")).write_bytes(FAKE_MP4)  # an orphan clip
+    (media / f".{'c' * 32}.mp4.tmp").write_bytes(FAKE_MP4)  # an upload killed before its commit
     s.start()
     try:
         with sqlite3.connect(data / "feedback.sqlite3") as con:
@@ -436,14 +583,22 @@ def test_clip_files_match_the_database_after_a_crash(tmp_path):
 def test_trainer_status_clip_ends_and_who_holds_what_reach_the_page(server):
     assert api(server, "PUT", "/api/runs/run-1", json={"env_id": "Hopper-v5"}).ok
     files = [(f"{side}:k{i}", ("k.mp4", FAKE_MP4, "video/mp4")) for i in range(2) for side in ("left", "right")]
-    r = api(server, "POST", "/api/runs/run-1/queries", headers=CLIENT, files=files, data={"queries": json.dumps(
-        [{"key": "k0", "session": 0, "left_valid": 0.5}, {"key": "k1", "session": 0}])})
+    r = api(
+        server,
+        "POST",
+        "/api/runs/run-1/queries",
+        headers=CLIENT,
+        files=files,
+        data={"queries": json.dumps([{"key": "k0", "session": 0, "left_valid": 0.5}, {"key": "k1", "session": 0}])},
+    )
     assert r.ok, r.text
     assert api(server, "GET", "/api/runs/run-1").json()["trainer"] is None
     status = {"state": "training", "sessions_done": 1, "sessions_total": 3, "next_in_s": 90.0, "labels_given": 2}
     assert api(server, "PUT", "/api/runs/run-1/status", headers=CLIENT, json=status).ok
     assert api(server, "PUT", "/api/runs/run-1/status", json=status).status_code == 403  # trainers only
-    assert api(server, "PUT", "/api/runs/run-1/status", headers=CLIENT, json={**status, "state": "x"}).status_code == 400
+    assert (
+        api(server, "PUT", "/api/runs/run-1/status", headers=CLIENT, json={**status, "state": "x"}).status_code == 400
+    )
     seen = api(server, "GET", "/api/runs").json()["runs"][0]["trainer"]
     assert {k: seen[k] for k in status} == status and 0 <= seen["age_s"] < 5
     a = api(server, "POST", "/api/runs/run-1/lease", json={"client": "tab-a"}).json()
@@ -475,15 +630,27 @@ def test_an_older_database_file_is_upgraded_in_place(tmp_path):
                 answered_at REAL, lease_client TEXT, lease_until REAL, UNIQUE (run_id, key));
             INSERT INTO runs VALUES ('old', 'Hopper-v5', 'Which?', 0, 0);""")
         for i in range(2):
-            con.execute("INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, status, choice, label) "
-                        "VALUES ('old', ?, 0, ?, ?, 0, ?, ?, ?)", (f"k{i}", f"{i}" * 32 + ".mp4", f"{i + 2}" * 32 + ".mp4",
-                                                                  ["answered", "pending"][i], ["left", None][i], [0.0, None][i]))
+            con.execute(
+                "INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, status, choice, label) "
+                "VALUES ('old', ?, 0, ?, ?, 0, ?, ?, ?)",
+                (
+                    f"k{i}",
+                    f"{i}" * 32 + ".mp4",
+                    f"{i + 2}" * 32 + ".mp4",
+                    ["answered", "pending"][i],
+                    ["left", None][i],
+                    [0.0, None][i],
+                ),
+            )
     for name in ["0" * 32, "1" * 32, "2" * 32, "3" * 32]:
         (data / "media" / f"{name}.mp4").write_bytes(FAKE_MP4)
     s = Server(data).start()
     try:
         queries = api(s, "GET", "/api/runs/old/queries").json()["queries"]
-        assert [(q["key"], q["status"], q["label"]) for q in queries] == [("k0", "answered", 0.0), ("k1", "pending", None)]
+        assert [(q["key"], q["status"], q["label"]) for q in queries] == [
+            ("k0", "answered", 0.0),
+            ("k1", "pending", None),
+        ]
         q = lease(s, "old", "a")
         assert q["key"] == "k1" and q["left_valid"] == 1.0
         assert len(list((data / "media").iterdir())) == 4

@@ -55,8 +55,15 @@ def test_answers_arrive_in_order_and_are_kept_in_the_run_folder(tmp_path):
     labeler = ApiLabeler(server.url, choose=lambda q: ["left", "right", "equal", "skip"][int(q["key"][-1]) % 4])
     labeler.start()
     try:
-        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
-                               progress=False, poll_interval=0.1)
+        teacher = HumanTeacher(
+            FeedbackClient(server.url),
+            "run-1",
+            "InvertedPendulum-v5",
+            str(tmp_path),
+            clip_size=64,
+            progress=False,
+            poll_interval=0.1,
+        )
         labels = teacher.answer(query_batch(4))
         np.testing.assert_array_equal(labels, [0.0, 1.0, 0.5, np.nan])
         records = [json.loads(line) for line in open(tmp_path / "answers.jsonl")]
@@ -76,18 +83,32 @@ def test_timeout_goes_on_with_the_answers_received(tmp_path):
     def answer_two():
         answered = 0
         while answered < 2:
-            q = requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"] \
-                if requests.get(server.url + "/api/runs", timeout=5).json()["runs"] else None
+            q = (
+                requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"]
+                if requests.get(server.url + "/api/runs", timeout=5).json()["runs"]
+                else None
+            )
             if q:
-                requests.post(server.url + f"/api/queries/{q['id']}/answer", timeout=5,
-                              json={"client": "a", "labeler": "a", "choice": "right"})
+                requests.post(
+                    server.url + f"/api/queries/{q['id']}/answer",
+                    timeout=5,
+                    json={"client": "a", "labeler": "a", "choice": "right"},
+                )
                 answered += 1
             time.sleep(0.1)
 
     threading.Thread(target=answer_two, daemon=True).start()
     try:
-        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
-                               timeout=4.0, progress=False, poll_interval=0.1)
+        teacher = HumanTeacher(
+            FeedbackClient(server.url),
+            "run-1",
+            "InvertedPendulum-v5",
+            str(tmp_path),
+            clip_size=64,
+            timeout=4.0,
+            progress=False,
+            poll_interval=0.1,
+        )
         start = time.monotonic()
         labels = teacher.answer(query_batch(4))
         assert 3.5 < time.monotonic() - start < 20
@@ -100,19 +121,53 @@ def test_timeout_goes_on_with_the_answers_received(tmp_path):
 
 def test_a_server_that_dies_mid_session_does_not_end_the_run(tmp_path):
     server = Server(tmp_path / "data").start()
-    teacher = HumanTeacher(FeedbackClient(server.url, max_backoff=0.5, log=lambda m: None), "run-1",
-                           "InvertedPendulum-v5", str(tmp_path), clip_size=64, timeout=3.0, progress=False,
-                           poll_interval=0.1, close_grace=1.0)
+    teacher = HumanTeacher(
+        FeedbackClient(server.url, max_backoff=0.5, log=lambda m: None),
+        "run-1",
+        "InvertedPendulum-v5",
+        str(tmp_path),
+        clip_size=64,
+        timeout=3.0,
+        progress=False,
+        poll_interval=0.1,
+        close_grace=1.0,
+    )
     threading.Timer(1.0, server.kill9).start()
     labels = teacher.answer(query_batch(2))
     assert np.isnan(labels).all()
 
 
-HUMAN_RUN = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "900", "--learning-starts", "100",
-             "--unsupervised-steps", "100", "--feedback-frequency", "300", "--labels-per-session", "6",
-             "--total-labels", "18", "--segment-length", "15", "--eval-frequency", "900", "--eval-episodes", "2",
-             "--checkpoint-frequency", "300", "--teacher-feedback-mode", "human", "--clip-size", "64",
-             "--torch-threads", "1", "--no-cuda"]
+HUMAN_RUN = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--total-timesteps",
+    "900",
+    "--learning-starts",
+    "100",
+    "--unsupervised-steps",
+    "100",
+    "--feedback-frequency",
+    "300",
+    "--labels-per-session",
+    "6",
+    "--total-labels",
+    "18",
+    "--segment-length",
+    "15",
+    "--eval-frequency",
+    "900",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-frequency",
+    "300",
+    "--teacher-feedback-mode",
+    "human",
+    "--clip-size",
+    "64",
+    "--torch-threads",
+    "1",
+    "--no-cuda",
+]
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -128,22 +183,41 @@ def wait_for(predicate, timeout: float, what: str):
 def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(tmp_path, runs_dir):
     server = Server(tmp_path / "data").start()
     run = "pend-human"
-    trainer = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *HUMAN_RUN,
-                                "--feedback-server-url", server.url, "--runs-dir", str(runs_dir), "--run-name", run],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "framework" / "sac_rlhf.py"),
+            *HUMAN_RUN,
+            "--feedback-server-url",
+            server.url,
+            "--runs-dir",
+            str(runs_dir),
+            "--run-name",
+            run,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     labeler = None
     try:
+
         def session_queries():
             r = api(server, "GET", f"/api/runs/{run}/queries")
             return r.ok and len(r.json()["queries"]) == 6 and r.json()["queries"]
+
         first = wait_for(session_queries, 120, "the first session's queries")
         trainer.send_signal(signal.SIGKILL)
         trainer.wait(10)
         # while the trainer is down, a person answers the whole first session
-        for i, q in enumerate(first):
+        for _ in first:
             lease = api(server, "POST", f"/api/runs/{run}/lease", json={"client": "p"}).json()["query"]
-            assert api(server, "POST", f"/api/queries/{lease['id']}/answer",
-                       json={"client": "p", "labeler": "person", "choice": "left"}).ok
+            assert api(
+                server,
+                "POST",
+                f"/api/queries/{lease['id']}/answer",
+                json={"client": "p", "labeler": "person", "choice": "left"},
+            ).ok
         labeler = ApiLabeler(server.url, choose=lambda q: "right")
         labeler.start()
         resumed = run_script("sac_rlhf.py", "--resume", str(runs_dir / run), timeout=300)
@@ -181,13 +255,52 @@ def test_pref_ppo_human_mode_with_an_autostarted_server(tmp_path, runs_dir):
     env = dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(tmp_path / "data"))
     try:
         result = subprocess.run(
-            [sys.executable, str(ROOT / "framework" / "pref_ppo.py"), "--env-id", "InvertedPendulum-v5",
-             "--total-timesteps", "2048", "--num-envs", "2", "--num-steps", "256", "--unsupervised-steps", "512",
-             "--feedback-frequency", "512", "--labels-per-session", "5", "--total-labels", "10",
-             "--segment-length", "15", "--eval-frequency", "2048", "--eval-episodes", "2", "--teacher-feedback-mode",
-             "human", "--feedback-server-autostart", "--feedback-server-url", url, "--clip-size", "64",
-             "--runs-dir", str(runs_dir), "--run-name", "ppo-human", "--torch-threads", "1", "--no-cuda"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                str(ROOT / "framework" / "pref_ppo.py"),
+                "--env-id",
+                "InvertedPendulum-v5",
+                "--total-timesteps",
+                "2048",
+                "--num-envs",
+                "2",
+                "--num-steps",
+                "256",
+                "--unsupervised-steps",
+                "512",
+                "--feedback-frequency",
+                "512",
+                "--labels-per-session",
+                "5",
+                "--total-labels",
+                "10",
+                "--segment-length",
+                "15",
+                "--eval-frequency",
+                "2048",
+                "--eval-episodes",
+                "2",
+                "--teacher-feedback-mode",
+                "human",
+                "--feedback-server-autostart",
+                "--feedback-server-url",
+                url,
+                "--clip-size",
+                "64",
+                "--runs-dir",
+                str(runs_dir),
+                "--run-name",
+                "ppo-human",
+                "--torch-threads",
+                "1",
+                "--no-cuda",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         labeler.stop()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -200,13 +313,20 @@ def test_pref_ppo_human_mode_with_an_autostarted_server(tmp_path, runs_dir):
 
 
 def test_bad_human_mode_flags_fail_at_start(runs_dir):
-    for flags, needle in [(["--feedback-server-url", "ftp://x"], "http"), (["--feedback-timeout", "-1"], "timeout"),
-                          (["--clip-size", "99"], "clip-size"),
-                          (["--teacher-reward", "x.py:f"], "teacher-reward"),
-                          (["--feedback-server-autostart", "--feedback-server-url", "http://10.1.2.3:5001"], "autostart")]:
-        result = run_script("sac_rlhf.py", "--teacher-feedback-mode", "human", "--runs-dir", str(runs_dir), *flags,
-                            timeout=120)
-        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr)
+    for flags, needle in [
+        (["--feedback-server-url", "ftp://x"], "http"),
+        (["--feedback-timeout", "-1"], "timeout"),
+        (["--clip-size", "99"], "clip-size"),
+        (["--teacher-reward", "x.py:f"], "teacher-reward"),
+        (["--feedback-server-autostart", "--feedback-server-url", "http://10.1.2.3:5001"], "autostart"),
+    ]:
+        result = run_script(
+            "sac_rlhf.py", "--teacher-feedback-mode", "human", "--runs-dir", str(runs_dir), *flags, timeout=120
+        )
+        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, (
+            flags,
+            result.stderr,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- hardening
@@ -242,8 +362,13 @@ def test_an_autostarted_server_answers_3000_requests_and_logs_to_the_run_folder(
 class FakeServer:
     """A loopback HTTP server that answers every request with `reply` (status, content type, body), or never."""
 
-    def __init__(self, status: int = 200, content_type: str = "text/html", body: bytes = b"<html>proxy login</html>",
-                 hang: bool = False):
+    def __init__(
+        self,
+        status: int = 200,
+        content_type: str = "text/html",
+        body: bytes = b"<html>proxy login</html>",
+        hang: bool = False,
+    ):
         import http.server
 
         outer = self
@@ -277,10 +402,15 @@ class FakeServer:
         self.httpd.shutdown()
 
 
-@pytest.mark.parametrize("content_type, body", [("text/html", b"<html>proxy login</html>"),
-                                                ("application/json", b'{"events": [1, 2'),
-                                                ("application/json", b'{"unrelated": true}'),
-                                                ("application/json", b"[1, 2, 3]")])
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("text/html", b"<html>proxy login</html>"),
+        ("application/json", b'{"events": [1, 2'),
+        ("application/json", b'{"unrelated": true}'),
+        ("application/json", b"[1, 2, 3]"),
+    ],
+)
 def test_a_reply_that_is_not_the_servers_is_one_line_and_waited_out(content_type, body):
     from framework.feedback_client import FeedbackTimeout
 
@@ -317,19 +447,33 @@ def test_at_the_deadline_with_the_server_down_acknowledged_answers_are_kept_and_
     def answer_two_then_kill():
         while len(answered) < 2:
             runs = requests.get(server.url + "/api/runs", timeout=5).json()["runs"]
-            q = runs and requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"]
+            q = (
+                runs
+                and requests.post(server.url + "/api/runs/run-1/lease", json={"client": "a"}, timeout=5).json()["query"]
+            )
             if q:
-                assert requests.post(server.url + f"/api/queries/{q['id']}/answer", timeout=5,
-                                     json={"client": "a", "labeler": "a", "choice": "right"}).ok
+                assert requests.post(
+                    server.url + f"/api/queries/{q['id']}/answer",
+                    timeout=5,
+                    json={"client": "a", "labeler": "a", "choice": "right"},
+                ).ok
                 answered.append(q["key"])
             time.sleep(0.1)
         time.sleep(1.0)  # the trainer has seen them
         server.kill9()
 
     threading.Thread(target=answer_two_then_kill, daemon=True).start()
-    teacher = HumanTeacher(FeedbackClient(server.url, log=lambda m: None, max_backoff=0.3), "run-1",
-                           "InvertedPendulum-v5", str(tmp_path), clip_size=64, timeout=5.0, progress=False,
-                           poll_interval=0.1, close_grace=1.0)
+    teacher = HumanTeacher(
+        FeedbackClient(server.url, log=lambda m: None, max_backoff=0.3),
+        "run-1",
+        "InvertedPendulum-v5",
+        str(tmp_path),
+        clip_size=64,
+        timeout=5.0,
+        progress=False,
+        poll_interval=0.1,
+        close_grace=1.0,
+    )
     teacher.plan([(100, 4), (200, 4)])
     labels = teacher.answer(query_batch(4))
     assert np.sum(labels == 1.0) == 2 and np.isnan(labels).sum() == 2  # both acknowledged answers count
@@ -340,8 +484,9 @@ def test_at_the_deadline_with_the_server_down_acknowledged_answers_are_kept_and_
     # the server comes back: the next contact closes the old session (its other pairs leave the page)
     server.start()
     try:
-        resumed = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
-                               progress=False)  # a trainer resumed from the run folder knows it too
+        resumed = HumanTeacher(
+            FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64, progress=False
+        )  # a trainer resumed from the run folder knows it too
         assert list(resumed.unclosed) == [0]
         resumed.finish()
         statuses = sorted(q["status"] for q in api(server, "GET", "/api/runs/run-1/queries").json()["queries"])
@@ -355,15 +500,27 @@ def test_at_the_deadline_with_the_server_down_acknowledged_answers_are_kept_and_
 def test_the_page_learns_what_the_trainer_does_and_the_url_comes_with_the_first_pairs(tmp_path, capsys):
     server = Server(tmp_path / "data").start()
     seen: list[dict] = []
-    labeler = ApiLabeler(server.url, choose=lambda q: seen.append(
-        api(server, "GET", "/api/runs/run-1").json()["trainer"]) or "left")
+    labeler = ApiLabeler(
+        server.url, choose=lambda q: seen.append(api(server, "GET", "/api/runs/run-1").json()["trainer"]) or "left"
+    )
     try:
-        teacher = HumanTeacher(FeedbackClient(server.url), "run-1", "InvertedPendulum-v5", str(tmp_path), clip_size=64,
-                               progress=False, poll_interval=0.1)
+        teacher = HumanTeacher(
+            FeedbackClient(server.url),
+            "run-1",
+            "InvertedPendulum-v5",
+            str(tmp_path),
+            clip_size=64,
+            progress=False,
+            poll_interval=0.1,
+        )
         teacher.plan([(100, 12), (300, 2)])
         on_server_at_first = []
-        teacher.upload(query_batch(12), on_first=lambda: on_server_at_first.append(
-            len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"])))
+        teacher.upload(
+            query_batch(12),
+            on_first=lambda: on_server_at_first.append(
+                len(api(server, "GET", "/api/runs/run-1/queries").json()["queries"])
+            ),
+        )
         assert 0 < on_server_at_first[0] < 12  # the URL is printed while later clips still render
         labeler.start()
         teacher.answer(query_batch(12))
@@ -376,7 +533,9 @@ def test_the_page_learns_what_the_trainer_does_and_the_url_comes_with_the_first_
         server.stop()
     posted = [t for t in seen if t]  # the labeler may take the first pairs before the trainer says it waits
     assert posted[0]["state"] == "waiting" and posted[0]["sessions_total"] == 2
-    assert after_first["state"] == "training" and after_first["sessions_done"] == 1 and after_first["labels_given"] == 12
+    assert (
+        after_first["state"] == "training" and after_first["sessions_done"] == 1 and after_first["labels_given"] == 12
+    )
     assert after_first["next_in_s"] is not None and after_first["next_in_s"] >= 0
     assert after_last["state"] == "finished" and after_last["labels_given"] == 14
     out = capsys.readouterr().out

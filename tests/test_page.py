@@ -19,15 +19,24 @@ import pytest
 from feedback_helpers import ROOT, Server, api
 
 CHROMIUM = os.environ.get("PREFRL_CHROMIUM", "/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--autoplay-policy=no-user-gesture-required"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--autoplay-policy=no-user-gesture-required",
+]
 KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "equal": "ArrowUp", "skip": "ArrowDown"}
 CHOICES = ["left", "right", "equal", "skip"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (`make test` installs Debian's chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (`make test` installs Debian's chromium)"
+)
 
 
 # ------------------------------------------------------------------------------------------------------ clips
-def ball_frames(colour: tuple[int, int, int], laps: float, valid: float = 1.0, n: int = 40, size: int = 128) -> np.ndarray:
+def ball_frames(
+    colour: tuple[int, int, int], laps: float, valid: float = 1.0, n: int = 40, size: int = 128
+) -> np.ndarray:
     """(n, size, size, 3) frames of a ball crossing a gradient; after the `valid` fraction the last frame is repeated,
     darkened, the way a trainer pads a clip whose episode ended inside it."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -49,8 +58,11 @@ def clips() -> dict[str, bytes]:
     sys.path.insert(0, str(ROOT))
     from framework.clips import encode_mp4
 
-    return {"a": encode_mp4(ball_frames((235, 120, 60), 1.0), 20), "b": encode_mp4(ball_frames((90, 200, 120), 1.6), 20),
-            "ended": encode_mp4(ball_frames((220, 200, 80), 1.3, valid=0.5), 20)}
+    return {
+        "a": encode_mp4(ball_frames((235, 120, 60), 1.0), 20),
+        "b": encode_mp4(ball_frames((90, 200, 120), 1.6), 20),
+        "ended": encode_mp4(ball_frames((220, 200, 80), 1.3, valid=0.5), 20),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the server
@@ -61,16 +73,34 @@ def server(tmp_path):
     s.stop()
 
 
-def post_queries(server: Server, run: str, clips: dict, specs: list[dict], env_id: str = "Hopper-v5",
-                 question: str = "Which robot hops further forward?") -> list[str]:
+def post_queries(
+    server: Server,
+    run: str,
+    clips: dict,
+    specs: list[dict],
+    env_id: str = "Hopper-v5",
+    question: str = "Which robot hops further forward?",
+) -> list[str]:
     """Upload queries like a trainer: each spec has key and session, optionally left/right (clip names) and
     left_valid/right_valid."""
     assert api(server, "PUT", f"/api/runs/{run}", json={"env_id": env_id, "question": question}).ok
-    files = [(f"{side}:{s['key']}", (f"{s['key']}-{side}.mp4", clips[s.get(side, 'a' if side == 'left' else 'b')], "video/mp4"))
-             for s in specs for side in ("left", "right")]
+    files = [
+        (
+            f"{side}:{s['key']}",
+            (f"{s['key']}-{side}.mp4", clips[s.get(side, "a" if side == "left" else "b")], "video/mp4"),
+        )
+        for s in specs
+        for side in ("left", "right")
+    ]
     meta = [{k: s[k] for k in ("key", "session", "left_valid", "right_valid") if k in s} for s in specs]
-    r = api(server, "POST", f"/api/runs/{run}/queries", headers={"X-Prefrl-Client": "test"},
-            data={"queries": json.dumps(meta)}, files=files)
+    r = api(
+        server,
+        "POST",
+        f"/api/runs/{run}/queries",
+        headers={"X-Prefrl-Client": "test"},
+        data={"queries": json.dumps(meta)},
+        files=files,
+    )
     assert r.status_code == 200, r.text
     return [s["key"] for s in specs]
 
@@ -79,16 +109,35 @@ def simple_queries(server, run, clips, n, session=0, prefix="q") -> list[str]:
     return post_queries(server, run, clips, [{"key": f"{prefix}{session}-{i}", "session": session} for i in range(n)])
 
 
-def put_status(server: Server, run: str, state: str, sessions_done: int, sessions_total: int | None = None,
-               next_in_s: float | None = None, labels_given: int = 0) -> None:
-    r = api(server, "PUT", f"/api/runs/{run}/status", headers={"X-Prefrl-Client": "test"},
-            json={"state": state, "sessions_done": sessions_done, "sessions_total": sessions_total,
-                  "next_in_s": next_in_s, "labels_given": labels_given})
+def put_status(
+    server: Server,
+    run: str,
+    state: str,
+    sessions_done: int,
+    sessions_total: int | None = None,
+    next_in_s: float | None = None,
+    labels_given: int = 0,
+) -> None:
+    r = api(
+        server,
+        "PUT",
+        f"/api/runs/{run}/status",
+        headers={"X-Prefrl-Client": "test"},
+        json={
+            "state": state,
+            "sessions_done": sessions_done,
+            "sessions_total": sessions_total,
+            "next_in_s": next_in_s,
+            "labels_given": labels_given,
+        },
+    )
     assert r.status_code == 200, f"PUT /api/runs/{run}/status -> {r.status_code} {r.text}"
 
 
 def lease_as(server, run, client, exclude=()):
-    r = api(server, "POST", f"/api/runs/{run}/lease", json={"client": client, "labeler": client, "exclude": list(exclude)})
+    r = api(
+        server, "POST", f"/api/runs/{run}/lease", json={"client": client, "labeler": client, "exclude": list(exclude)}
+    )
     assert r.status_code == 200, r.text
     return r.json()["query"]
 
@@ -123,7 +172,9 @@ def context(browser):
 
 
 # the answers waiting in this browser's storage (one key each), and "none is waiting"
-QUEUED = "Object.keys(localStorage).filter((k) => k.startsWith('prefrl-answer:')).map((k) => JSON.parse(localStorage[k]))"
+QUEUED = (
+    "Object.keys(localStorage).filter((k) => k.startsWith('prefrl-answer:')).map((k) => JSON.parse(localStorage[k]))"
+)
 ALL_SENT = f"() => {QUEUED}.length === 0"
 
 PAIR_READY = """(prev) => {
@@ -212,7 +263,9 @@ def test_two_tabs_answer_through_server_restarts_and_every_answer_lands_once_und
             for page in tabs:
                 text = wait_state(page, "unreachable")
                 assert "Cannot reach the feedback server; your answers are safe in this browser" in text
-                page.wait_for_function("() => document.getElementById('banners').innerText.includes('4 answers saved in this browser')")
+                page.wait_for_function(
+                    "() => document.getElementById('banners').innerText.includes('4 answers saved in this browser')"
+                )
             assert outbox_size(tabs[0]) == 4
             server.start()
             for page in tabs:  # everything is sent, and labeling goes on
@@ -252,8 +305,10 @@ def test_the_page_says_what_is_going_on_at_each_stage_of_a_run(tmp_path, context
         assert "Session 1 of 2 done; next pairs in about 5 min" in text
         assert page.locator("#nothing").is_visible()
         put_status(server, run, "training", 1, 2, next_in_s=None, labels_given=2)
-        page.wait_for_function("() => document.getElementById('nothing').innerText.includes('the trainer is training') "
-                               "|| document.getElementById('nothing').innerText.includes('The trainer is training')")
+        page.wait_for_function(
+            "() => document.getElementById('nothing').innerText.includes('the trainer is training') "
+            "|| document.getElementById('nothing').innerText.includes('The trainer is training')"
+        )
         # d) the next session's pairs are held by another labeler
         page.goto(f"{server.url}/")
         keys = simple_queries(server, run, clips, 2, session=1)
@@ -267,12 +322,18 @@ def test_the_page_says_what_is_going_on_at_each_stage_of_a_run(tmp_path, context
         assert page.title() == "(2) prefrl feedback"
         # c) the trainer asks for no more answers
         for q in held:
-            assert api(server, "POST", f"/api/queries/{q['id']}/answer",
-                       json={"client": "someone-else", "labeler": "bob", "choice": "equal"}).ok
+            assert api(
+                server,
+                "POST",
+                f"/api/queries/{q['id']}/answer",
+                json={"client": "someone-else", "labeler": "bob", "choice": "equal"},
+            ).ok
         api(server, "POST", f"/api/runs/{run}/close", json={"keys": keys})
         put_status(server, run, "finished", 2, 2, labels_given=4)
         text = wait_state(page, "finished")
-        assert "This run asks for no more answers" in text and "4 labels in 2 sessions for run stages. Thank you!" in text
+        assert (
+            "This run asks for no more answers" in text and "4 labels in 2 sessions for run stages. Thank you!" in text
+        )
         # a) the server is gone
         server.kill9()
         text = wait_state(page, "unreachable")
@@ -282,16 +343,33 @@ def test_the_page_says_what_is_going_on_at_each_stage_of_a_run(tmp_path, context
         server.stop()
     # what the page says for reports a test server cannot produce on demand: old, or before the first session
     idle = "(t) => window.prefrlIdleMessage('r', {pending: 0, held_elsewhere: 0}, t, true)"
-    state, title, text = page.evaluate(idle, {"state": "training", "sessions_done": 2, "sessions_total": None,
-                                              "next_in_s": 60, "labels_given": 9, "age_s": 1500})
-    assert state == "training" and title == "Session 2 done; next pairs any moment now" and "last heard from 25 min ago" in text
-    state, title, _ = page.evaluate(idle, {"state": "ended", "sessions_done": 1, "sessions_total": 3, "next_in_s": None,
-                                           "labels_given": 1, "age_s": 3})
+    state, title, text = page.evaluate(
+        idle,
+        {
+            "state": "training",
+            "sessions_done": 2,
+            "sessions_total": None,
+            "next_in_s": 60,
+            "labels_given": 9,
+            "age_s": 1500,
+        },
+    )
+    assert (
+        state == "training"
+        and title == "Session 2 done; next pairs any moment now"
+        and "last heard from 25 min ago" in text
+    )
+    state, title, _ = page.evaluate(
+        idle,
+        {"state": "ended", "sessions_done": 1, "sessions_total": 3, "next_in_s": None, "labels_given": 1, "age_s": 3},
+    )
     assert state == "finished" and "has exited" in title
     assert page.evaluate(idle, None)[0] == "empty"
 
 
-def test_refused_answers_are_shown_and_an_answer_to_a_pair_held_elsewhere_is_kept_until_it_lands(tmp_path, context, clips):
+def test_refused_answers_are_shown_and_an_answer_to_a_pair_held_elsewhere_is_kept_until_it_lands(
+    tmp_path, context, clips
+):
     server = Server(tmp_path / "data", "--lease-seconds", "2").start()
     run = "refusals"
     page = context.new_page()
@@ -318,8 +396,9 @@ def test_refused_answers_are_shown_and_an_answer_to_a_pair_held_elsewhere_is_kep
         assert "the trainer closed that session" in page.inner_text("#notices")
         # the same tab's answer reached the server first with another choice (another device of the same tab id)
         q2 = answer_held("left", q1)
-        assert api(server, "POST", f"/api/queries/{q2}/answer",
-                   json={"client": client, "labeler": "x", "choice": "right"}).ok
+        assert api(
+            server, "POST", f"/api/queries/{q2}/answer", json={"client": client, "labeler": "x", "choice": "right"}
+        ).ok
         held.pop().continue_()
         page.wait_for_function("() => document.getElementById('notices').innerText.includes('already answered')")
         assert '"right is better"' in page.inner_text("#notices")
@@ -347,9 +426,15 @@ def test_refused_answers_are_shown_and_an_answer_to_a_pair_held_elsewhere_is_kep
 
 
 def test_a_phone_shows_everything_inside_the_screen_and_a_tap_answers(tmp_path, browser, server, clips):
-    post_queries(server, "phone", clips, [{"key": f"k{i}", "session": 0, "left": "a", "right": "ended", "right_valid": 0.5}
-                                          for i in range(3)])
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2)
+    post_queries(
+        server,
+        "phone",
+        clips,
+        [{"key": f"k{i}", "session": 0, "left": "a", "right": "ended", "right_valid": 0.5} for i in range(3)],
+    )
+    ctx = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2
+    )
     try:
         page = ctx.new_page()
         page.goto(f"{server.url}/?run=phone")
@@ -391,8 +476,12 @@ def test_a_phone_shows_everything_inside_the_screen_and_a_tap_answers(tmp_path, 
 
 
 def test_status_and_buttons_are_above_the_fold_on_small_and_laptop_screens(tmp_path, browser, server, clips):
-    post_queries(server, "fold", clips, [{"key": f"k{i}", "session": 0, "left": "a", "right": "ended", "right_valid": 0.5}
-                                         for i in range(4)])
+    post_queries(
+        server,
+        "fold",
+        clips,
+        [{"key": f"k{i}", "session": 0, "left": "a", "right": "ended", "right_valid": 0.5} for i in range(4)],
+    )
 
     def above_the_fold(page, width: int, height: int) -> None:
         for selector in ("#buttons", "#status", "#controls", "#question"):
@@ -411,7 +500,10 @@ def test_status_and_buttons_are_above_the_fold_on_small_and_laptop_screens(tmp_p
                 frame = box(page, f'.clip[data-side="{side}"] .frame')
                 assert abs(frame["width"] - frame["height"]) <= 1 and frame["width"] >= 220
                 assert page.eval_on_selector(f"#video-{side}", "v => getComputedStyle(v).objectFit") == "contain"
-            assert min(page.eval_on_selector_all("kbd", "ks => ks.map(k => parseFloat(getComputedStyle(k).fontSize))")) >= 14
+            assert (
+                min(page.eval_on_selector_all("kbd", "ks => ks.map(k => parseFloat(getComputedStyle(k).fontSize))"))
+                >= 14
+            )
             if width == 1100:
                 page.wait_for_timeout(700)
                 path = screenshot(page, "feedback_page.png", tmp_path)
@@ -439,7 +531,8 @@ def test_a_double_press_counts_once_and_the_chosen_button_flashes(context, serve
     page.evaluate("""() => { window.flashes = [];
         new MutationObserver((ms) => flashes.push(...new Set(ms.filter((m) => m.target.classList.contains('flash'))
                                                                   .map((m) => m.target.dataset.choice))))
-            .observe(document.getElementById('buttons'), {subtree: true, attributes: true, attributeFilter: ['class']}); }""")
+            .observe(document.getElementById('buttons'),
+                     {subtree: true, attributes: true, attributeFilter: ['class']}); }""")
     page.keyboard.press("ArrowLeft")
     page.wait_for_timeout(60)
     page.keyboard.press("ArrowLeft")
@@ -459,19 +552,28 @@ def test_a_double_press_counts_once_and_the_chosen_button_flashes(context, serve
 
 
 def test_time_bars_mark_the_episode_end_and_the_controls_drive_both_clips(context, server, clips):
-    post_queries(server, "aids", clips, [{"key": "k0", "session": 0, "left": "ended", "right": "b", "left_valid": 0.5},
-                                         {"key": "k1", "session": 0}])
+    post_queries(
+        server,
+        "aids",
+        clips,
+        [{"key": "k0", "session": 0, "left": "ended", "right": "b", "left_valid": 0.5}, {"key": "k1", "session": 0}],
+    )
     page = context.new_page()
     page.goto(f"{server.url}/?run=aids")
     wait_pair(page)
     bar, mark = box(page, '.timebar[data-side="left"]'), box(page, '.timebar[data-side="left"] .end-mark')
     assert abs((mark["x"] + mark["width"] / 2 - bar["x"]) / bar["width"] - 0.5) <= 0.03
     grey = box(page, '.timebar[data-side="left"] .after-end')
-    assert abs(grey["x"] + grey["width"] - (bar["x"] + bar["width"])) <= 1 and abs(grey["width"] / bar["width"] - 0.5) <= 0.03
+    assert (
+        abs(grey["x"] + grey["width"] - (bar["x"] + bar["width"])) <= 1
+        and abs(grey["width"] / bar["width"] - 0.5) <= 0.03
+    )
     assert page.locator('.timebar[data-side="right"] .end-mark').is_hidden()
     assert "episode ends at 50%" in page.inner_text('.clip[data-side="left"] figcaption')
     both = "(p) => ['video-left', 'video-right'].map((id) => document.getElementById(id)[p])"
-    page.wait_for_function("() => !document.getElementById('video-left').paused && !document.getElementById('video-right').paused")
+    page.wait_for_function(
+        "() => !document.getElementById('video-left').paused && !document.getElementById('video-right').paused"
+    )
     page.click("#play")
     assert page.evaluate(both, "paused") == [True, True] and page.inner_text("#play-label") == "Play"
     page.keyboard.press(" ")
@@ -519,7 +621,9 @@ def test_clips_that_failed_to_load_are_loaded_again(context, server, clips):
     page = context.new_page()
     page.route("**/media/**", lambda route: route.abort())
     page.goto(f"{server.url}/?run=retry")
-    page.wait_for_function("() => document.getElementById('pair').dataset.query && document.getElementById('video-left').error")
+    page.wait_for_function(
+        "() => document.getElementById('pair').dataset.query && document.getElementById('video-left').error"
+    )
     page.wait_for_function("() => document.querySelectorAll('#preload video').length === 2")
     shown = page.get_attribute("#pair", "data-query")
     page.unroute("**/media/**")
@@ -544,7 +648,7 @@ def test_undo_takes_back_only_this_tabs_answers_even_before_they_reach_the_serve
         a.wait_for_function("(q) => document.getElementById('pair').dataset.query === q", arg=str(qa))
         assert a.inner_text("#status") == "Undone: answer this pair again."
         colour = a.eval_on_selector("#status", "s => getComputedStyle(s).color")
-        red, green, blue = [int(c) for c in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
+        red, green, blue = [int(c) for c in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]]
         assert not (red > 140 and green < 80 and blue < 80), colour  # information, not an error
         assert answer_with_key(a, "right", None) == qa
         # while the server is gone, undo takes the answer out of this browser's outbox
@@ -570,7 +674,9 @@ def test_the_runs_list_links_each_run_and_says_what_its_trainer_does(context, se
     put_status(server, "busy-run", "waiting", 0, 3)
     simple_queries(server, "done-run", clips, 1)
     q = lease_as(server, "done-run", "someone")
-    api(server, "POST", f"/api/queries/{q['id']}/answer", json={"client": "someone", "labeler": "bob", "choice": "left"})
+    api(
+        server, "POST", f"/api/queries/{q['id']}/answer", json={"client": "someone", "labeler": "bob", "choice": "left"}
+    )
     put_status(server, "done-run", "finished", 3, 3, labels_given=60)
     page = context.new_page()
     page.goto(server.url + "/")

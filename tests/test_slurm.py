@@ -8,13 +8,38 @@ import sys
 import time
 
 from conftest import ROOT
-from slurm_cluster import slurm_cluster, wait_for_states  # noqa: F401  (the session fixture)
+from slurm_cluster import wait_for_states
 
-TINY_RLHF = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "400", "--learning-starts", "100",
-             "--no-unsupervised-exploration", "--segment-length", "10", "--feedback-frequency", "100",
-             "--labels-per-session", "10", "--total-labels", "20", "--hidden-size", "32", "--batch-size", "32",
-             "--reward-hidden-size", "32", "--reward-epochs", "5", "--eval-frequency", "200", "--eval-episodes", "2",
-             "--no-cuda"]
+TINY_RLHF = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--total-timesteps",
+    "400",
+    "--learning-starts",
+    "100",
+    "--no-unsupervised-exploration",
+    "--segment-length",
+    "10",
+    "--feedback-frequency",
+    "100",
+    "--labels-per-session",
+    "10",
+    "--total-labels",
+    "20",
+    "--hidden-size",
+    "32",
+    "--batch-size",
+    "32",
+    "--reward-hidden-size",
+    "32",
+    "--reward-epochs",
+    "5",
+    "--eval-frequency",
+    "200",
+    "--eval-episodes",
+    "2",
+    "--no-cuda",
+]
 
 
 def sbatch(*args: str, env: dict | None = None) -> str:
@@ -27,15 +52,26 @@ def test_job_array_over_seeds_runs_sac_rlhf(slurm_cluster, tmp_path):
     import os
 
     env = {**os.environ, "PREFRL_ROOT": str(ROOT), "PREFRL_PYTHON": sys.executable}
-    job = sbatch("--array=1-2", f"--output={tmp_path}/%A_%a.out", "--mail-user=nobody@example.org", "--mail-type=END", str(ROOT / "slurm" / "array.sbatch"),
-                 "framework/sac_rlhf.py", *TINY_RLHF, "--runs-dir", str(tmp_path / "runs"), env=env)
+    job = sbatch(
+        "--array=1-2",
+        f"--output={tmp_path}/%A_%a.out",
+        "--mail-user=nobody@example.org",
+        "--mail-type=END",
+        str(ROOT / "slurm" / "array.sbatch"),
+        "framework/sac_rlhf.py",
+        *TINY_RLHF,
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        env=env,
+    )
     info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "MailUser=nobody@example.org" in info  # mail settings come from flags, not the template
     states = wait_for_states([f"{job}_1", f"{job}_2"], timeout=150)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
     assert states == ["COMPLETED", "COMPLETED"], logs[-3000:]
-    summaries = sorted((json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")),
-                       key=lambda s: s["seed"])
+    summaries = sorted(
+        (json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")), key=lambda s: s["seed"]
+    )
     assert [s["seed"] for s in summaries] == [1, 2]
     for s, task in zip(summaries, (1, 2)):
         assert s["algorithm"] == "sac_rlhf" and s["total_timesteps"] == 400 and s["labels_used"] == 20
@@ -47,15 +83,39 @@ def test_cancelled_job_is_reported_as_cancelled(slurm_cluster, tmp_path):
     """submit.py waits on a job that is then cancelled: it reports CANCELLED and exits 1 within seconds."""
     folder = tmp_path / "submitit"  # a fresh folder: job ids restart at 1 when the cluster's state is purged
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "slurm" / "submit.py"), "--algorithm", "sac", "--seeds", "7", "--folder", str(folder),
-         "--runs-dir", str(tmp_path / "runs"), "--poll-seconds", "0.5", "--",
-         "--env-id", "InvertedPendulum-v5", "--total-timesteps", "1000000", "--no-cuda"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "slurm" / "submit.py"),
+            "--algorithm",
+            "sac",
+            "--seeds",
+            "7",
+            "--folder",
+            str(folder),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--poll-seconds",
+            "0.5",
+            "--",
+            "--env-id",
+            "InvertedPendulum-v5",
+            "--total-timesteps",
+            "1000000",
+            "--no-cuda",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.startswith("submitted "), line + proc.stderr.read()
     job_id = line.split()[1].rstrip(":")
     end = time.time() + 60
-    while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout:
+    while (
+        "RUNNING"
+        not in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    ):
         assert time.time() < end, "the job never started"
         time.sleep(0.5)
     cancelled_at = time.time()
@@ -71,10 +131,29 @@ def test_single_run_template(slurm_cluster, tmp_path):
     import os
 
     env = {**os.environ, "PREFRL_ROOT": str(ROOT), "PREFRL_PYTHON": sys.executable}
-    job = sbatch(f"--output={tmp_path}/run.out", str(ROOT / "slurm" / "run.sbatch"), "framework/ppo.py",
-                 "--env-id", "InvertedPendulum-v5", "--total-timesteps", "512", "--num-envs", "1", "--num-steps", "256",
-                 "--eval-frequency", "512", "--eval-episodes", "1", "--no-cuda", "--runs-dir", str(tmp_path / "runs"),
-                 "--run-name", "one", env=env)
+    job = sbatch(
+        f"--output={tmp_path}/run.out",
+        str(ROOT / "slurm" / "run.sbatch"),
+        "framework/ppo.py",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "512",
+        "--num-envs",
+        "1",
+        "--num-steps",
+        "256",
+        "--eval-frequency",
+        "512",
+        "--eval-episodes",
+        "1",
+        "--no-cuda",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "one",
+        env=env,
+    )
     assert wait_for_states([job], timeout=120) == ["COMPLETED"], (tmp_path / "run.out").read_text()[-3000:]
     summary = json.loads((tmp_path / "runs" / "one" / "summary.json").read_text())
     assert summary["total_timesteps"] >= 512 and summary["algorithm"] == "ppo"

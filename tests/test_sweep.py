@@ -1,4 +1,5 @@
-"""sweep.py: local sweeps from W&B YAML (grid, random, bayes, hyperband), W&B-server detection, SLURM trials, bad input."""
+"""sweep.py: local sweeps from W&B YAML (grid, random, bayes, hyperband), W&B-server detection, SLURM trials,
+bad input."""
 
 from __future__ import annotations
 
@@ -14,26 +15,29 @@ import yaml
 
 from conftest import ROOT, run_script
 from framework.sweep import Trial, load_sweep_config, to_sweep_run, wandb_server
-from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 # sac.py for 300 steps on InvertedPendulum-v5: a few seconds per trial
-TINY_SAC = {"env_id": {"value": "InvertedPendulum-v5"}, "total_timesteps": {"value": 300},
-            "learning_starts": {"value": 100}, "eval_frequency": {"value": 150}, "eval_episodes": {"value": 2},
-            "hidden_size": {"value": 32}, "torch_threads": {"value": 1}, "cuda": {"value": False}}
+TINY_SAC = {
+    "env_id": {"value": "InvertedPendulum-v5"},
+    "total_timesteps": {"value": 300},
+    "learning_starts": {"value": 100},
+    "eval_frequency": {"value": 150},
+    "eval_episodes": {"value": 2},
+    "hidden_size": {"value": 32},
+    "torch_threads": {"value": 1},
+    "cuda": {"value": False},
+}
 
 
 def write_yaml(path, method: str, parameters: dict, **extra) -> str:
-    config = {"method": method, "metric": {"name": "final_eval_return", "goal": "maximize"},
-              "parameters": {**TINY_SAC, **parameters}, **extra}
+    config = {
+        "method": method,
+        "metric": {"name": "final_eval_return", "goal": "maximize"},
+        "parameters": {**TINY_SAC, **parameters},
+        **extra,
+    }
     path.write_text(yaml.safe_dump(config))
     return str(path)
-
-
-def no_wandb_env(tmp_path) -> dict:
-    """An environment with no W&B server configured: no WANDB_MODE, no API key, no netrc."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp_path)
-    return env
 
 
 def results(sweep_dir) -> dict:
@@ -50,13 +54,29 @@ def test_grid_sweep_in_process_without_wandb_server(tmp_path, monkeypatch):
     for k in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(k)
     monkeypatch.setenv("HOME", str(tmp_path))
-    result = run_script("sweep.py", "--config-filename", config, "--algorithm", "sac", "--launcher", "inprocess",
-                        "--sweep-count", "10", "--sweep-dir", str(tmp_path / "sweep"))
+    result = run_script(
+        "sweep.py",
+        "--config-filename",
+        config,
+        "--algorithm",
+        "sac",
+        "--launcher",
+        "inprocess",
+        "--sweep-count",
+        "10",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sweep mode: local (no W&B API key" in result.stdout
     out = results(tmp_path / "sweep")
     # the grid is exhausted after its 4 points although --sweep-count allows 10
-    assert sorted((t["params"]["seed"], t["params"]["gamma"]) for t in out["trials"]) == [(1, 0.9), (1, 0.99), (2, 0.9), (2, 0.99)]
+    assert sorted((t["params"]["seed"], t["params"]["gamma"]) for t in out["trials"]) == [
+        (1, 0.9),
+        (1, 0.99),
+        (2, 0.9),
+        (2, 0.99),
+    ]
     assert all(t["state"] == "finished" for t in out["trials"])
     for t in out["trials"]:  # each trial's metric is its run's final evaluation return
         summary = json.loads((tmp_path / "sweep" / "runs" / t["name"] / "summary.json").read_text())
@@ -69,11 +89,27 @@ def test_grid_sweep_in_process_without_wandb_server(tmp_path, monkeypatch):
 
 
 def test_random_sweep_as_subprocesses_respects_run_cap(tmp_path):
-    config = write_yaml(tmp_path / "random.yaml", "random",
-                        {"gamma": {"distribution": "uniform", "min": 0.8, "max": 0.99}, "batch_size": {"values": [32, 64]}},
-                        run_cap=2)
-    result = run_script("sweep.py", "--config-filename", config, "--algorithm", "sac", "--launcher", "local",
-                        "--sweep-count", "5", "--sweep-dir", str(tmp_path / "sweep"), "--poll-seconds", "0.5")
+    config = write_yaml(
+        tmp_path / "random.yaml",
+        "random",
+        {"gamma": {"distribution": "uniform", "min": 0.8, "max": 0.99}, "batch_size": {"values": [32, 64]}},
+        run_cap=2,
+    )
+    result = run_script(
+        "sweep.py",
+        "--config-filename",
+        config,
+        "--algorithm",
+        "sac",
+        "--launcher",
+        "local",
+        "--sweep-count",
+        "5",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+        "--poll-seconds",
+        "0.5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = results(tmp_path / "sweep")
     assert len(out["trials"]) == 2  # run_cap wins over --sweep-count
@@ -86,10 +122,17 @@ def test_random_sweep_as_subprocesses_respects_run_cap(tmp_path):
 def test_bayes_proposes_within_bounds_and_learns_from_summaries(tmp_path):
     import sweeps
 
-    config = load_sweep_config(write_yaml(tmp_path / "bayes.yaml", "bayes", {
-        "gamma": {"distribution": "uniform", "min": 0.9, "max": 0.99},
-        "batch_size": {"distribution": "int_uniform", "min": 16, "max": 128},
-        "policy_lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}}))
+    config = load_sweep_config(
+        write_yaml(
+            tmp_path / "bayes.yaml",
+            "bayes",
+            {
+                "gamma": {"distribution": "uniform", "min": 0.9, "max": 0.99},
+                "batch_size": {"distribution": "int_uniform", "min": 16, "max": 128},
+                "policy_lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+            },
+        )
+    )
     engine = sweeps.SweepConfig(config)
     trials: list[Trial] = []
     for i in range(6):
@@ -107,9 +150,14 @@ def test_bayes_proposes_within_bounds_and_learns_from_summaries(tmp_path):
 def test_hyperband_stops_the_lagging_trial():
     import sweeps
 
-    config = sweeps.SweepConfig({"method": "random", "metric": {"name": "final_eval_return", "goal": "maximize"},
-                                 "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
-                                 "parameters": {"gamma": {"min": 0.9, "max": 0.99}}})
+    config = sweeps.SweepConfig(
+        {
+            "method": "random",
+            "metric": {"name": "final_eval_return", "goal": "maximize"},
+            "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+            "parameters": {"gamma": {"min": 0.9, "max": 0.99}},
+        }
+    )
     good = Trial("good", {"gamma": 0.99}, "", state="finished", history=[(1, 10.0), (2, 50.0), (3, 90.0)])
     fair = Trial("fair", {"gamma": 0.95}, "", state="running", history=[(1, 10.0), (2, 20.0)])
     bad = Trial("bad", {"gamma": 0.9}, "", state="running", history=[(1, 1.0), (2, 2.0)])
@@ -149,15 +197,24 @@ def test_wandb_detection_picks_local_mode_quickly(tmp_path, monkeypatch):
         server.shutdown()
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("unknown_key", "Additional properties are not allowed ('iterations' was unexpected)"),
-    ("bad_method", "'annealing' is not one of"),
-    ("unknown_parameter", "parameter 'total_label' is not a flag of framework/sac_rlhf.py; did you mean 'total_labels'"),
-    ("missing_file", "no such file"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown_key", "Additional properties are not allowed ('iterations' was unexpected)"),
+        ("bad_method", "'annealing' is not one of"),
+        (
+            "unknown_parameter",
+            "parameter 'total_label' is not a flag of framework/sac_rlhf.py; did you mean 'total_labels'",
+        ),
+        ("missing_file", "no such file"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, case, expected):
-    base = {"method": "random", "metric": {"name": "final_eval_return", "goal": "maximize"},
-            "parameters": {"total_labels": {"values": [100, 200]}}}
+    base = {
+        "method": "random",
+        "metric": {"name": "final_eval_return", "goal": "maximize"},
+        "parameters": {"total_labels": {"values": [100, 200]}},
+    }
     if case == "unknown_key":
         base["iterations"] = 3
     elif case == "bad_method":
@@ -167,8 +224,16 @@ def test_bad_input_is_one_line(tmp_path, case, expected):
     path = tmp_path / "sweep.yaml"
     if case != "missing_file":
         path.write_text(yaml.safe_dump(base))
-    result = run_script("sweep.py", "--config-filename", str(path), "--algorithm", "sac-rlhf",
-                        "--sweep-dir", str(tmp_path / "sweep"), timeout=60)
+    result = run_script(
+        "sweep.py",
+        "--config-filename",
+        str(path),
+        "--algorithm",
+        "sac-rlhf",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -193,9 +258,24 @@ def test_shipped_configs_are_valid_for_their_algorithm():
 
 def test_sweep_trials_run_as_slurm_jobs(slurm_cluster, tmp_path):
     config = write_yaml(tmp_path / "grid.yaml", "grid", {"seed": {"values": [1, 2]}})
-    result = run_script("sweep.py", "--config-filename", config, "--algorithm", "sac", "--launcher", "slurm",
-                        "--max-parallel", "2", "--sweep-dir", str(tmp_path / "sweep"), "--poll-seconds", "0.5",
-                        "--slurm-time-min", "10", timeout=180)
+    result = run_script(
+        "sweep.py",
+        "--config-filename",
+        config,
+        "--algorithm",
+        "sac",
+        "--launcher",
+        "slurm",
+        "--max-parallel",
+        "2",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+        "--poll-seconds",
+        "0.5",
+        "--slurm-time-min",
+        "10",
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = results(tmp_path / "sweep")
     assert sorted(t["params"]["seed"] for t in out["trials"]) == [1, 2]
@@ -208,7 +288,6 @@ def test_sweep_trials_run_as_slurm_jobs(slurm_cluster, tmp_path):
 
 def test_launch_scripts_pass_existing_flags():
     """Every scripts/*.sh passes only flags its training script has; the human launchers really ask a person."""
-    import dataclasses
     import shlex
 
     import tyro
@@ -224,7 +303,7 @@ def test_launch_scripts_pass_existing_flags():
         if path.name.endswith("_human.sh"):  # the synthetic launcher's flags plus the human teacher's
             command = next(line for line in text.splitlines() if line.startswith("exec "))
             words = shlex.split(command)
-            assert words[1] == f'$(dirname $0)/{path.name.replace("_human", "_synthetic")}', command
+            assert words[1] == f"$(dirname $0)/{path.name.replace('_human', '_synthetic')}", command
             extra = words[2:-1]
             assert extra == ["--teacher-feedback-mode", "human", "--feedback-server-autostart"]
             text = (path.parent / path.name.replace("_human", "_synthetic")).read_text().replace("\\\n", " ")
