@@ -1,19 +1,27 @@
-"""Checkpoints written atomically: a crash or a kill mid-write leaves the previous file intact, never a torn one.
+"""Checkpoints and resuming, the same for every script.
 
-Each write goes to a temporary file in the same folder, is flushed to disk, and then renamed over the target (a
-rename within one filesystem is atomic on POSIX).
+Files are written atomically: a crash or a kill mid-write leaves the previous file intact, never a torn one. Each
+write goes to a temporary file in the same folder, is flushed to disk, and then renamed over the target (a rename
+within one filesystem is atomic on POSIX). `resume_args` reads a run's flags back for `--resume`, `rng_states`
+captures every random state a run draws from, and `Checkpointer` decides when `<run>/checkpoint.pt` is written.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 import tempfile
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
+import numpy as np
 import torch
 
-from framework.runtime import UsageError
+from framework.runtime import UsageError, resumed_args
+
+T = TypeVar("T")
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -54,3 +62,68 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
         raise UsageError(f"checkpoint {path!r} could not be read: {type(err).__name__}: {err}") from err
+
+
+RESUME_OVERRIDABLE = ("feedback_server_url", "feedback_server_autostart", "feedback_timeout")
+"""Flags that a `--resume` may change (the feedback server can move while a run is stopped); all others come from
+the run's checkpoint."""
+
+
+def resume_args(args: T) -> tuple[T, dict | None]:
+    """With `--resume <run folder>`: the flags the run was started with (but the `RESUME_OVERRIDABLE` ones given on
+    this command line), pointed at that folder, and its checkpoint. Without: `args` unchanged and no checkpoint."""
+    if args.resume is None:
+        return args, None
+    path = os.path.join(args.resume, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
+    checkpoint = load_checkpoint(path)
+    folder = os.path.normpath(args.resume)
+    args = resumed_args(args, checkpoint["args"], RESUME_OVERRIDABLE)
+    args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
+    return args, checkpoint
+
+
+def rng_states(device: torch.device, **generators: np.random.Generator | dict) -> dict:
+    """Every random state a run draws from: Python's, torch's (CUDA's on a GPU) and the named NumPy generators (a
+    dict is taken as a state already captured, such as an env's RNG before its last reset)."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "numpy": {k: g if isinstance(g, dict) else g.bit_generator.state for k, g in generators.items()},
+    }
+
+
+def restore_rng_states(saved: dict, device: torch.device, **generators: np.random.Generator) -> None:
+    """Put back what `rng_states` captured, into the same named generators."""
+    random.setstate(saved["python"])
+    torch.set_rng_state(saved["torch"])
+    if device.type == "cuda" and saved.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(saved["cuda"])
+    for name, generator in generators.items():
+        generator.bit_generator.state = saved["numpy"][name]
+
+
+class Checkpointer:
+    """A run's `<run>/checkpoint.pt`, written from what `snapshot()` returns: every `frequency` env steps (at the
+    first moment the caller finds `due`), when interrupted and at the end. Time spent goes to `times["checkpoint"]`."""
+
+    def __init__(self, run_dir: str, frequency: int, snapshot: Callable[[], dict], times: dict[str, float],
+                 step: int = 0):
+        self.path = os.path.join(run_dir, "checkpoint.pt")
+        self.frequency, self.snapshot, self.times = frequency, snapshot, times
+        self.next = self._after(step)
+
+    def _after(self, step: int) -> float:
+        return (step // self.frequency + 1) * self.frequency if self.frequency else math.inf
+
+    def due(self, step: int) -> bool:
+        return step >= self.next
+
+    def save(self, reason: str, step: int) -> None:
+        start = time.perf_counter()
+        save_checkpoint(self.snapshot(), self.path)
+        self.times["checkpoint"] = self.times.get("checkpoint", 0.0) + time.perf_counter() - start
+        self.next = self._after(step)
+        print(f"saved checkpoint at step {step} ({reason})", flush=True)

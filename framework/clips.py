@@ -1,7 +1,7 @@
 """Query clips: render stored physics states to frames and encode them as H.264 mp4 for the labeling page.
 
 Clips are rendered after the fact, only for the segments put to a human, from the physics states the replay buffer
-keeps (`info["physics_state"]`, qpos then qvel); training never renders. Rendering is headless (MUJOCO_GL=egl or
+keeps (`info["physics_state"]`, laid out by `framework.envs`); training never renders. Rendering is headless (MUJOCO_GL=egl or
 osmesa) with one `mujoco.Renderer` per (env, size) and process, on its own `MjData`: environments that render and are
 garbage-collected cannot blank it. Quality is set for speed: no shadows, no reflections, no multisampling (about 75
 frames/s at 480x480 and 140 at 256x256 on a 2-core CPU, against 10-15 at the default quality).
@@ -24,7 +24,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from framework.envs import check_env_id
+from framework.envs import check_env_id, physics_state_size, write_physics_state
 from framework.runtime import UsageError, setup_headless_rendering
 
 _RENDERERS: dict[tuple[str, int], "ClipRenderer"] = {}
@@ -75,21 +75,19 @@ class ClipRenderer:
 
     @property
     def physics_dim(self) -> int:
-        return self.model.nq + self.model.nv
+        return physics_state_size(self.model)
 
     def render(self, physics: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """(T, nq + nv) states -> (T, size, size, 3) uint8 frames; masked steps repeat the last live frame, darkened."""
+        """(T, physics_dim) states -> (T, size, size, 3) uint8 frames; masked steps repeat the last live frame, darkened."""
         physics = np.asarray(physics, dtype=np.float64)
         if physics.ndim != 2 or physics.shape[1] != self.physics_dim:
             raise ValueError(f"expected states of shape (T, {self.physics_dim}) for {self.env_id}, got {physics.shape}")
         mask = np.ones(len(physics), bool) if mask is None else np.asarray(mask) > 0
-        nq = self.model.nq
         frames = np.empty((len(physics), self.size, self.size, 3), np.uint8)
         last = None
         for t, state in enumerate(physics):
             if mask[t] or last is None:
-                self.data.qpos[:] = state[:nq]
-                self.data.qvel[:] = state[nq:]
+                write_physics_state(self.model, self.data, state)
                 mujoco.mj_forward(self.model, self.data)
                 self.renderer.update_scene(self.data, camera=self.camera)
                 self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0

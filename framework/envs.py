@@ -61,10 +61,33 @@ def is_mujoco(env: gym.Env) -> bool:
     return hasattr(base, "data") and hasattr(base.data, "qpos") and hasattr(base, "set_state")
 
 
-def get_physics_state(env: gym.Env) -> np.ndarray:
-    """The full MuJoCo state as one flat float64 vector: qpos followed by qvel."""
-    data = env.unwrapped.data
+# The physics-state layout of MuJoCo envs, known only here: one flat float64 vector, qpos followed by qvel. Replay
+# buffers store these vectors, clips render from them (`write_physics_state`) and user rewards read qpos and qvel.
+def physics_state_size(model) -> int:
+    """Length of a MuJoCo model's physics-state vector."""
+    return model.nq + model.nv
+
+
+def read_physics_state(data) -> np.ndarray:
+    """The state of a MuJoCo `MjData` as one flat float64 vector."""
     return np.concatenate([data.qpos, data.qvel])
+
+
+def write_physics_state(model, data, state: np.ndarray) -> None:
+    """Put a state vector from `read_physics_state` into `data` (call `mujoco.mj_forward` before rendering it)."""
+    data.qpos[:] = state[: model.nq]
+    data.qvel[:] = state[model.nq :]
+
+
+def qpos_qvel(env: gym.Env) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Copies of the MuJoCo generalised positions and velocities of `env` (None, None for other envs)."""
+    data = getattr(env.unwrapped, "data", None)
+    return (None, None) if data is None else (data.qpos.copy(), data.qvel.copy())
+
+
+def get_physics_state(env: gym.Env) -> np.ndarray:
+    """The full MuJoCo state of `env` as one flat float64 vector."""
+    return read_physics_state(env.unwrapped.data)
 
 
 def set_physics_state(env: gym.Env, state: np.ndarray) -> np.ndarray:

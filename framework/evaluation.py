@@ -6,6 +6,7 @@ user-written teacher reward is in use, its episode return is reported too (`teac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +38,35 @@ class EvalResult:
         if self.teacher_returns:
             out[f"{prefix}/teacher_return"] = float(np.mean(self.teacher_returns))
         return out
+
+
+@dataclass
+class EvalHistory:
+    """A run's evaluations, (env step, mean return) each, its best return so far, and whether to stop early."""
+
+    returns: list[tuple[int, float]] = field(default_factory=list)
+    best: float = -math.inf
+    since_best: int = 0  # evaluations since the best one
+
+    def add(self, step: int, mean_return: float) -> None:
+        self.returns.append((step, mean_return))
+        if mean_return > self.best:
+            self.best, self.since_best = mean_return, 0
+        else:
+            self.since_best += 1
+
+    @property
+    def final(self) -> float:
+        return self.returns[-1][1] if self.returns else float("nan")
+
+    def stop_reason(self, early_stop_return: float | None, patience: int) -> str | None:
+        """Why to stop after the latest evaluation (`--early-stop-return`, `--early-stop-patience`), or None."""
+        latest = self.final
+        if early_stop_return is not None and latest >= early_stop_return:
+            return f"evaluation return {latest:.1f} >= --early-stop-return {early_stop_return}"
+        if patience and self.since_best >= patience:
+            return f"{patience} evaluations without a new best return"
+        return None
 
 
 class Evaluator:
@@ -83,6 +113,12 @@ class Evaluator:
                 result.teacher_returns.append(teacher_return)
         self.calls += 1
         return result
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}  # evaluation episodes are seeded by call: a resumed run evaluates the same ones
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = state["calls"]
 
     def close(self) -> None:
         self.env.close()

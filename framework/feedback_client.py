@@ -63,15 +63,8 @@ class HumanFeedbackArgs:
     """frame rate of query clips (0: real time, the env's own rate)"""
 
 
-RESUME_OVERRIDABLE = ("feedback_server_url", "feedback_server_autostart", "feedback_timeout")
-"""Flags that a `--resume` may change (the server can move while a run is stopped); all others come from the run."""
-
-
 def validate_feedback_args(args: HumanFeedbackArgs) -> None:
-    """One-line errors for the human teacher's flags (and a simulated teacher's reward given with a human one)."""
-    if args.teacher_feedback_mode == "human" and getattr(args, "teacher_reward", None) is not None:
-        raise UsageError("--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
-                         "the person on the feedback page judges")
+    """One-line errors for the human teacher's flags."""
     if args.teacher_feedback_mode == "human":
         parsed = urlparse(args.feedback_server_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -312,11 +305,13 @@ class HumanTeacher:
                     elif "closed_on_server" in record:
                         self.unclosed.pop(record["closed_on_server"], None)
         client.put_run(run_id, env_id, question)
-        self.return_scale = 1.0  # the simulated teacher's interface; a person needs no scale
-        self.rng = np.random.default_rng(0)
 
-    def set_return_scale(self, scale: float) -> None:
-        self.return_scale = scale
+    def state_dict(self) -> dict:
+        """Nothing: what a resumed run needs (the answers, the sessions closed) is in answers.jsonl and on the server."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         self.schedule = list(sessions)

@@ -52,6 +52,12 @@ class RewardScaler(RunningMeanStd):
         self.gamma, self.clip, self.epsilon = gamma, clip, epsilon
         self.returns = np.zeros(num_envs)
 
+    def get_extra_state(self) -> dict:  # the running returns go into state_dict() with the statistics
+        return {"returns": self.returns.copy()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.returns = np.array(state["returns"], dtype=np.float64)
+
     def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         self.returns = self.returns * self.gamma * (1 - dones) + rewards
         self.update(self.returns)

@@ -9,9 +9,7 @@ from the value of the final observation.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import asdict, dataclass
 
 import gymnasium as gym
@@ -20,13 +18,13 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 
-from framework.checkpoint import atomic_write_bytes, save_checkpoint
+from framework.checkpoint import save_checkpoint
 from framework.envs import check_env_id, make_env, require_continuous_actions
-from framework.evaluation import Evaluator
+from framework.evaluation import EvalHistory, Evaluator
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler
 from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
-from framework.tracking import Tracker
+from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
 @dataclass
@@ -144,9 +142,10 @@ def main(args: Args) -> dict:
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    eval_history: list[tuple[int, float]] = []
-    global_step, next_eval, eval_time = 0, args.eval_frequency, 0.0
-    start_time = time.perf_counter()
+    evals, phase_time = EvalHistory(), {}
+    global_step, next_eval = 0, args.eval_frequency
+    clock = RunClock(phase_time)
+    clock.begin("learning", 0)  # PPO learns from its first rollout
     raw_obs, _ = envs.reset(seed=args.seed)
     if args.norm_obs:
         obs_norm.update(raw_obs)
@@ -251,28 +250,18 @@ def main(args: Args) -> dict:
         tracker.steps_per_second(global_step)
 
         if global_step >= next_eval or iteration == num_iterations:
-            t0 = time.perf_counter()
-            result = evaluator(policy)
-            eval_time += time.perf_counter() - t0
+            with timed(phase_time, "evaluation"):
+                result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
-            eval_history.append((global_step, result.mean_return))
+            evals.add(global_step, result.mean_return)
             print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
             next_eval += args.eval_frequency
 
-    end_time = time.perf_counter()
-    summary = {
-        "algorithm": "ppo",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "total_timesteps": global_step,
-        "final_eval_return": eval_history[-1][1],
-        "eval_history": eval_history,
-        "sps": global_step / (end_time - start_time - eval_time),  # evaluation time excluded
-        "eval_time_s": eval_time,
-        "wall_time_s": end_time - start_time,
-        "run_dir": run_dir,
-    }
-    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    summary = write_summary(run_dir, {
+        "algorithm": "ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": global_step,
+        "stop_reason": "budget", "final_eval_return": evals.final, "best_eval_return": evals.best,
+        "eval_history": evals.returns, "labels_used": 0, **clock.speeds(global_step), "phase_time_s": phase_time,
+        "run_dir": run_dir})
     if args.save_model:
         save_checkpoint({"agent": agent.state_dict(), "obs_norm": obs_norm.state_dict(), "args": asdict(args)},
                         os.path.join(run_dir, "ppo.pt"))

@@ -19,14 +19,11 @@ The file reads top to bottom:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import sys
-import time
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -35,16 +32,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 
-from framework.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from framework.checkpoint import Checkpointer, restore_rng_states, resume_args, rng_states
 from framework.envs import check_env_id, make_env, require_continuous_actions
-from framework.evaluation import Evaluator
-from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, make_human_teacher, validate_feedback_args
+from framework.evaluation import EvalHistory, Evaluator
+from framework.feedback_client import HumanFeedbackArgs
+from framework.labels import plot_label_schedule, reward_correlations, save_labels
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
-from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
-                               resumed_args, setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
-from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
-from framework.tracking import Tracker, timed
+from framework.runtime import (RunArgs, UsageError, default_run_name, interrupts_held, on_interrupt, pick_device,
+                               run_cli, seed_everything, setup_headless_rendering)
+from framework.teacher import (QueryBatch, Teacher, load_reward_function, make_teacher, segment_return_scale,
+                               validate_teacher_args)
+from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
 @dataclass
@@ -227,7 +226,7 @@ def validate(args: Args) -> None:
     if args.num_steps < args.segment_length:
         raise UsageError(f"--num-steps ({args.num_steps}) must be at least --segment-length ({args.segment_length}): "
                          "segments are cut from each env's rollout")
-    validate_feedback_args(args)
+    validate_teacher_args(args)
     if args.labels_per_session > max(args.total_labels, 1):
         raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
                          f"--total-labels ({args.total_labels})")
@@ -498,24 +497,6 @@ def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total
     return sessions
 
 
-def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [0] + [s for s, _ in sessions] + [total_timesteps]
-    cumulative = [0] + list(np.cumsum([n for _, n in sessions])) + [sum(n for _, n in sessions)]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.step(steps, cumulative, where="post")
-    ax.set_xlabel("environment step")
-    ax.set_ylabel("labels asked (cumulative)")
-    ax.set_title(f"{len(sessions)} feedback sessions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ========================================================================================== reward-model training
 def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
                        args: Args, rng: np.random.Generator, device: torch.device,
@@ -580,52 +561,128 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
     return stats
 
 
-def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation of learned and true per-step rewards."""
-    from scipy.stats import pearsonr, spearmanr
+# ====================================================================================================== run progress
+@dataclass
+class Progress:
+    """Where a run stands, saved in every checkpoint (the rest of a checkpoint is networks, buffers and RNGs)."""
 
-    if len(learned) < 3 or np.std(learned) == 0 or np.std(true) == 0:
-        return {}
-    return {"reward/pearson": float(pearsonr(learned, true)[0]), "reward/spearman": float(spearmanr(learned, true)[0])}
+    global_step: int = 0
+    iteration: int = 0  # rollouts collected
+    session: int = 0  # feedback sessions done
+    labels_used: int = 0  # labels asked of the teacher, skipped pairs included
+    evals: EvalHistory = field(default_factory=EvalHistory)
+    next_eval: int = 0  # env step of the next evaluation
+    phase_time: dict[str, float] = field(default_factory=dict)  # seconds per phase, logged as time/<phase>
+    recent_episodes: list[tuple[float, int]] = field(default_factory=list)  # (teacher return, length) of the last 20
+    pending_queries: dict | None = None  # a session's queries while a person answers them
+    explore_filled: int = 0  # states stored for the state-entropy reward
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update({**state, "evals": EvalHistory(**state["evals"])})
 
 
-def save_labels(prefs: PreferenceBuffer, path: str) -> None:
-    """All labels received so far, with their segments, as an .npz a later run or notebook can load."""
-    import io
+# ================================================================================================== feedback session
+# A session has two halves: ask the teacher about pairs of segments, then learn from the labels. Both are the same in
+# sac_rlhf.py and pref_ppo.py (the tests compare the source); `learned_and_true_rewards` is where they differ.
+def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_labels: int, step: int, args: Args,
+                   rng: np.random.Generator, device: torch.device) -> dict[str, np.ndarray]:
+    """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
+    (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
+    pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
+    seg_a = buffer.sample_segments(pool, args.segment_length, rng)
+    seg_b = buffer.sample_segments(pool, args.segment_length, rng)
+    x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)  # (pool, T, obs + action)
+    x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
+    if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
+        chosen = rng.choice(pool, n_labels, replace=False)
+    else:
+        t = [torch.from_numpy(a).to(device) for a in (x_a, seg_a["mask"], x_b, seg_b["mask"])]
+        chosen = select_queries(args.query_sampling, preference_probabilities(ensemble, *t), n_labels, rng)
+    return {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
+            **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
+               for k in ("mask", "teacher_rewards", "physics")}}
 
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **prefs.state_dict())
-    atomic_write_bytes(path, buffer.getvalue())
+
+def ask_teacher(step: int, n_labels: int, buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, teacher: Teacher,
+                progress: Progress, args: Args, rng: np.random.Generator, device: torch.device,
+                save: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The first half of a session: choose the queries and get the teacher's labels (NaN: skipped). While a person
+    answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
+    with timed(progress.phase_time, "query"):
+        q = progress.pending_queries
+        if q is None:
+            q = choose_queries(buffer, ensemble, prefs, n_labels, step, args, rng, device)
+    with timed(progress.phase_time, "label"):
+        scale = segment_return_scale(progress.recent_episodes, args.segment_length)
+        queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
+                             q["mask_b"], q["physics_a"], q["physics_b"], progress.session, scale)
+        if args.teacher_feedback_mode == "human":
+            progress.pending_queries = q
+            save("feedback session waits for answers")
+        return q, teacher.answer(queries)
 
 
-def load_labels(path: str) -> dict[str, np.ndarray]:
-    """Read a labels file written by `save_labels` (keys: seg_a, seg_b, mask_a, mask_b, labels, steps, is_val)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+def learn_from_labels(step: int, n_labels: int, q: dict[str, np.ndarray], labels: np.ndarray, buffer,
+                      ensemble: RewardEnsemble, reward_optimizer: optim.Optimizer, prefs: PreferenceBuffer,
+                      progress: Progress, tracker: Tracker, args: Args, rng: np.random.Generator,
+                      device: torch.device, run_dir: str) -> None:
+    """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
+    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session."""
+    with timed(progress.phase_time, "label"):
+        progress.pending_queries = None
+        answered = ~np.isnan(labels)
+        prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                  labels[answered], step, rng)
+        progress.labels_used += n_labels
+        save_labels(prefs.state_dict(), os.path.join(run_dir, "labels.npz"))
+    with timed(progress.phase_time, "reward_training"):
+        unlabeled = None
+        if args.surf:
+            ua = buffer.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+            ub = buffer.sample_segments(len(ua["mask"]), args.segment_length, rng)
+            unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                         "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+        stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+    with timed(progress.phase_time, "relabel"):
+        stats.update(reward_correlations(*learned_and_true_rewards(buffer, ensemble, args, device)))
+    stats.update({"feedback/labels_used": progress.labels_used, "feedback/labels_stored": prefs.size,
+                  "feedback/skipped": int((~answered).sum()), "feedback/sessions": progress.session + 1})
+    if prefs.size:
+        stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
+    tracker.scalars(stats, step)
+    progress.session += 1
+    print(f"step={step} session={progress.session} labels={progress.labels_used} "
+          f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
+          f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
+          f"pearson={stats.get('reward/pearson', math.nan):.3f}", flush=True)
+
+
+def learned_and_true_rewards(store: SegmentStore, ensemble: RewardEnsemble, args: Args,
+                             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Learned and true rewards of the steps of the most recent stored segments (about `--correlation-window`
+    steps). Nothing is relabelled: each rollout is rewarded by the model of its time when it is collected."""
+    recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1))))
+    recent = recent % store.capacity
+    x = np.concatenate([store.obs[recent], store.actions[recent]], -1)  # (segments, T, obs + action)
+    x = x.reshape(-1, x.shape[-1])
+    mask = store.mask[recent].reshape(-1) > 0
+    learned = ensemble.predict(torch.from_numpy(x).to(device))[0].cpu().numpy()
+    return learned[mask], store.true_rewards[recent].reshape(-1)[mask]
 
 
 # ============================================================================================================== main
 def main(args: Args) -> dict:
-    # ---------------------------------------------------------------- resume: the saved flags win
-    checkpoint = None
-    if args.resume is not None:
-        path = os.path.join(args.resume, "checkpoint.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
-        checkpoint = load_checkpoint(path)
-        saved = checkpoint["args"]
-        folder = os.path.normpath(args.resume)
-        args = resumed_args(args, saved, RESUME_OVERRIDABLE)
-        args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
+    args, checkpoint = resume_args(args)  # with --resume, the run's saved flags
     validate(args)
     setup_headless_rendering()
     check_env_id(args.env_id)
-    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
-    args.run_name = run_name
+    args.run_name = run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = args.total_timesteps // batch_size
-
     teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
     envs = gym.vector.SyncVectorEnv(
         [lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward=teacher_reward) for i in range(args.num_envs)],
@@ -641,12 +698,7 @@ def main(args: Args) -> dict:
     evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
                           os.path.join(run_dir, "videos"), teacher_reward)
     rng = np.random.default_rng(args.seed)
-    if args.teacher_feedback_mode == "human":  # a person answers on the feedback server's page
-        teacher: Teacher = make_human_teacher(args, run_name, args.env_id, run_dir)
-    else:
-        teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake,
-                                   args.teacher_eps_skip, args.teacher_eps_equal, seed=args.seed + 1)
-
+    teacher = make_teacher(args, run_name, run_dir)
     obs_shape = envs.single_observation_space.shape
     obs_dim, action_dim = int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape))
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
@@ -662,61 +714,43 @@ def main(args: Args) -> dict:
                               args.reward_depth, args.reward_dropout).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
-    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction)
+    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim,
+                             args.reward_val_fraction)
     entropy_stats = RunningMeanStd(()).to(device)
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
+    # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
+    explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
     sessions = build_label_schedule(args.label_schedule, max(exploration_end, batch_size), args.total_timesteps,
                                     args.total_labels, args.labels_per_session, args.feedback_frequency,
                                     args.schedule_growth, args.pretrain_labels)
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
     teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
-    # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
-    explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
 
-    state = {"global_step": 0, "iteration": 0, "session": 0, "labels_used": 0, "best_eval": -math.inf,
-             "evals_since_best": 0, "eval_history": [], "phase_time": {}, "recent_episodes": [],
-             "next_eval": args.eval_frequency, "explore_filled": 0, "pending_queries": None}
+    # ---------------------------------------------------------------- checkpoints: what they hold, resume
+    progress = Progress(next_eval=args.eval_frequency)
+    parts = {"agent": agent, "optimizer": optimizer, "obs_norm": obs_norm, "reward_scaler": reward_scaler,
+             "ensemble": ensemble, "reward_optimizer": reward_optimizer, "segment_store": store, "preferences": prefs,
+             "entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
 
     def snapshot() -> dict:
-        return {
-            "args": asdict(args), "state": dict(state), "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-            "obs_norm": obs_norm.state_dict(), "reward_scaler": reward_scaler.state_dict(),
-            "reward_scaler_returns": reward_scaler.returns.copy(), "ensemble": ensemble.state_dict(),
-            "reward_optimizer": reward_optimizer.state_dict(), "segment_store": store.state_dict(),
-            "preferences": prefs.state_dict(), "entropy_stats": entropy_stats.state_dict(),
-            "explore_states": explore_states[: state["explore_filled"]].cpu() if explore_states is not None else None,
-            "teacher_scale": teacher.return_scale, "evaluator_calls": evaluator.calls,
-            "rng": {"numpy": rng.bit_generator.state, "teacher": teacher.rng.bit_generator.state,
-                    "torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-        }
+        explored = explore_states[: progress.explore_filled].cpu() if explore_states is not None else None
+        return {"args": asdict(args), **{name: part.state_dict() for name, part in parts.items()},
+                "explore_states": explored, "rng": rng_states(device, numpy=rng)}
 
     if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        obs_norm.load_state_dict(checkpoint["obs_norm"])
-        reward_scaler.load_state_dict(checkpoint["reward_scaler"])
-        reward_scaler.returns = checkpoint["reward_scaler_returns"].copy()
-        ensemble.load_state_dict(checkpoint["ensemble"])
-        reward_optimizer.load_state_dict(checkpoint["reward_optimizer"])
-        store.load_state_dict(checkpoint["segment_store"])
-        prefs.load_state_dict(checkpoint["preferences"])
-        entropy_stats.load_state_dict(checkpoint["entropy_stats"])
-        state.update(checkpoint["state"])
+        for name, part in parts.items():
+            part.load_state_dict(checkpoint[name])
         if explore_states is not None and checkpoint["explore_states"] is not None:
-            explore_states[: state["explore_filled"]] = checkpoint["explore_states"].to(device)
-        teacher.set_return_scale(checkpoint["teacher_scale"])
-        evaluator.calls = checkpoint["evaluator_calls"]
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        teacher.rng.bit_generator.state = checkpoint["rng"]["teacher"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        random.setstate(checkpoint["rng"]["python"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        raw_obs, info = envs.reset(seed=args.seed + state["iteration"])  # the interrupted episodes start afresh
-        print(f"resumed {run_dir} at step {state['global_step']} with {prefs.size} labels", flush=True)
+            explore_states[: progress.explore_filled] = checkpoint["explore_states"].to(device)
+        restore_rng_states(checkpoint["rng"], device, numpy=rng)
+        raw_obs, info = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
+        print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress.phase_time, progress.global_step)
+    on_interrupt(lambda: print(f"interrupted at step {progress.global_step}; continue with --resume {run_dir}",
+                               file=sys.stderr))
+    on_interrupt(tracker.close)
+    on_interrupt(lambda: checkpoints.save("interrupted", progress.global_step))
 
-    # ---------------------------------------------------------------- the loop's helpers
     def normalize(o: np.ndarray) -> np.ndarray:
         return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
 
@@ -724,71 +758,6 @@ def main(args: Args) -> dict:
         with torch.no_grad():
             mean = agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device))
         return np.clip(mean[0].cpu().numpy(), action_low, action_high)
-
-    def feedback_session(step: int, n_labels: int) -> None:
-        """Query pairs of stored segments, label them, train the reward model."""
-        with timed(state["phase_time"], "query"):
-            q = state["pending_queries"]  # set when the run stopped while a person was answering this session
-            if q is None:
-                pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
-                seg_a = store.sample_segments(pool, args.segment_length, rng)
-                seg_b = store.sample_segments(pool, args.segment_length, rng)
-                x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
-                x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
-                if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
-                    chosen = rng.choice(pool, n_labels, replace=False)
-                else:
-                    t = lambda a: torch.from_numpy(a).to(device)
-                    probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
-                    chosen = select_queries(args.query_sampling, probs, n_labels, rng)
-                q = {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
-                     **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
-                        for k in ("mask", "teacher_rewards", "physics")}}
-        with timed(state["phase_time"], "label"):
-            if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
-                recent = state["recent_episodes"]
-                teacher.set_return_scale(sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1) * args.segment_length)
-            queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
-                                 q["mask_b"], q["physics_a"], q["physics_b"], session=state["session"])
-            if args.teacher_feedback_mode == "human":  # a checkpoint holds the queries while people answer them
-                state["pending_queries"] = q
-                save("feedback session waits for answers")
-            labels = teacher.answer(queries)
-        # from here on the session's results land together: Ctrl-C or SIGTERM waits the few seconds it takes
-        with interrupts_held():
-            with timed(state["phase_time"], "label"):
-                state["pending_queries"] = None
-                answered = ~np.isnan(labels)
-                prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                          labels[answered], step, rng)
-                state["labels_used"] += n_labels
-                save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-            with timed(state["phase_time"], "reward_training"):
-                unlabeled = None
-                if args.surf:
-                    ua = store.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
-                    ub = store.sample_segments(len(ua["mask"]), args.segment_length, rng)
-                    unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                                 "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-                stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
-            # learned vs true reward on the most recent stored steps
-            recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))) % store.capacity
-            x = torch.from_numpy(np.concatenate([store.obs[recent], store.actions[recent]], -1).reshape(-1, obs_dim + action_dim)).to(device)
-            mask = store.mask[recent].reshape(-1) > 0
-            stats.update(reward_correlations(ensemble.predict(x)[0].cpu().numpy()[mask], store.true_rewards[recent].reshape(-1)[mask]))
-            stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
-                          "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
-            tracker.scalars(stats, step)
-            print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
-                  f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
-                  f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
-                  f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
-            state["session"] += 1
-
-    def save(reason: str) -> None:
-        with timed(state["phase_time"], "checkpoint"):
-            save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
-        print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
 
     # rollout storage, (num_steps, num_envs, ...)
     obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, device=device)
@@ -807,196 +776,165 @@ def main(args: Args) -> dict:
         obs_norm.update(raw_obs)
     next_obs = torch.as_tensor(normalize(raw_obs), device=device)
     next_done = torch.zeros(args.num_envs, device=device)
-    next_checkpoint = ((state["global_step"] // args.checkpoint_frequency) + 1) * args.checkpoint_frequency if args.checkpoint_frequency else math.inf
-    start_time, start_step = time.perf_counter(), state["global_step"]
-    main_phase_start = exploration_start = None
-    exploration_sps = float("nan")
-    stop_reason = "budget"
 
     # ---------------------------------------------------------------- the loop
-    with sigterm_raises_interrupted():
-        try:
-            while state["iteration"] < num_iterations:
-                state["iteration"] += 1
-                iteration = state["iteration"]
-                exploring = state["global_step"] + batch_size <= exploration_end
-                if exploring and exploration_start is None:
-                    exploration_start = (time.perf_counter(), state["global_step"])
-                if not exploring and main_phase_start is None:
-                    main_phase_start = (time.perf_counter(), state["global_step"], state["phase_time"].get("evaluation", 0.0))
-                if args.anneal_lr:
-                    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+    clock = RunClock(progress.phase_time, progress.global_step)
+    exploration_sps, stop_reason = math.nan, None
+    while progress.iteration < num_iterations:
+        progress.iteration += 1
+        iteration = progress.iteration
+        exploring = progress.global_step + batch_size <= exploration_end
+        clock.begin("exploration" if exploring else "learning", progress.global_step)
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
-                with timed(state["phase_time"], "rollout"):
-                    for step in range(args.num_steps):
-                        state["global_step"] += args.num_envs
-                        obs[step], dones[step] = next_obs, next_done
-                        raw_obs_buf[step] = raw_obs
-                        if "physics_state" in info:
-                            physics_buf[step] = info["physics_state"]
-                        with torch.no_grad():
-                            action, logprob, _, value = agent.get_action_and_value(next_obs)
-                        values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
+        with timed(progress.phase_time, "rollout"):
+            for step in range(args.num_steps):
+                progress.global_step += args.num_envs
+                obs[step], dones[step] = next_obs, next_done
+                raw_obs_buf[step] = raw_obs
+                if "physics_state" in info:
+                    physics_buf[step] = info["physics_state"]
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
 
-                        raw_obs, reward, terminated, truncated, info = envs.step(np.clip(action.cpu().numpy(), action_low, action_high))
-                        done = np.logical_or(terminated, truncated)
-                        final = info.get("final_info", {})
-                        teacher_r = np.array(info.get("teacher_reward", reward), dtype=np.float32)
-                        if "teacher_reward" in final:  # the ended episodes' last step lives in final_info
-                            teacher_r[final["_teacher_reward"]] = final["teacher_reward"][final["_teacher_reward"]]
-                        true_rewards[step], teacher_rewards[step], episode_ends[step] = reward, teacher_r, done
-                        bootstrap[step] = 0.0
-                        idx = np.flatnonzero(truncated & ~terminated)  # a time limit is not a terminal state
-                        if len(idx):
-                            final_obs = np.stack([info["final_obs"][i] for i in idx])
-                            with torch.no_grad():
-                                v = agent.get_value(torch.as_tensor(normalize(final_obs), device=device)).flatten()
-                            bootstrap[step, idx] = args.gamma * v.cpu().numpy()
-                        if args.norm_obs:
-                            obs_norm.update(raw_obs)
-                        next_obs = torch.as_tensor(normalize(raw_obs), device=device)
-                        next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-                        if "episode" in final:
-                            for i in np.flatnonzero(final["_episode"]):
-                                length = int(final["episode"]["l"][i])
-                                tail = teacher_rewards[max(step - length + 1, 0) : step + 1, i]  # within this rollout
-                                state["recent_episodes"] = (state["recent_episodes"] + [(float(tail.sum()), len(tail))])[-20:]
-                                tracker.scalars({"charts/episodic_return": final["episode"]["r"][i],
-                                                 "charts/episodic_length": length}, state["global_step"])
-                    store.add_rollout(raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends, physics_buf)
-                global_step = state["global_step"]
-
-                while state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
-                    feedback_session(global_step, sessions[state["session"]][1])
-
-                # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
-                with timed(state["phase_time"], "reward"):
-                    flat_obs = torch.from_numpy(raw_obs_buf.reshape(-1, obs_dim)).to(device)
-                    if exploring:
-                        filled = state["explore_filled"]
-                        explore_states[filled : filled + len(flat_obs)] = flat_obs
-                        state["explore_filled"] = filled + len(flat_obs)
-                        r = knn_state_entropy(flat_obs, explore_states[: state["explore_filled"]], args.entropy_k)
-                        entropy_stats.update(r.double())
-                        r = r / entropy_stats.var.float().sqrt().clamp_min(1e-8)
-                    else:
-                        r, r_std = ensemble.predict(torch.cat([flat_obs, actions.reshape(-1, action_dim)], 1))
-                        if args.rune:
-                            r = r + rune_bonus(r_std, args.rune_beta, args.rune_decay, global_step)
-                    r = r.reshape(args.num_steps, args.num_envs).cpu().numpy()
-                    tracker.scalar("charts/rollout_reward_mean", float(r.mean()), global_step)
-                    if args.norm_reward:
-                        r = np.stack([reward_scaler.scale(r[t], episode_ends[t]) for t in range(args.num_steps)])
-                    rewards = torch.as_tensor(r + bootstrap, dtype=torch.float32, device=device)
-                if exploring and global_step + batch_size > exploration_end:
-                    exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
-
-                with timed(state["phase_time"], "agent_update"):
-                    # generalised advantage estimation
+                raw_obs, reward, terminated, truncated, info = envs.step(np.clip(action.cpu().numpy(), action_low, action_high))
+                done = np.logical_or(terminated, truncated)
+                final = info.get("final_info", {})
+                teacher_r = np.array(info.get("teacher_reward", reward), dtype=np.float32)
+                if "teacher_reward" in final:  # the ended episodes' last step lives in final_info
+                    teacher_r[final["_teacher_reward"]] = final["teacher_reward"][final["_teacher_reward"]]
+                true_rewards[step], teacher_rewards[step], episode_ends[step] = reward, teacher_r, done
+                bootstrap[step] = 0.0
+                idx = np.flatnonzero(truncated & ~terminated)  # a time limit is not a terminal state
+                if len(idx):
+                    final_obs = np.stack([info["final_obs"][i] for i in idx])
                     with torch.no_grad():
-                        next_value = agent.get_value(next_obs).reshape(1, -1)
-                        advantages = torch.zeros_like(rewards)
-                        lastgaelam = 0
-                        for t in reversed(range(args.num_steps)):
-                            nextnonterminal = 1.0 - (next_done if t == args.num_steps - 1 else dones[t + 1])
-                            nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
-                            delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                            advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                        returns = advantages + values
+                        v = agent.get_value(torch.as_tensor(normalize(final_obs), device=device)).flatten()
+                    bootstrap[step, idx] = args.gamma * v.cpu().numpy()
+                if args.norm_obs:
+                    obs_norm.update(raw_obs)
+                next_obs = torch.as_tensor(normalize(raw_obs), device=device)
+                next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+                for i in np.flatnonzero(final.get("_episode", [])):
+                    length = int(final["episode"]["l"][i])
+                    tail = teacher_rewards[max(step - length + 1, 0) : step + 1, i]  # within this rollout
+                    progress.recent_episodes = (progress.recent_episodes + [(float(tail.sum()), len(tail))])[-20:]
+                    tracker.scalars({"charts/episodic_return": final["episode"]["r"][i],
+                                     "charts/episodic_length": length}, progress.global_step)
+            store.add_rollout(raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends,
+                              physics_buf)
+        global_step = progress.global_step
 
-                    b_obs, b_logprobs = obs.reshape((-1,) + obs_shape), logprobs.reshape(-1)
-                    b_actions = actions.reshape(-1, action_dim)
-                    b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
-                    b_inds = np.arange(batch_size)
-                    clipfracs = []
-                    for epoch in range(args.update_epochs):
-                        rng.shuffle(b_inds)
-                        for start in range(0, batch_size, minibatch_size):
-                            mb_inds = b_inds[start : start + minibatch_size]
-                            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
-                            logratio = newlogprob - b_logprobs[mb_inds]
-                            ratio = logratio.exp()
-                            with torch.no_grad():
-                                approx_kl = ((ratio - 1) - logratio).mean()
-                                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
-                            mb_advantages = b_advantages[mb_inds]
-                            if args.norm_adv:
-                                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                            pg_loss = torch.max(-mb_advantages * ratio,
-                                                -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
-                            newvalue = newvalue.view(-1)
-                            if args.clip_vloss:
-                                v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
-                                v_loss = 0.5 * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
-                            else:
-                                v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-                            entropy_loss = entropy.mean()
-                            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                            optimizer.zero_grad()
-                            loss.backward()
-                            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                            optimizer.step()
-                        if args.target_kl is not None and approx_kl > args.target_kl:
-                            break
+        # feedback sessions: ask the teacher, then learn from the labels; the second half's results land together
+        # (Ctrl-C or SIGTERM waits the few seconds it takes)
+        while progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
+            n_labels = sessions[progress.session][1]
+            q, labels = ask_teacher(global_step, n_labels, store, ensemble, prefs, teacher, progress, args, rng, device,
+                                    lambda reason: checkpoints.save(reason, progress.global_step))
+            with interrupts_held():
+                learn_from_labels(global_step, n_labels, q, labels, store, ensemble, reward_optimizer, prefs, progress,
+                                  tracker, args, rng, device, run_dir)
 
-                tracker.scalars({"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
-                                 "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
-                                 "losses/approx_kl": approx_kl.item(), "losses/clipfrac": torch.stack(clipfracs).mean().item(),
-                                 **{f"time/{k}": v for k, v in state["phase_time"].items()}}, global_step)
-                tracker.steps_per_second(global_step)
+        # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
+        with timed(progress.phase_time, "reward"):
+            flat_obs = torch.from_numpy(raw_obs_buf.reshape(-1, obs_dim)).to(device)
+            if exploring:
+                filled = progress.explore_filled
+                explore_states[filled : filled + len(flat_obs)] = flat_obs
+                progress.explore_filled = filled + len(flat_obs)
+                r = knn_state_entropy(flat_obs, explore_states[: progress.explore_filled], args.entropy_k)
+                entropy_stats.update(r.double())
+                r = r / entropy_stats.var.float().sqrt().clamp_min(1e-8)
+            else:
+                r, r_std = ensemble.predict(torch.cat([flat_obs, actions.reshape(-1, action_dim)], 1))
+                if args.rune:
+                    r = r + rune_bonus(r_std, args.rune_beta, args.rune_decay, global_step)
+            r = r.reshape(args.num_steps, args.num_envs).cpu().numpy()
+            tracker.scalar("charts/agent_reward_mean", float(r.mean()), global_step)
+            if args.norm_reward:
+                r = np.stack([reward_scaler.scale(r[t], episode_ends[t]) for t in range(args.num_steps)])
+            rewards = torch.as_tensor(r + bootstrap, dtype=torch.float32, device=device)
+        if exploring and global_step + batch_size > exploration_end:
+            exploration_sps = clock.rate("exploration", global_step)
 
-                if global_step >= state["next_eval"] or iteration == num_iterations:
-                    with timed(state["phase_time"], "evaluation"):
-                        result = evaluator(policy)
-                    tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
-                    state["eval_history"].append((global_step, result.mean_return))
-                    state["next_eval"] = (global_step // args.eval_frequency + 1) * args.eval_frequency
-                    print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
-                          f"labels={state['labels_used']}", flush=True)
-                    if result.mean_return > state["best_eval"]:
-                        state["best_eval"], state["evals_since_best"] = result.mean_return, 0
+        with timed(progress.phase_time, "agent_update"):
+            # generalised advantage estimation
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = torch.zeros_like(rewards)
+                lastgaelam = 0
+                for t in reversed(range(args.num_steps)):
+                    nextnonterminal = 1.0 - (next_done if t == args.num_steps - 1 else dones[t + 1])
+                    nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
+                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                returns = advantages + values
+
+            b_obs, b_logprobs = obs.reshape((-1,) + obs_shape), logprobs.reshape(-1)
+            b_actions = actions.reshape(-1, action_dim)
+            b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            b_inds = np.arange(batch_size)
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                rng.shuffle(b_inds)
+                for start in range(0, batch_size, minibatch_size):
+                    mb_inds = b_inds[start : start + minibatch_size]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    pg_loss = torch.max(-mb_advantages * ratio,
+                                        -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                    newvalue = newvalue.view(-1)
+                    if args.clip_vloss:
+                        v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
+                        v_loss = 0.5 * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
                     else:
-                        state["evals_since_best"] += 1
-                    if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
-                        stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
-                        break
-                    if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
-                        stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
-                        break
-                if global_step >= next_checkpoint:
-                    save("periodic")
-                    next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
-        except (KeyboardInterrupt, Interrupted):
-            save("interrupted")
-            tracker.close()
-            print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
-            sys.exit(130)
+                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
 
-    end_time = time.perf_counter()
-    save("end")
-    phase = state["phase_time"]
-    main_steps = state["global_step"] - main_phase_start[1] if main_phase_start else 0
-    main_time = (end_time - main_phase_start[0] - (phase.get("evaluation", 0.0) - main_phase_start[2])) if main_phase_start else float("nan")
-    summary = {
-        "algorithm": "pref_ppo",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "total_timesteps": state["global_step"],
-        "stop_reason": stop_reason,
-        "final_eval_return": state["eval_history"][-1][1] if state["eval_history"] else float("nan"),
-        "eval_history": state["eval_history"],
-        "labels_used": state["labels_used"],
-        "labels_stored": prefs.size,
-        "segments_stored": store.size,
-        "sessions": state["session"],
-        "phase_time_s": phase,
-        "sps": (state["global_step"] - start_step) / (end_time - start_time - phase.get("evaluation", 0.0)),
-        "main_phase_sps": main_steps / main_time if main_steps else float("nan"),
-        "exploration_sps": exploration_sps,
-        "wall_time_s": end_time - start_time,
-        "run_dir": run_dir,
-    }
-    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+        tracker.scalars({"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
+                         "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
+                         "losses/approx_kl": approx_kl.item(), "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                         **{f"time/{k}": v for k, v in progress.phase_time.items()}}, global_step)
+        tracker.steps_per_second(global_step)
+
+        if global_step >= progress.next_eval or iteration == num_iterations:
+            with timed(progress.phase_time, "evaluation"):
+                result = evaluator(policy)
+            tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": progress.labels_used}, global_step)
+            progress.evals.add(global_step, result.mean_return)
+            progress.next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
+            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
+                  f"labels={progress.labels_used}", flush=True)
+            stop_reason = progress.evals.stop_reason(args.early_stop_return, args.early_stop_patience)
+            if stop_reason:
+                break
+        if checkpoints.due(global_step):
+            checkpoints.save("periodic", global_step)
+
+    speeds = clock.speeds(progress.global_step)
+    checkpoints.save("end", progress.global_step)
+    summary = write_summary(run_dir, {
+        "algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": progress.global_step,
+        "stop_reason": stop_reason or "budget", "final_eval_return": progress.evals.final, "best_eval_return": progress.evals.best,
+        "eval_history": progress.evals.returns, "labels_used": progress.labels_used, **speeds,
+        "phase_time_s": progress.phase_time, "run_dir": run_dir,
+        "labels_stored": prefs.size, "sessions": progress.session, "segments_stored": store.size, "exploration_sps": exploration_sps})
     evaluator.close()
     envs.close()
     tracker.close()

@@ -83,7 +83,7 @@ def resumed_args(args: T, saved: dict, overridable: tuple[str, ...]) -> T:
 
 
 def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | None = None) -> None:
-    """Parse `args_type` with tyro and run `main(args)`.
+    """Parse `args_type` with tyro and run `main(args)` through `run_main`.
 
     A `UsageError` becomes one line on stderr and exit status 2; any other exception propagates (non-zero exit, so a
     crash never looks like success to a sweep or a batch system).
@@ -94,10 +94,36 @@ def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | N
     COMMAND_LINE = list(sys.argv[1:] if argv is None else argv)
     args = tyro.cli(args_type, args=argv)
     try:
-        main(args)
+        run_main(main, args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+_ON_INTERRUPT: list[Callable[[], None]] = []
+
+
+def on_interrupt(callback: Callable[[], None]) -> None:
+    """Have `run_main` call `callback` (save a checkpoint, say how to continue) if this run is interrupted."""
+    _ON_INTERRUPT.append(callback)
+
+
+def run_main(main: Callable[[T], object], args: T) -> object:
+    """`main(args)` as a run that can be stopped cleanly: SIGTERM (a batch system's preemption, `kill`) raises
+    `Interrupted`; on it or on Ctrl-C the callbacks given to `on_interrupt` run, latest first, with both signals
+    ignored until they are done, and the process exits with status 130."""
+    _ON_INTERRUPT.clear()
+    try:
+        with sigterm_raises_interrupted():
+            return main(args)
+    except (KeyboardInterrupt, Interrupted):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        for callback in reversed(_ON_INTERRUPT):
+            callback()
+        sys.exit(130)
+    finally:
+        _ON_INTERRUPT.clear()
 
 
 def seed_everything(seed: int, torch_deterministic: bool = True) -> None:

@@ -8,23 +8,20 @@ evaluation and logging, so that `sac_rlhf.py` runs can be normalised by this one
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import asdict, dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.optim as optim
 
-from framework.checkpoint import atomic_write_bytes, save_checkpoint
+from framework.checkpoint import save_checkpoint
 from framework.envs import make_env, require_continuous_actions
-from framework.evaluation import Evaluator
+from framework.evaluation import EvalHistory, Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
-from framework.tracking import Tracker
+from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
 @dataclass
@@ -154,21 +151,8 @@ def main(args: Args) -> dict:
         with torch.no_grad():
             return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
 
-    eval_history: list[tuple[int, float]] = []
-    eval_time = 0.0
-
-    def evaluate(step: int) -> float:
-        nonlocal eval_time
-        t0 = time.perf_counter()
-        result = evaluator(policy)
-        eval_time += time.perf_counter() - t0
-        tracker.scalars(result.as_scalars(), step)
-        eval_history.append((step, result.mean_return))
-        print(f"step={step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
-        return result.mean_return
-
-    start_time = time.perf_counter()
-    learn_start_time = None
+    evals, phase_time = EvalHistory(), {}
+    clock = RunClock(phase_time)
     obs, _ = env.reset(seed=args.seed)
     for global_step in range(1, args.total_timesteps + 1):
         # act: random before learning starts, then the stochastic policy
@@ -188,8 +172,7 @@ def main(args: Args) -> dict:
 
         # learn
         if global_step > args.learning_starts:
-            if learn_start_time is None:
-                learn_start_time, learn_start_step, eval_time_before_learning = time.perf_counter(), global_step, eval_time
+            clock.begin("learning", global_step - 1)
             b_obs, b_next_obs, b_actions, b_rewards, b_dones = rb.sample(args.batch_size, rng)
             with torch.no_grad():
                 next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
@@ -232,28 +215,17 @@ def main(args: Args) -> dict:
         if global_step % args.log_frequency == 0:
             tracker.steps_per_second(global_step)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-            evaluate(global_step)
+            with timed(phase_time, "evaluation"):
+                result = evaluator(policy)
+            tracker.scalars(result.as_scalars(), global_step)
+            evals.add(global_step, result.mean_return)
+            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
 
-    end_time = time.perf_counter()
-    learn_sps = float("nan")  # steps/s while learning, evaluation time excluded
-    if learn_start_time is not None:
-        learn_time = end_time - learn_start_time - (eval_time - eval_time_before_learning)
-        learn_sps = (args.total_timesteps - learn_start_step + 1) / learn_time
-    summary = {
-        "algorithm": "sac",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "total_timesteps": args.total_timesteps,
-        "final_eval_return": eval_history[-1][1],
-        "eval_history": eval_history,
-        "sps": args.total_timesteps / (end_time - start_time - eval_time),
-        "learning_sps": learn_sps,
-        "eval_time_s": eval_time,
-        "wall_time_s": end_time - start_time,
-        "run_dir": run_dir,
-    }
-    tracker.scalar("charts/learning_SPS", learn_sps, args.total_timesteps)
-    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    summary = write_summary(run_dir, {
+        "algorithm": "sac", "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps,
+        "stop_reason": "budget", "final_eval_return": evals.final, "best_eval_return": evals.best,
+        "eval_history": evals.returns, "labels_used": 0, **clock.speeds(args.total_timesteps),
+        "phase_time_s": phase_time, "run_dir": run_dir})
     if args.save_model:
         save_checkpoint({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "args": asdict(args)},
                         os.path.join(run_dir, "sac.pt"))

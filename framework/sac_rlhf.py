@@ -18,14 +18,11 @@ The file reads top to bottom:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import sys
-import time
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -33,16 +30,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 
-from framework.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from framework.checkpoint import (Checkpointer, load_checkpoint, restore_rng_states, resume_args, rng_states,
+                                  save_checkpoint)
 from framework.envs import check_env_id, make_env, require_continuous_actions
-from framework.evaluation import Evaluator
-from framework.feedback_client import HumanFeedbackArgs, RESUME_OVERRIDABLE, make_human_teacher, validate_feedback_args
+from framework.evaluation import EvalHistory, Evaluator
+from framework.feedback_client import HumanFeedbackArgs
+from framework.labels import plot_label_schedule, reward_correlations, save_labels
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
-from framework.runtime import (RunArgs, Interrupted, UsageError, default_run_name, pick_device, run_cli, seed_everything,
-                               resumed_args, setup_headless_rendering, sigterm_raises_interrupted, interrupts_held)
-from framework.teacher import QueryBatch, SimulatedTeacher, Teacher, load_reward_function
-from framework.tracking import Tracker, timed
+from framework.runtime import (RunArgs, UsageError, default_run_name, interrupts_held, on_interrupt, pick_device,
+                               run_cli, seed_everything, setup_headless_rendering)
+from framework.teacher import (QueryBatch, Teacher, load_reward_function, make_teacher, segment_return_scale,
+                               validate_teacher_args)
+from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
 @dataclass
@@ -205,7 +205,7 @@ def validate(args: Args) -> None:
                  "pretrain_labels", "surf_crop", "early_stop_patience", "rune_beta", "reward_weight_decay"]:
         if getattr(args, name) < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
-    validate_feedback_args(args)
+    validate_teacher_args(args)
     if args.labels_per_session > max(args.total_labels, 1):
         raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
                          f"--total-labels ({args.total_labels})")
@@ -525,24 +525,6 @@ def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total
     return sessions
 
 
-def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [0] + [s for s, _ in sessions] + [total_timesteps]
-    cumulative = [0] + list(np.cumsum([n for _, n in sessions])) + [sum(n for _, n in sessions)]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.step(steps, cumulative, where="post")
-    ax.set_xlabel("environment step")
-    ax.set_ylabel("labels asked (cumulative)")
-    ax.set_title(f"{len(sessions)} feedback sessions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ========================================================================================== reward-model training
 def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
                        args: Args, rng: np.random.Generator, device: torch.device,
@@ -607,49 +589,146 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
     return stats
 
 
-def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation of learned and true per-step rewards."""
-    from scipy.stats import pearsonr, spearmanr
+# ====================================================================================================== run progress
+@dataclass
+class Progress:
+    """Where a run stands, saved in every checkpoint (the rest of a checkpoint is networks, buffers and RNGs)."""
 
-    if len(learned) < 3 or np.std(learned) == 0 or np.std(true) == 0:
-        return {}
-    return {"reward/pearson": float(pearsonr(learned, true)[0]), "reward/spearman": float(spearmanr(learned, true)[0])}
+    global_step: int = 0
+    session: int = 0  # feedback sessions done
+    labels_used: int = 0  # labels asked of the teacher, skipped pairs included
+    episodes: int = 0
+    evals: EvalHistory = field(default_factory=EvalHistory)
+    phase_time: dict[str, float] = field(default_factory=dict)  # seconds per phase, logged as time/<phase>
+    recent_episodes: list[tuple[float, int]] = field(default_factory=list)  # (teacher return, length) of the last 20
+    pending_queries: dict | None = None  # a session's queries while a person answers them
+    critic_reset_done: bool = False
+    mid_episode: bool = True  # periodic checkpoints wait for an episode's end
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update({**state, "evals": EvalHistory(**state["evals"])})
 
 
-def save_labels(prefs: PreferenceBuffer, path: str) -> None:
-    """All labels received so far, with their segments, as an .npz a later run or notebook can load."""
-    import io
+# ================================================================================================== feedback session
+# A session has two halves: ask the teacher about pairs of segments, then learn from the labels. Both are the same in
+# sac_rlhf.py and pref_ppo.py (the tests compare the source); `learned_and_true_rewards` is where they differ.
+def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_labels: int, step: int, args: Args,
+                   rng: np.random.Generator, device: torch.device) -> dict[str, np.ndarray]:
+    """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
+    (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
+    pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
+    seg_a = buffer.sample_segments(pool, args.segment_length, rng)
+    seg_b = buffer.sample_segments(pool, args.segment_length, rng)
+    x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)  # (pool, T, obs + action)
+    x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
+    if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
+        chosen = rng.choice(pool, n_labels, replace=False)
+    else:
+        t = [torch.from_numpy(a).to(device) for a in (x_a, seg_a["mask"], x_b, seg_b["mask"])]
+        chosen = select_queries(args.query_sampling, preference_probabilities(ensemble, *t), n_labels, rng)
+    return {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
+            **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
+               for k in ("mask", "teacher_rewards", "physics")}}
 
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **prefs.state_dict())
-    atomic_write_bytes(path, buffer.getvalue())
+
+def ask_teacher(step: int, n_labels: int, buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, teacher: Teacher,
+                progress: Progress, args: Args, rng: np.random.Generator, device: torch.device,
+                save: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The first half of a session: choose the queries and get the teacher's labels (NaN: skipped). While a person
+    answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
+    with timed(progress.phase_time, "query"):
+        q = progress.pending_queries
+        if q is None:
+            q = choose_queries(buffer, ensemble, prefs, n_labels, step, args, rng, device)
+    with timed(progress.phase_time, "label"):
+        scale = segment_return_scale(progress.recent_episodes, args.segment_length)
+        queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
+                             q["mask_b"], q["physics_a"], q["physics_b"], progress.session, scale)
+        if args.teacher_feedback_mode == "human":
+            progress.pending_queries = q
+            save("feedback session waits for answers")
+        return q, teacher.answer(queries)
 
 
-def load_labels(path: str) -> dict[str, np.ndarray]:
-    """Read a labels file written by `save_labels` (keys: seg_a, seg_b, mask_a, mask_b, labels, steps, is_val)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+def learn_from_labels(step: int, n_labels: int, q: dict[str, np.ndarray], labels: np.ndarray, buffer,
+                      ensemble: RewardEnsemble, reward_optimizer: optim.Optimizer, prefs: PreferenceBuffer,
+                      progress: Progress, tracker: Tracker, args: Args, rng: np.random.Generator,
+                      device: torch.device, run_dir: str) -> None:
+    """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
+    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session."""
+    with timed(progress.phase_time, "label"):
+        progress.pending_queries = None
+        answered = ~np.isnan(labels)
+        prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
+                  labels[answered], step, rng)
+        progress.labels_used += n_labels
+        save_labels(prefs.state_dict(), os.path.join(run_dir, "labels.npz"))
+    with timed(progress.phase_time, "reward_training"):
+        unlabeled = None
+        if args.surf:
+            ua = buffer.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
+            ub = buffer.sample_segments(len(ua["mask"]), args.segment_length, rng)
+            unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
+                         "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
+        stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+    with timed(progress.phase_time, "relabel"):
+        stats.update(reward_correlations(*learned_and_true_rewards(buffer, ensemble, args, device)))
+    stats.update({"feedback/labels_used": progress.labels_used, "feedback/labels_stored": prefs.size,
+                  "feedback/skipped": int((~answered).sum()), "feedback/sessions": progress.session + 1})
+    if prefs.size:
+        stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
+    tracker.scalars(stats, step)
+    progress.session += 1
+    print(f"step={step} session={progress.session} labels={progress.labels_used} "
+          f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
+          f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
+          f"pearson={stats.get('reward/pearson', math.nan):.3f}", flush=True)
+
+
+def learned_and_true_rewards(rb: ReplayBuffer, ensemble: RewardEnsemble, args: Args,
+                             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel the whole replay buffer with the new reward model; return the learned and true rewards of the most
+    recent `--correlation-window` transitions."""
+    rb.relabel(ensemble)
+    window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
+    return rb.learned_rewards[window], rb.true_rewards[window]
+
+
+def reset_critics(critics: list[tuple[nn.Module, nn.Module]], q_optimizer: optim.Optimizer) -> None:
+    """PEBBLE: after pre-exploration the critics have learned the exploration reward; start them afresh."""
+    for critic, target in critics:
+        for layer in critic.modules():
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        target.load_state_dict(critic.state_dict())
+    q_optimizer.state.clear()
+
+
+def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: int) -> dict:
+    """The pre-exploration saved in `folder`/exploration.pt, checked against this run (--exploration-load)."""
+    path = os.path.join(folder, "exploration.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--exploration-load {folder!r}: no exploration.pt in that folder")
+    saved = load_checkpoint(path)
+    if saved["env_id"] != env_id or saved["replay_buffer"]["obs"].shape[1] != obs_dim:
+        raise UsageError(f"--exploration-load: {path} was made on {saved['env_id']!r}, this run is on {env_id!r}")
+    if saved["state"]["global_step"] != exploration_end:
+        raise UsageError(f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
+                         f"expects {exploration_end} (--learning-starts + --unsupervised-steps)")
+    print(f"loaded pre-exploration from {path}: {saved['replay_buffer']['size']} transitions", flush=True)
+    return saved
 
 
 # ============================================================================================================== main
 def main(args: Args) -> dict:
-    # ---------------------------------------------------------------- resume: the saved flags win
-    checkpoint = None
-    if args.resume is not None:
-        path = os.path.join(args.resume, "checkpoint.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"--resume {args.resume!r}: no checkpoint.pt in that folder")
-        checkpoint = load_checkpoint(path)
-        saved = checkpoint["args"]
-        folder = os.path.normpath(args.resume)
-        args = resumed_args(args, saved, RESUME_OVERRIDABLE)
-        args.resume, args.runs_dir, args.run_name = folder, os.path.dirname(folder), os.path.basename(folder)
+    args, checkpoint = resume_args(args)  # with --resume, the run's saved flags
     validate(args)
     setup_headless_rendering()
     check_env_id(args.env_id)
-    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
-    args.run_name = run_name
-
+    args.run_name = run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
     env = make_env(args.env_id, args.seed, teacher_reward=teacher_reward)
     require_continuous_actions(env.action_space, args.env_id, "sac_rlhf.py")
@@ -662,12 +741,7 @@ def main(args: Args) -> dict:
     evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
                           os.path.join(run_dir, "videos"), teacher_reward)
     rng = np.random.default_rng(args.seed)
-    if args.teacher_feedback_mode == "human":  # a person answers on the feedback server's page
-        teacher: Teacher = make_human_teacher(args, run_name, args.env_id, run_dir)
-    else:
-        teacher = SimulatedTeacher(args.teacher_beta, args.teacher_gamma, args.teacher_eps_mistake, args.teacher_eps_skip,
-                                   args.teacher_eps_equal, seed=args.seed + 1)
-
+    teacher = make_teacher(args, run_name, run_dir)
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
     obs, info = env.reset(seed=args.seed)
@@ -686,336 +760,196 @@ def main(args: Args) -> dict:
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
     a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
-    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
 
     # ---------------------------------------------------------------- reward model, buffers, schedule
     ensemble = RewardEnsemble(obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size,
                               args.reward_depth, args.reward_dropout).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
-    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction)
+    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim,
+                             args.reward_val_fraction)
     entropy_stats = RunningMeanStd(()).to(device)
+    # states seen before the end of pre-exploration, on the device, for the state-entropy reward (new rows are
+    # copied in as they arrive; nothing is rebuilt per step)
     exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
+    explore_obs = torch.zeros((min(exploration_end, rb.capacity), obs_dim), device=device) if args.unsupervised_exploration else None
+    explore_filled, exploration_sps = 0, math.nan
     sessions = build_label_schedule(args.label_schedule, exploration_end, args.total_timesteps, args.total_labels,
                                     args.labels_per_session, args.feedback_frequency, args.schedule_growth,
                                     args.pretrain_labels)
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
     teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
 
-    def sac_modules() -> dict:
-        return {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
-                "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
-
-    state = {"global_step": 0, "session": 0, "labels_used": 0, "episodes": 0, "best_eval": -math.inf,
-             "evals_since_best": 0, "eval_history": [], "phase_time": {}, "critic_reset_done": False,
-             "recent_episodes": [], "mid_episode": True, "pending_queries": None}
+    # ---------------------------------------------------------------- checkpoints: what they hold, resume
+    progress = Progress()
+    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
+             "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer,
+             "ensemble": ensemble, "reward_optimizer": reward_optimizer, "replay_buffer": rb, "preferences": prefs,
+             "entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
     env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
 
     def snapshot() -> dict:
-        return {
-            "args": asdict(args), "state": dict(state), "log_alpha": log_alpha.detach().cpu(),
-            **{k: v.state_dict() for k, v in sac_modules().items()},
-            "ensemble": ensemble.state_dict(), "reward_optimizer": reward_optimizer.state_dict(),
-            "replay_buffer": rb.state_dict(), "preferences": prefs.state_dict(),
-            "entropy_stats": entropy_stats.state_dict(), "teacher_scale": teacher.return_scale,
-            "rng": {"numpy": rng.bit_generator.state, "teacher": teacher.rng.bit_generator.state,
-                    "torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                    "env": env_rng_before_reset,
-                    "action_space": env.action_space.np_random.bit_generator.state},
-            "evaluator_calls": evaluator.calls,
-        }
+        return {"args": asdict(args), "env_id": args.env_id, "log_alpha": log_alpha.detach().cpu(),
+                **{name: part.state_dict() for name, part in parts.items()},
+                "rng": rng_states(device, numpy=rng, env=env_rng_before_reset,
+                                  action_space=env.action_space.np_random)}
 
-    def restore(ckpt: dict) -> None:
-        nonlocal alpha
-        for k, v in sac_modules().items():
-            v.load_state_dict(ckpt[k])
-        with torch.no_grad():
-            log_alpha.copy_(ckpt["log_alpha"].to(device))
-        alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
-        rb.load_state_dict(ckpt["replay_buffer"])
-        entropy_stats.load_state_dict(ckpt["entropy_stats"])
-        if "ensemble" in ckpt:
-            ensemble.load_state_dict(ckpt["ensemble"])
-            reward_optimizer.load_state_dict(ckpt["reward_optimizer"])
-            prefs.load_state_dict(ckpt["preferences"])
-            teacher.set_return_scale(ckpt["teacher_scale"])
-
-    # ---------------------------------------------------------------- resume or reuse a saved pre-exploration
+    if checkpoint is not None or args.exploration_load is not None:
+        saved = checkpoint or load_exploration(args.exploration_load, args.env_id, obs_dim, exploration_end)
+        for name, part in parts.items():  # a saved pre-exploration keeps this run's teacher, evaluator and progress
+            if checkpoint is not None or name not in ("teacher", "evaluator", "state"):
+                part.load_state_dict(saved[name])
+        log_alpha.data.copy_(saved["log_alpha"])
+        progress.global_step = saved["state"]["global_step"]
     if checkpoint is not None:
-        restore(checkpoint)
-        state.update(checkpoint["state"])
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        teacher.rng.bit_generator.state = checkpoint["rng"]["teacher"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        random.setstate(checkpoint["rng"]["python"])
-        env.unwrapped.np_random.bit_generator.state = checkpoint["rng"]["env"]
-        env.action_space.np_random.bit_generator.state = checkpoint["rng"]["action_space"]
-        evaluator.calls = checkpoint["evaluator_calls"]
+        restore_rng_states(checkpoint["rng"], device, numpy=rng, env=env.unwrapped.np_random,
+                           action_space=env.action_space.np_random)
         # periodic checkpoints are taken at episode ends with the env's RNG from before its reset, so this reset
         # starts the same episode the uninterrupted run started (an interrupted one starts a fresh episode)
         obs, info = env.reset()
-        print(f"resumed {run_dir} at step {state['global_step']} with {prefs.size} labels", flush=True)
+        print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
     elif args.exploration_load is not None:
-        path = os.path.join(args.exploration_load, "exploration.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"--exploration-load {args.exploration_load!r}: no exploration.pt in that folder")
-        saved = load_checkpoint(path)
-        if saved["env_id"] != args.env_id or saved["replay_buffer"]["obs"].shape[1] != obs_dim:
-            raise UsageError(f"--exploration-load: {path} was made on {saved['env_id']!r}, this run is on {args.env_id!r}")
-        if saved["state"]["global_step"] != exploration_end:
-            raise UsageError(f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
-                             f"expects {exploration_end} (--learning-starts + --unsupervised-steps)")
-        restore(saved)
-        state["global_step"] = saved["state"]["global_step"]
         obs, info = env.reset(seed=args.seed + 1)
-        print(f"loaded pre-exploration from {path}: {rb.size} transitions", flush=True)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress.phase_time, progress.global_step)
+    on_interrupt(lambda: print(f"interrupted at step {progress.global_step}; continue with --resume {run_dir}",
+                               file=sys.stderr))
+    on_interrupt(tracker.close)
+    on_interrupt(lambda: checkpoints.save("interrupted", progress.global_step))
 
-    # ---------------------------------------------------------------- the loop's helpers
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
         with torch.no_grad():
             return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
 
-    def feedback_session(step: int, n_labels: int) -> None:
-        """Query, label, train the reward model, relabel the buffer, (first time) reset the critics."""
-        nonlocal alpha
-        with timed(state["phase_time"], "query"):
-            q = state["pending_queries"]  # set when the run stopped while a person was answering this session
-            if q is None:
-                pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
-                seg_a = rb.sample_segments(pool, args.segment_length, rng)
-                seg_b = rb.sample_segments(pool, args.segment_length, rng)
-                x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)
-                x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
-                if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet
-                    chosen = rng.choice(pool, n_labels, replace=False)
-                else:
-                    t = lambda a: torch.from_numpy(a).to(device)
-                    probs = preference_probabilities(ensemble, t(x_a), t(seg_a["mask"]), t(x_b), t(seg_b["mask"]))
-                    chosen = select_queries(args.query_sampling, probs, n_labels, rng)
-                q = {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
-                     **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
-                        for k in ("mask", "teacher_rewards", "physics")}}
-        with timed(state["phase_time"], "label"):
-            if state["recent_episodes"]:  # (teacher return, length) of the last 20 episodes
-                recent = state["recent_episodes"]
-                per_step = sum(r for r, _ in recent) / max(sum(n for _, n in recent), 1)
-                teacher.set_return_scale(per_step * args.segment_length)
-            queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
-                                 q["mask_b"], q["physics_a"], q["physics_b"], session=state["session"])
-            if args.teacher_feedback_mode == "human":  # a checkpoint holds the queries while people answer them
-                state["pending_queries"] = q
-                save("feedback session waits for answers")
-            labels = teacher.answer(queries)
-        # from here on the session's results land together: Ctrl-C or SIGTERM waits the few seconds it takes
-        with interrupts_held():
-            with timed(state["phase_time"], "label"):
-                state["pending_queries"] = None
-                answered = ~np.isnan(labels)
-                prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                          labels[answered], step, rng)
-                state["labels_used"] += n_labels
-                save_labels(prefs, os.path.join(run_dir, "labels.npz"))
-            with timed(state["phase_time"], "reward_training"):
-                unlabeled = None
-                if args.surf:
-                    ua = rb.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
-                    ub = rb.sample_segments(len(ua["mask"]), args.segment_length, rng)
-                    unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                                 "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-                stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
-            with timed(state["phase_time"], "relabel"):
-                rb.relabel(ensemble)
-            window = rb.ordered(np.arange(max(rb.size - args.correlation_window, 0), rb.size))
-            stats.update(reward_correlations(rb.learned_rewards[window], rb.true_rewards[window]))
-            stats.update({"feedback/labels_used": state["labels_used"], "feedback/labels_stored": prefs.size,
-                          "feedback/skipped": int((~answered).sum()), "feedback/sessions": state["session"] + 1})
-            if prefs.size:
-                stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
-            tracker.scalars(stats, step)
-            print(f"step={step} session={state['session'] + 1} labels={state['labels_used']} "
-                  f"train_acc={stats.get('reward/train_accuracy', float('nan')):.3f} "
-                  f"val_acc={stats.get('reward/val_accuracy', float('nan')):.3f} "
-                  f"pearson={stats.get('reward/pearson', float('nan')):.3f}", flush=True)
-            state["session"] += 1
-            if not state["critic_reset_done"] and args.unsupervised_exploration:
-                # PEBBLE: the critics learned the exploration reward; start them afresh on the learned one
-                for critic, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                    for layer in critic.modules():
-                        if isinstance(layer, nn.Linear):
-                            layer.reset_parameters()
-                    target.load_state_dict(critic.state_dict())
-                q_optimizer.state.clear()
-            state["critic_reset_done"] = True
-
-    def save(reason: str) -> None:
-        with timed(state["phase_time"], "checkpoint"):
-            save_checkpoint(snapshot(), os.path.join(run_dir, "checkpoint.pt"))
-        print(f"saved checkpoint at step {state['global_step']} ({reason})", flush=True)
-
     # ---------------------------------------------------------------- the loop
-    start_time = time.perf_counter()
-    main_phase_start = exploration_start = None
-    exploration_sps = float("nan")
-    next_checkpoint = ((state["global_step"] // args.checkpoint_frequency) + 1) * args.checkpoint_frequency if args.checkpoint_frequency else math.inf
-    stop_reason = "budget"
-    # states seen before the end of pre-exploration, on the device, for the state-entropy reward; new rows are
-    # copied in as they arrive (nothing is rebuilt per step)
-    explore_obs = torch.zeros((min(exploration_end, rb.capacity), obs_dim), device=device) if args.unsupervised_exploration else None
-    explore_filled = 0
-    with sigterm_raises_interrupted():
-        try:
-            while state["global_step"] < args.total_timesteps:
-                state["global_step"] += 1
-                global_step = state["global_step"]
-                exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
+    clock = RunClock(progress.phase_time, progress.global_step)
+    stop_reason = None
+    while progress.global_step < args.total_timesteps:
+        progress.global_step += 1
+        global_step = progress.global_step
+        exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
+        if exploring:
+            clock.begin("exploration", global_step - 1)
+        if global_step > exploration_end:
+            clock.begin("learning", global_step - 1)
 
-                # act: random at first, then the stochastic policy
-                if global_step <= args.learning_starts:
-                    action = env.action_space.sample()
+        # act: random at first, then the stochastic policy
+        if global_step <= args.learning_starts:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
+            action = action[0].cpu().numpy()
+        physics = info.get("physics_state")
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        teacher_r = info.get("teacher_reward", reward)
+        rb.add(obs, next_obs, action, reward, teacher_r, terminated, terminated or truncated, physics)
+        progress.mid_episode = not (terminated or truncated)
+        obs = next_obs
+        if terminated or truncated:
+            length = int(info["episode"]["l"])
+            teacher_return = float(rb.teacher_rewards[rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))].sum())
+            progress.recent_episodes = (progress.recent_episodes + [(teacher_return, length)])[-20:]
+            tracker.scalars({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": length,
+                             **({"charts/episodic_teacher_return": teacher_return} if teacher_reward else {})},
+                            global_step)
+            progress.episodes += 1
+            # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
+            env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+            obs, info = env.reset()
+
+        # feedback session: ask the teacher, then learn from the labels; the second half's results land together
+        # (Ctrl-C or SIGTERM waits the few seconds it takes)
+        if progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
+            n_labels = sessions[progress.session][1]
+            q, labels = ask_teacher(global_step, n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device,
+                                    lambda reason: checkpoints.save(reason, progress.global_step))
+            with interrupts_held():
+                learn_from_labels(global_step, n_labels, q, labels, rb, ensemble, reward_optimizer, prefs, progress,
+                                  tracker, args, rng, device, run_dir)
+                if not progress.critic_reset_done and args.unsupervised_exploration:
+                    reset_critics([(qf1, qf1_target), (qf2, qf2_target)], q_optimizer)
+                progress.critic_reset_done = True
+
+        # learn: SAC on the state-entropy reward while pre-exploring, then on the learned reward
+        if global_step > args.learning_starts:
+            with timed(progress.phase_time, "agent_update" if not exploring else "exploration_update"):
+                idx = rb.sample_indices(args.batch_size, rng)
+                b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
+                if exploring:  # PEBBLE: reward = k-NN distance of the next state, normalised by its running std
+                    explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
+                    explore_filled = rb.size
+                    b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
+                    entropy_stats.update(b_rewards.double())
+                    b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
                 else:
-                    with torch.no_grad():
-                        action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0][0].cpu().numpy()
-                physics = info.get("physics_state")
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                teacher_r = info.get("teacher_reward", reward)
-                rb.add(obs, next_obs, action, reward, teacher_r, terminated, terminated or truncated, physics)
-                state["mid_episode"] = not (terminated or truncated)
-                obs = next_obs
-                if terminated or truncated:
-                    ep = info["episode"]
-                    length = int(ep["l"])
-                    rows = rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))
-                    state["recent_episodes"] = (state["recent_episodes"] + [(float(rb.teacher_rewards[rows].sum()), length)])[-20:]
-                    tracker.scalars({"charts/episodic_return": ep["r"], "charts/episodic_length": ep["l"]}, global_step)
-                    if teacher_reward is not None:
-                        tracker.scalar("charts/episodic_teacher_return", state["recent_episodes"][-1][0], global_step)
-                    state["episodes"] += 1
-                    # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
-                    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
-                    obs, info = env.reset()
+                    if rb.has_fresh(idx):  # steps taken since the last reward update get the model's reward
+                        rb.relabel(ensemble, only_fresh=True)  # (all of them, once one is sampled)
+                    b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
+                    if args.rune:
+                        b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
+                with torch.no_grad():
+                    next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+                    min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
+                    min_q_next = min_q_next - alpha * next_log_pi
+                    next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
+                qf1_values = qf1(b_obs, b_actions).view(-1)
+                qf2_values = qf2(b_obs, b_actions).view(-1)
+                qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                q_optimizer.step()
 
-                if exploration_start is None and global_step > args.learning_starts and exploring:
-                    exploration_start = (time.perf_counter(), global_step - 1)
-                if main_phase_start is None and global_step > exploration_end:
-                    main_phase_start = (time.perf_counter(), global_step - 1, state["phase_time"].get("evaluation", 0.0))
+                if global_step % args.policy_frequency == 0:
+                    for _ in range(args.policy_frequency):
+                        pi, log_pi, _ = actor.get_action(b_obs)
+                        actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
+                        actor_optimizer.zero_grad()
+                        actor_loss.backward()
+                        actor_optimizer.step()
+                        if args.autotune:
+                            alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+                            a_optimizer.zero_grad()
+                            alpha_loss.backward()
+                            a_optimizer.step()
+                            alpha = log_alpha.exp().detach()
+                if global_step % args.target_network_frequency == 0:
+                    polyak_update(qf1_target, qf1, args.tau)
+                    polyak_update(qf2_target, qf2, args.tau)
 
-                # feedback sessions
-                if state["session"] < len(sessions) and global_step >= sessions[state["session"]][0]:
-                    feedback_session(global_step, sessions[state["session"]][1])
+            if global_step % args.log_frequency == 0:
+                tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
+                                 "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else math.nan,
+                                 "losses/alpha": alpha.item(),
+                                 "charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
-                # learn
-                if global_step > args.learning_starts:
-                    with timed(state["phase_time"], "agent_update" if not exploring else "exploration_update"):
-                        idx = rb.sample_indices(args.batch_size, rng)
-                        b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
-                        if exploring:
-                            # PEBBLE pre-exploration: reward = k-NN distance of the next state, normalised by its std
-                            if explore_filled < rb.size:
-                                explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
-                                explore_filled = rb.size
-                            b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
-                            entropy_stats.update(b_rewards.double())
-                            b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
-                        else:
-                            if rb.has_fresh(idx):  # steps taken since the last reward update get the model's reward
-                                rb.relabel(ensemble, only_fresh=True)  # (all of them, once one is sampled)
-                            b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
-                            if args.rune:
-                                b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
-                        with torch.no_grad():
-                            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
-                            min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                            min_q_next = min_q_next - alpha * next_log_pi
-                            next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
-                        qf1_values = qf1(b_obs, b_actions).view(-1)
-                        qf2_values = qf2(b_obs, b_actions).view(-1)
-                        qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
-                        q_optimizer.zero_grad()
-                        qf_loss.backward()
-                        q_optimizer.step()
+        if exploring and global_step == exploration_end:  # --exploration-load reuses this in other runs
+            exploration_sps = clock.rate("exploration", global_step)
+            save_checkpoint(snapshot(), os.path.join(run_dir, "exploration.pt"))
+        if global_step % args.log_frequency == 0:
+            tracker.steps_per_second(global_step)
+            tracker.scalars({f"time/{k}": v for k, v in progress.phase_time.items()}, global_step)
+        if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
+            with timed(progress.phase_time, "evaluation"):
+                result = evaluator(policy)
+            tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": progress.labels_used}, global_step)
+            progress.evals.add(global_step, result.mean_return)
+            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
+                  f"labels={progress.labels_used}", flush=True)
+            stop_reason = progress.evals.stop_reason(args.early_stop_return, args.early_stop_patience)
+            if stop_reason:
+                break
+        if checkpoints.due(global_step) and not progress.mid_episode:
+            checkpoints.save("periodic", global_step)
 
-                        if global_step % args.policy_frequency == 0:
-                            for _ in range(args.policy_frequency):
-                                pi, log_pi, _ = actor.get_action(b_obs)
-                                actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
-                                actor_optimizer.zero_grad()
-                                actor_loss.backward()
-                                actor_optimizer.step()
-                                if args.autotune:
-                                    alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                                    a_optimizer.zero_grad()
-                                    alpha_loss.backward()
-                                    a_optimizer.step()
-                                    alpha = log_alpha.exp().detach()
-                        if global_step % args.target_network_frequency == 0:
-                            polyak_update(qf1_target, qf1, args.tau)
-                            polyak_update(qf2_target, qf2, args.tau)
-
-                    if global_step % args.log_frequency == 0:
-                        tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
-                                         "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else float("nan"),
-                                         "losses/alpha": alpha.item(), "charts/learned_reward_batch": b_rewards.mean().item()},
-                                        global_step)
-
-                if exploring and global_step == exploration_end:
-                    exploration_sps = (global_step - exploration_start[1]) / (time.perf_counter() - exploration_start[0])
-                    save_checkpoint({**snapshot(), "env_id": args.env_id}, os.path.join(run_dir, "exploration.pt"))
-                if global_step % args.log_frequency == 0:
-                    tracker.steps_per_second(global_step)
-                    tracker.scalars({f"time/{k}": v for k, v in state["phase_time"].items()}, global_step)
-                if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-                    with timed(state["phase_time"], "evaluation"):
-                        result = evaluator(policy)
-                    tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": state["labels_used"]}, global_step)
-                    state["eval_history"].append((global_step, result.mean_return))
-                    print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
-                          f"labels={state['labels_used']}", flush=True)
-                    if result.mean_return > state["best_eval"]:
-                        state["best_eval"], state["evals_since_best"] = result.mean_return, 0
-                    else:
-                        state["evals_since_best"] += 1
-                    if args.early_stop_return is not None and result.mean_return >= args.early_stop_return:
-                        stop_reason = f"evaluation return {result.mean_return:.1f} >= --early-stop-return {args.early_stop_return}"
-                        break
-                    if args.early_stop_patience and state["evals_since_best"] >= args.early_stop_patience:
-                        stop_reason = f"{args.early_stop_patience} evaluations without a new best return"
-                        break
-                if global_step >= next_checkpoint and not state["mid_episode"]:
-                    save("periodic")
-                    next_checkpoint = (global_step // args.checkpoint_frequency + 1) * args.checkpoint_frequency
-        except (KeyboardInterrupt, Interrupted):
-            save("interrupted")
-            tracker.close()
-            print(f"interrupted at step {state['global_step']}; continue with --resume {run_dir}", file=sys.stderr)
-            sys.exit(130)
-
-    end_time = time.perf_counter()
-    save("end")
-    phase = state["phase_time"]
-    main_steps = state["global_step"] - main_phase_start[1] if main_phase_start else 0
-    main_time = (end_time - main_phase_start[0] - (phase.get("evaluation", 0.0) - main_phase_start[2])) if main_phase_start else float("nan")
-    summary = {
-        "algorithm": "sac_rlhf",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "total_timesteps": state["global_step"],
-        "stop_reason": stop_reason,
-        "final_eval_return": state["eval_history"][-1][1] if state["eval_history"] else float("nan"),
-        "eval_history": state["eval_history"],
-        "labels_used": state["labels_used"],
-        "labels_stored": prefs.size,
-        "buffer_size": rb.size,
-        "sessions": state["session"],
-        "phase_time_s": phase,
-        "main_phase_sps": main_steps / main_time if main_steps else float("nan"),
-        "exploration_sps": exploration_sps,
-        "wall_time_s": end_time - start_time,
-        "run_dir": run_dir,
-    }
-    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    speeds = clock.speeds(progress.global_step)
+    checkpoints.save("end", progress.global_step)
+    summary = write_summary(run_dir, {
+        "algorithm": "sac_rlhf", "env_id": args.env_id, "seed": args.seed, "total_timesteps": progress.global_step,
+        "stop_reason": stop_reason or "budget", "final_eval_return": progress.evals.final, "best_eval_return": progress.evals.best,
+        "eval_history": progress.evals.returns, "labels_used": progress.labels_used, **speeds,
+        "phase_time_s": progress.phase_time, "run_dir": run_dir,
+        "labels_stored": prefs.size, "sessions": progress.session, "buffer_size": rb.size, "exploration_sps": exploration_sps})
     evaluator.close()
     env.close()
     tracker.close()

@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 
 from framework.checkpoint import atomic_write_bytes
-from framework.runtime import UsageError, run_cli
+from framework.runtime import UsageError, run_cli, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = {"sac-rlhf": "sac_rlhf", "pref-ppo": "pref_ppo", "sac": "sac", "ppo": "ppo"}
@@ -256,7 +256,7 @@ class InprocessLauncher:
 
         trial.state = "running"
         try:
-            self.module.main(tyro.cli(self.module.Args, args=argv))
+            run_main(self.module.main, tyro.cli(self.module.Args, args=argv))
             trial.state = "finished"
         except (Exception, SystemExit) as err:  # a failing trial is recorded, the sweep goes on
             trial.state, trial.detail = "failed", f"{type(err).__name__}: {err}"

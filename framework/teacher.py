@@ -13,8 +13,11 @@ gives no answer. Skipped pairs are not stored.
 5. mistakes: each label (other than equal) is flipped with probability `eps_mistake`.
 
 `return_scale` is the typical return of a segment-length stretch of an episode (B-Pref: mean episode return x
-segment length / episode length); the trainer updates it from recent episodes via `set_return_scale`. Beta acts on
-raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
+segment length / episode length); the trainer computes it from recent episodes (`segment_return_scale`) and sends it
+with each `QueryBatch`. Beta acts on raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
+
+`make_teacher(args, ...)` builds a run's teacher from its flags: this simulated one, or a person on the feedback page
+(`framework.feedback_client.HumanTeacher`). Both follow the `Teacher` protocol.
 
 `load_reward_function("file.py:fn")` or `("package.module:fn")` loads a user's reward, computed from step data, so a
 simulated teacher can prefer a behaviour the environment does not reward (hop backwards, spin). The function takes
@@ -39,6 +42,7 @@ from typing import Callable, Protocol
 import gymnasium as gym
 import numpy as np
 
+from framework.envs import qpos_qvel
 from framework.runtime import UsageError
 
 PREFER_A = 0.0
@@ -66,21 +70,38 @@ class QueryBatch:
     rewards_b: np.ndarray  # (n, T)
     mask_a: np.ndarray  # (n, T), 1 for steps inside the episode
     mask_b: np.ndarray  # (n, T)
-    physics_a: np.ndarray  # (n, T, nq + nv)
-    physics_b: np.ndarray  # (n, T, nq + nv)
+    physics_a: np.ndarray  # (n, T, physics state size), see framework.envs
+    physics_b: np.ndarray  # (n, T, physics state size)
     session: int = 0  # feedback session number, from 0
+    return_scale: float = 1.0  # the typical return of a segment (`segment_return_scale`)
 
     def __len__(self) -> int:
         return len(self.rewards_a)
 
 
 class Teacher(Protocol):
-    """Anything that answers queries: returns one label per pair, P(B better) in {0, 0.5, 1}, or NaN to skip."""
+    """What a training script asks of a teacher."""
 
-    def answer(self, queries: QueryBatch) -> np.ndarray: ...
+    def answer(self, queries: QueryBatch) -> np.ndarray:
+        """One label per pair, P(B better) in {0, 0.5, 1}, or NaN to skip."""
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """The run's feedback sessions, (env step, labels asked) each, told once before the first one."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold so that a resumed run's teacher answers as the uninterrupted one would."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
+
+def segment_return_scale(recent_episodes: list[tuple[float, int]], segment_length: int) -> float:
+    """The typical teacher return of a `segment_length` stretch: the per-step return of the recent episodes, given as
+    (return, length) pairs, times the segment length; 1 before any episode has ended."""
+    if not recent_episodes:
+        return 1.0
+    per_step = sum(r for r, _ in recent_episodes) / max(sum(n for _, n in recent_episodes), 1)
+    return per_step * segment_length
 
 
 class SimulatedTeacher:
@@ -110,25 +131,28 @@ class SimulatedTeacher:
         self.eps_mistake = eps_mistake
         self.skip_threshold = skip_threshold
         self.equal_threshold = equal_threshold
-        self.return_scale = 1.0
         self.rng = np.random.default_rng(seed)
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """A simulated teacher needs no notice of the sessions to come."""
 
-    def set_return_scale(self, scale: float) -> None:
-        """Set the segment-return scale that the skip and equal thresholds are multiplied by."""
-        self.return_scale = abs(float(scale))
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
     def answer(self, queries: QueryBatch) -> np.ndarray:
         """The `Teacher` interface: label a session's queries from their rewards."""
-        return self.label(queries.rewards_a, queries.rewards_b)
+        return self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)
 
-    def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
-        """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`.
+    def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray, return_scale: float = 1.0) -> np.ndarray:
+        """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`; the skip and equal
+        thresholds are multiplied by `return_scale` (its absolute value).
 
         Returns a float array `(n_pairs,)` of P(B better) answers: 0, 1, 0.5 (equal) or NaN (skipped).
         """
+        scale = abs(float(return_scale))
         rewards_a = np.asarray(rewards_a, dtype=np.float64)
         rewards_b = np.asarray(rewards_b, dtype=np.float64)
         if rewards_a.shape != rewards_b.shape or rewards_a.ndim != 2:
@@ -147,10 +171,39 @@ class SimulatedTeacher:
         flip = self.rng.random(len(labels)) < self.eps_mistake
         labels[flip] = 1.0 - labels[flip]
 
-        labels[np.abs(return_a - return_b) < self.equal_threshold * self.return_scale] = EQUAL
+        labels[np.abs(return_a - return_b) < self.equal_threshold * scale] = EQUAL
         if self.skip_threshold > 0:
-            labels[np.maximum(return_a, return_b) <= self.skip_threshold * self.return_scale] = SKIP
+            labels[np.maximum(return_a, return_b) <= self.skip_threshold * scale] = SKIP
         return labels
+
+
+def validate_teacher_args(args) -> None:
+    """One-line errors for the teacher flags of a run (`--teacher-feedback-mode` and what goes with it)."""
+    from framework.feedback_client import validate_feedback_args
+
+    if args.teacher_feedback_mode == "human" and args.teacher_reward is not None:
+        raise UsageError(
+            "--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
+            "the person on the feedback page judges"
+        )
+    validate_feedback_args(args)
+
+
+def make_teacher(args, run_name: str, run_dir: str) -> Teacher:
+    """The teacher a run's flags ask for: a person on the feedback page (`--teacher-feedback-mode human`, see
+    `framework.feedback_client`) or B-Pref's simulated teacher (the `--teacher-*` flags), seeded from `--seed`."""
+    if args.teacher_feedback_mode == "human":
+        from framework.feedback_client import make_human_teacher
+
+        return make_human_teacher(args, run_name, args.env_id, run_dir)
+    return SimulatedTeacher(
+        args.teacher_beta,
+        args.teacher_gamma,
+        args.teacher_eps_mistake,
+        args.teacher_eps_skip,
+        args.teacher_eps_equal,
+        seed=args.seed + 1,
+    )
 
 
 class RewardFunction:
@@ -230,14 +283,9 @@ class TeacherRewardWrapper(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        data = getattr(self.env.unwrapped, "data", None)
+        qpos, qvel = qpos_qvel(self.env)
         info["teacher_reward"] = self.reward_fn(
-            obs=self._last_obs,
-            action=action,
-            next_obs=obs,
-            qpos=None if data is None else data.qpos.copy(),
-            qvel=None if data is None else data.qvel.copy(),
-            info=info,
+            obs=self._last_obs, action=action, next_obs=obs, qpos=qpos, qvel=qvel, info=info
         )
         self._last_obs = obs
         return obs, reward, terminated, truncated, info

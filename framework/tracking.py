@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 import os
 import time
 from typing import Iterator
 
 from torch.utils.tensorboard import SummaryWriter
+
+from framework.checkpoint import atomic_write_bytes
 
 
 def hyperparameter_table(config: dict) -> str:
@@ -89,3 +93,64 @@ def timed(totals: dict[str, float], phase: str) -> Iterator[None]:
         yield
     finally:
         totals[phase] = totals.get(phase, 0.0) + time.perf_counter() - start
+
+
+SUMMARY_KEYS = {
+    "algorithm": "the script's name: sac, ppo, sac_rlhf or pref_ppo",
+    "env_id": "the Gymnasium environment id",
+    "seed": "--seed",
+    "total_timesteps": "environment steps taken (fewer than --total-timesteps after an early stop)",
+    "stop_reason": "budget, or why the run stopped early",
+    "final_eval_return": "mean TRUE return of the last evaluation",
+    "best_eval_return": "the best evaluation's mean TRUE return",
+    "eval_history": "[env step, mean TRUE return] of every evaluation",
+    "labels_used": "labels asked of the teacher (0 for the oracles)",
+    "sps": "env steps per second over the run, evaluation and checkpoint writing excluded",
+    "learning_sps": "env steps per second from the first step the agent learns from its reward to the end (after "
+    "random steps and pre-exploration; feedback sessions included), evaluation and checkpoint writing excluded",
+    "wall_time_s": "seconds from the start of training to its end",
+    "phase_time_s": "seconds spent in each phase (evaluation, checkpoint, query, label, reward_training, ...)",
+    "run_dir": "the run folder",
+}
+"""The keys every script writes to `<run>/summary.json`, with their meaning; scripts add their own after these."""
+
+
+class RunClock:
+    """Wall time of a run for its summary: steps per second over the whole run and over named stretches of it
+    (`begin`), with the time of the `EXCLUDED` phases of `times` (evaluation, checkpoint writing) taken out."""
+
+    EXCLUDED = ("evaluation", "checkpoint")
+
+    def __init__(self, times: dict[str, float], step: int = 0):
+        self.times = times
+        self.marks: dict[str, tuple[float, int, float]] = {"run": (time.perf_counter(), step, self._excluded())}
+
+    def _excluded(self) -> float:
+        return sum(self.times.get(phase, 0.0) for phase in self.EXCLUDED)
+
+    def begin(self, name: str, step: int) -> None:
+        """Start the stretch `name` after env step `step` (later calls for the same name are ignored)."""
+        if name not in self.marks:
+            self.marks[name] = (time.perf_counter(), step, self._excluded())
+
+    def rate(self, name: str, step: int) -> float:
+        """Env steps per second from the start of `name` to env step `step`, now (NaN if it never began)."""
+        if name not in self.marks or step <= self.marks[name][1]:
+            return math.nan
+        start, first, excluded = self.marks[name]
+        return (step - first) / max(time.perf_counter() - start - (self._excluded() - excluded), 1e-9)
+
+    def speeds(self, step: int) -> dict[str, float]:
+        """The summary's `sps`, `learning_sps` (from `begin("learning", ...)`) and `wall_time_s`."""
+        return {"sps": self.rate("run", step), "learning_sps": self.rate("learning", step),
+                "wall_time_s": time.perf_counter() - self.marks["run"][0]}
+
+
+def write_summary(run_dir: str, summary: dict) -> dict:
+    """Write `<run>/summary.json` atomically; `summary` holds every `SUMMARY_KEYS` key first, then the script's own."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise KeyError(f"summary.json lacks {missing}")
+    ordered = {**{k: summary[k] for k in SUMMARY_KEYS}, **summary}
+    atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(ordered, indent=2).encode())
+    return ordered

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, run_script
 from framework.checkpoint import load_checkpoint
-from framework.pref_ppo import load_labels
+from framework.labels import load_labels
 
 # 2 envs x 256 steps per rollout (512 env steps), pre-exploration for 1024 steps, feedback every 1024 steps.
 TINY = ["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--num-steps", "256", "--num-minibatches", "8",
@@ -44,7 +44,7 @@ def test_every_feature_on(runs_dir, tmp_path):
     summary = summary_of(run)
     assert summary["total_timesteps"] == 4096 and summary["stop_reason"] == "budget"
     assert 30 <= summary["labels_used"] <= 60 and summary["sessions"] >= 2
-    assert summary["segments_stored"] == 4096 // 32 and summary["main_phase_sps"] > 0
+    assert summary["segments_stored"] == 4096 // 32 and summary["learning_sps"] > 0
     labels = load_labels(str(run / "labels.npz"))
     assert len(labels["labels"]) == summary["labels_stored"] > 0 and labels["seg_a"].shape[1:] == (32, 5)
     assert labels["steps"].min() == 1024, "the first session comes right after pre-exploration"

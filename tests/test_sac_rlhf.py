@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, run_script
 from framework.checkpoint import load_checkpoint
-from framework.sac_rlhf import load_labels
+from framework.labels import load_labels
 
 # A small but complete configuration: 200 random steps, 300 steps of pre-exploration, feedback every 400 steps.
 TINY = ["--env-id", "InvertedPendulum-v5", "--learning-starts", "200", "--unsupervised-steps", "300",
@@ -57,7 +57,7 @@ def test_every_feature_on(runs_dir, tmp_path):
     assert summary["total_timesteps"] == 1800 and summary["stop_reason"] == "budget"
     assert summary["labels_used"] == 60 and summary["sessions"] == 3  # sessions at 500, 900 and 1500
     assert 0 < summary["labels_stored"] <= 60
-    assert summary["main_phase_sps"] > 0 and summary["phase_time_s"]["reward_training"] > 0
+    assert summary["learning_sps"] > 0 and summary["phase_time_s"]["reward_training"] > 0
 
     labels = load_labels(str(run / "labels.npz"))
     assert len(labels["labels"]) == summary["labels_stored"]

@@ -64,19 +64,16 @@ def test_skip_threshold_is_relative_to_the_return_scale():
     a = np.array([[0.1] * T, [0.1] * T, [1.0] * T])
     b = np.array([[0.2] * T, [0.9] * T, [0.1] * T])  # max returns: 2, 9, 10
     teacher = SimulatedTeacher(skip_threshold=0.5)
-    teacher.set_return_scale(10.0)  # skip when neither return exceeds 5
-    labels = teacher.label(a, b)
+    labels = teacher.label(a, b, return_scale=10.0)  # skip when neither return exceeds 5
     assert math.isnan(labels[0]) and labels[1] == 1.0 and labels[2] == 0.0
-    teacher.set_return_scale(1.0)  # now only returns <= 0.5 are skipped
-    assert not np.isnan(teacher.label(a, b)).any()
+    assert not np.isnan(teacher.label(a, b, return_scale=1.0)).any()  # now only returns <= 0.5 are skipped
 
 
 def test_equal_threshold_gives_half_labels():
     a = np.array([[1.0] * T, [1.0] * T])
     b = np.array([[1.02] * T, [1.5] * T])  # return differences: 0.2 and 5
     teacher = SimulatedTeacher(equal_threshold=0.1)
-    teacher.set_return_scale(10.0)  # "equal" below a difference of 1
-    np.testing.assert_array_equal(teacher.label(a, b), [EQUAL, 1.0])
+    np.testing.assert_array_equal(teacher.label(a, b, return_scale=10.0), [EQUAL, 1.0])  # "equal" below 1
 
 
 @pytest.mark.parametrize(

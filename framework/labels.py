@@ -1,0 +1,62 @@
+"""What a preference-based run keeps of its labels, the same for every algorithm.
+
+- `<run>/labels.npz`: every labelled pair with its segments (`save_labels` / `load_labels`);
+- `<run>/label_schedule.png`: when the feedback sessions come and how many labels each asks (`plot_label_schedule`);
+- `reward_correlations`: how well the learned per-step reward tracks the true one, logged after each session.
+
+Label convention: a label is P(second segment better): 0 (A, the left clip), 1 (B, the right clip), 0.5 (equal).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from framework.checkpoint import atomic_write_bytes
+
+LABEL_KEYS = ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
+"""The arrays of a labels file: segments (n, T, obs + action), masks (n, T), labels (n,), the env step at which each
+label arrived (n,), and whether the pair is held out for validation (n,)."""
+
+
+def save_labels(pairs: dict[str, np.ndarray], path: str) -> None:
+    """Write the labelled pairs (`LABEL_KEYS`, a preference buffer's `state_dict()`) as a compressed .npz,
+    atomically, so that a later run or a notebook can load them."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: pairs[k] for k in LABEL_KEYS})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_labels(path: str) -> dict[str, np.ndarray]:
+    """Read a labels file written by `save_labels` (the `LABEL_KEYS` arrays)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of learned and true per-step rewards (empty when undefined)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(learned) < 3 or np.std(learned) == 0 or np.std(true) == 0:
+        return {}
+    return {"reward/pearson": float(pearsonr(learned, true)[0]), "reward/spearman": float(spearmanr(learned, true)[0])}
+
+
+def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, path: str) -> None:
+    """A step plot of the labels asked so far against the environment step, one step per session."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [0] + [s for s, _ in sessions] + [total_timesteps]
+    cumulative = [0] + list(np.cumsum([n for _, n in sessions])) + [sum(n for _, n in sessions)]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.step(steps, cumulative, where="post")
+    ax.set_xlabel("environment step")
+    ax.set_ylabel("labels asked (cumulative)")
+    ax.set_title(f"{len(sessions)} feedback sessions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
