@@ -12,14 +12,16 @@ import io
 import math
 import os
 import random
+import sys
 import tempfile
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from framework.runtime import UsageError, resumed_args
+from framework.runtime import UsageError, on_interrupt, resumed_args
 
 T = TypeVar("T")
 
@@ -107,23 +109,39 @@ def restore_rng_states(saved: dict, device: torch.device, **generators: np.rando
 
 class Checkpointer:
     """A run's `<run>/checkpoint.pt`, written from what `snapshot()` returns: every `frequency` env steps (at the
-    first moment the caller finds `due`), when interrupted and at the end. Time spent goes to `times["checkpoint"]`."""
+    first moment the caller finds it `due`), when interrupted (`save_on_interrupt`) and at the end. `progress` is the
+    run's progress record: its `global_step` says where the run is, its `phase_time["checkpoint"]` gets the time
+    spent writing."""
 
-    def __init__(self, run_dir: str, frequency: int, snapshot: Callable[[], dict], times: dict[str, float],
-                 step: int = 0):
-        self.path = os.path.join(run_dir, "checkpoint.pt")
-        self.frequency, self.snapshot, self.times = frequency, snapshot, times
-        self.next = self._after(step)
+    def __init__(self, run_dir: str, frequency: int, snapshot: Callable[[], dict], progress):
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, "checkpoint.pt")
+        self.frequency, self.snapshot, self.progress = frequency, snapshot, progress
+        self.next = self._after(self.step())
+
+    def step(self) -> int:
+        return self.progress.global_step
 
     def _after(self, step: int) -> float:
         return (step // self.frequency + 1) * self.frequency if self.frequency else math.inf
 
-    def due(self, step: int) -> bool:
-        return step >= self.next
+    def due(self) -> bool:
+        return self.step() >= self.next
 
-    def save(self, reason: str, step: int) -> None:
-        start = time.perf_counter()
+    def save(self, reason: str) -> None:
+        start, step = time.perf_counter(), self.step()
         save_checkpoint(self.snapshot(), self.path)
-        self.times["checkpoint"] = self.times.get("checkpoint", 0.0) + time.perf_counter() - start
+        times = self.progress.phase_time
+        times["checkpoint"] = times.get("checkpoint", 0.0) + time.perf_counter() - start
         self.next = self._after(step)
         print(f"saved checkpoint at step {step} ({reason})", flush=True)
+
+    def save_on_interrupt(self, *close: Callable[[], None]) -> None:
+        """On Ctrl-C or SIGTERM (see `runtime.run_main`): save, call each of `close`, say how to continue."""
+
+        def stop() -> None:
+            self.save("interrupted")
+            for fn in close:
+                fn()
+            print(f"interrupted at step {self.step()}; continue with --resume {self.run_dir}", file=sys.stderr)
+
+        on_interrupt(stop)

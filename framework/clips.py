@@ -1,10 +1,10 @@
 """Query clips: render stored physics states to frames and encode them as H.264 mp4 for the labeling page.
 
 Clips are rendered after the fact, only for the segments put to a human, from the physics states the replay buffer
-keeps (`info["physics_state"]`, laid out by `framework.envs`); training never renders. Rendering is headless (MUJOCO_GL=egl or
-osmesa) with one `mujoco.Renderer` per (env, size) and process, on its own `MjData`: environments that render and are
-garbage-collected cannot blank it. Quality is set for speed: no shadows, no reflections, no multisampling (about 75
-frames/s at 480x480 and 140 at 256x256 on a 2-core CPU, against 10-15 at the default quality).
+keeps (`info["physics_state"]`, laid out by `framework.envs`); training never renders. Rendering is headless
+(MUJOCO_GL=egl or osmesa) with one `mujoco.Renderer` per (env, size) and process, on its own `MjData`: environments
+that render and are garbage-collected cannot blank it. Quality is set for speed: no shadows, no reflections, no
+multisampling (about 75 frames/s at 480x480 and 140 at 256x256 on a 2-core CPU, against 10-15 at the default quality).
 
 The camera follows the body: the model's `track` camera when it has one (Hopper, Walker2d, HalfCheetah, Ant, Swimmer;
 Hopper-v5's default view is fixed and the robot walks out of frame), otherwise the env's default view.
@@ -27,7 +27,7 @@ import numpy as np
 from framework.envs import check_env_id, physics_state_size, write_physics_state
 from framework.runtime import UsageError, setup_headless_rendering
 
-_RENDERERS: dict[tuple[str, int], "ClipRenderer"] = {}
+_RENDERERS: dict[tuple[str, int], ClipRenderer] = {}
 
 
 class ClipRenderer:
@@ -78,7 +78,8 @@ class ClipRenderer:
         return physics_state_size(self.model)
 
     def render(self, physics: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """(T, physics_dim) states -> (T, size, size, 3) uint8 frames; masked steps repeat the last live frame, darkened."""
+        """(T, physics_dim) states -> (T, size, size, 3) uint8 frames; masked steps repeat the last live frame,
+        darkened."""
         physics = np.asarray(physics, dtype=np.float64)
         if physics.ndim != 2 or physics.shape[1] != self.physics_dim:
             raise ValueError(f"expected states of shape (T, {self.physics_dim}) for {self.env_id}, got {physics.shape}")
@@ -130,9 +131,34 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
         raise ValueError(f"expected (T>0, even H, even W, 3) frames, got {frames.shape}")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "clip.mp4")
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-an", "-c:v", "libx264", "-preset", "veryfast",
-               "-crf", "23", "-pix_fmt", "yuv420p", "-movflags", "+faststart", path]
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            f"{fps:g}",
+            "-i",
+            "-",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            path,
+        ]
         result = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
         if result.returncode != 0:
             raise RuntimeError(f"ffmpeg failed to encode a clip: {result.stderr.decode(errors='replace').strip()}")
@@ -140,8 +166,14 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
             return f.read()
 
 
-def render_pair(renderer: ClipRenderer, physics_a: np.ndarray, mask_a: np.ndarray, physics_b: np.ndarray,
-                mask_b: np.ndarray, fps: float) -> tuple[bytes, bytes]:
+def render_pair(
+    renderer: ClipRenderer,
+    physics_a: np.ndarray,
+    mask_a: np.ndarray,
+    physics_b: np.ndarray,
+    mask_b: np.ndarray,
+    fps: float,
+) -> tuple[bytes, bytes]:
     """The two clips of one query (A left, B right), same length and frame rate."""
     if len(physics_a) != len(physics_b):
         raise ValueError(f"the two segments differ in length: {len(physics_a)} and {len(physics_b)}")

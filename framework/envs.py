@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -123,8 +123,9 @@ def make_env(
 ) -> gym.Env:
     """Make one seeded environment with episode statistics (and the physics state, for MuJoCo envs).
 
-    `capture_video` records every `video_every`-th episode to `video_dir` (headless; set MUJOCO_GL=egl or osmesa). `teacher_reward`,
-    a function from `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at every step.
+    `capture_video` records every `video_every`-th episode to `video_dir` (headless; set MUJOCO_GL=egl or osmesa).
+    `teacher_reward`, a function from `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at
+    every step.
     """
     check_env_id(env_id)
     env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
@@ -132,7 +133,11 @@ def make_env(
         if video_dir is None:
             raise UsageError("capture_video needs a video_dir")
         env = gym.wrappers.RecordVideo(
-            env, video_dir, episode_trigger=lambda episode: episode % video_every == 0, name_prefix=video_prefix, disable_logger=True
+            env,
+            video_dir,
+            episode_trigger=lambda episode: episode % video_every == 0,
+            name_prefix=video_prefix,
+            disable_logger=True,
         )
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if is_mujoco(env):

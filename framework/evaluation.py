@@ -7,8 +7,8 @@ user-written teacher reward is in use, its episode return is reported too (`teac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -28,6 +28,9 @@ class EvalResult:
     @property
     def std_return(self) -> float:
         return float(np.std(self.returns))
+
+    def __str__(self) -> str:
+        return f"eval_return={self.mean_return:.1f} +- {self.std_return:.1f}"
 
     def as_scalars(self, prefix: str = "eval") -> dict[str, float]:
         out = {
@@ -58,6 +61,10 @@ class EvalHistory:
     @property
     def final(self) -> float:
         return self.returns[-1][1] if self.returns else float("nan")
+
+    def summary(self) -> dict:
+        """The summary.json keys of the evaluations: final_eval_return, best_eval_return, eval_history."""
+        return {"final_eval_return": self.final, "best_eval_return": self.best, "eval_history": self.returns}
 
     def stop_reason(self, early_stop_return: float | None, patience: int) -> str | None:
         """Why to stop after the latest evaluation (`--early-stop-return`, `--early-stop-patience`), or None."""

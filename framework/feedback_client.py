@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,8 +67,10 @@ def validate_feedback_args(args: HumanFeedbackArgs) -> None:
     if args.teacher_feedback_mode == "human":
         parsed = urlparse(args.feedback_server_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise UsageError(f"--feedback-server-url {args.feedback_server_url!r} is not an http(s) URL "
-                             "(for example http://127.0.0.1:5001)")
+            raise UsageError(
+                f"--feedback-server-url {args.feedback_server_url!r} is not an http(s) URL "
+                "(for example http://127.0.0.1:5001)"
+            )
     if args.feedback_timeout < 0 or not math.isfinite(args.feedback_timeout):
         raise UsageError(f"--feedback-timeout must be >= 0 seconds (0: no limit), got {args.feedback_timeout}")
     if args.clip_size < 16 or args.clip_size % 2:
@@ -94,8 +95,9 @@ class FeedbackClient:
     """JSON over HTTP to the feedback server. Connection errors and 5xx answers are retried with backoff (printed
     once per outage); a 4xx is a `FeedbackServerError` with the server's message."""
 
-    def __init__(self, url: str, token: str | None = None, request_timeout: float = 30.0, max_backoff: float = 10.0,
-                 log=None):
+    def __init__(
+        self, url: str, token: str | None = None, request_timeout: float = 30.0, max_backoff: float = 10.0, log=None
+    ):
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["X-Prefrl-Client"] = "prefrl-trainer"
@@ -103,13 +105,13 @@ class FeedbackClient:
             self.session.headers["X-Prefrl-Token"] = token
         self.request_timeout, self.max_backoff = request_timeout, max_backoff
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self._lock = threading.Lock()
 
     def page_url(self, run_id: str | None = None) -> str:
         return self.url + "/" + (f"?run={run_id}" if run_id else "")
 
-    def request(self, method: str, path: str, deadline: float | None = None, expect: tuple[str, ...] = (),
-                **kwargs) -> dict:
+    def request(
+        self, method: str, path: str, deadline: float | None = None, expect: tuple[str, ...] = (), **kwargs
+    ) -> dict:
         """One API call. Retried with backoff through outages, 5xx and replies without the `expect`ed JSON keys; with
         a `deadline` (time.monotonic()), every attempt is bounded by the time left and `FeedbackTimeout` is raised
         when it has passed."""
@@ -132,18 +134,23 @@ class FeedbackClient:
                 problem = describe(e)
             if down_since is None:
                 down_since = time.monotonic()
-                self.log(f"feedback server at {self.url} unreachable ({problem}); retrying with backoff "
-                         "(nothing is lost: start the server and the run goes on)")
+                self.log(
+                    f"feedback server at {self.url} unreachable ({problem}); retrying with backoff "
+                    "(nothing is lost: start the server and the run goes on)"
+                )
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise FeedbackTimeout(problem)
             time.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
         if response.status_code == 401:
-            raise FeedbackServerError(f"the feedback server at {self.url} refused the token: set ${TOKEN_ENV} to the "
-                                      "token the server was started with")
+            raise FeedbackServerError(
+                f"the feedback server at {self.url} refused the token: set ${TOKEN_ENV} to the "
+                "token the server was started with"
+            )
         if response.status_code >= 400:
-            raise FeedbackServerError(f"the feedback server at {self.url} refused {method} {path}: "
-                                      f"{body.get('error', response.status_code)}")
+            raise FeedbackServerError(
+                f"the feedback server at {self.url} refused {method} {path}: {body.get('error', response.status_code)}"
+            )
         return body
 
     # the trainer API
@@ -162,22 +169,35 @@ class FeedbackClient:
             return False
 
     def put_run(self, run_id: str, env_id: str, question: str, deadline: float | None = None) -> dict:
-        return self.request("PUT", f"/api/runs/{run_id}", deadline, ("run_id",), json={"env_id": env_id, "question": question})
+        return self.request(
+            "PUT", f"/api/runs/{run_id}", deadline, ("run_id",), json={"env_id": env_id, "question": question}
+        )
 
-    def upload(self, run_id: str, specs: list[dict], clips: dict[str, tuple[bytes, bytes]],
-               deadline: float | None = None) -> dict:
+    def upload(
+        self, run_id: str, specs: list[dict], clips: dict[str, tuple[bytes, bytes]], deadline: float | None = None
+    ) -> dict:
         files = []
         for key, (left, right) in clips.items():
-            files += [(f"left:{key}", (f"{key}-left.mp4", left, "video/mp4")),
-                      (f"right:{key}", (f"{key}-right.mp4", right, "video/mp4"))]
-        return self.request("POST", f"/api/runs/{run_id}/queries", deadline, ("added",), data={"queries": json.dumps(specs)},
-                            files=files)
+            files += [
+                (f"left:{key}", (f"{key}-left.mp4", left, "video/mp4")),
+                (f"right:{key}", (f"{key}-right.mp4", right, "video/mp4")),
+            ]
+        return self.request(
+            "POST",
+            f"/api/runs/{run_id}/queries",
+            deadline,
+            ("added",),
+            data={"queries": json.dumps(specs)},
+            files=files,
+        )
 
     def queries(self, run_id: str, deadline: float | None = None) -> list[dict]:
         return self.request("GET", f"/api/runs/{run_id}/queries", deadline, ("queries",))["queries"]
 
     def events(self, run_id: str, since: int, deadline: float | None = None) -> tuple[list[dict], int]:
-        body = self.request("GET", f"/api/runs/{run_id}/events", deadline, ("events", "cursor"), params={"since": since})
+        body = self.request(
+            "GET", f"/api/runs/{run_id}/events", deadline, ("events", "cursor"), params={"since": since}
+        )
         return body["events"], body["cursor"]
 
     def close(self, run_id: str, keys: list[str], deadline: float | None = None) -> dict[str, dict]:
@@ -208,14 +228,17 @@ def parse_reply(response: requests.Response, expect: tuple[str, ...]) -> dict:
         return body if isinstance(body, dict) else {"error": one_line(response.text)}
     if not isinstance(body, dict) or any(k not in body for k in expect):
         kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-        raise NotTheServer(f"HTTP {response.status_code} with {kind} that is not the feedback server's reply "
-                           f"(a proxy or a wrong URL?): {one_line(response.text, 80)!r}")
+        raise NotTheServer(
+            f"HTTP {response.status_code} with {kind} that is not the feedback server's reply "
+            f"(a proxy or a wrong URL?): {one_line(response.text, 80)!r}"
+        )
     return body
 
 
 # ---------------------------------------------------------------------------------------------------- local server
-def start_local_server(url: str, token: str | None = None, data_dir: str | None = None, log_path: str | None = None,
-                       wait_s: float = 30.0) -> subprocess.Popen | None:
+def start_local_server(
+    url: str, token: str | None = None, data_dir: str | None = None, log_path: str | None = None, wait_s: float = 30.0
+) -> subprocess.Popen | None:
     """Start humanFeedback/feedback_server.py on the URL's loopback port as a child process, stopped at exit.
 
     Its output goes to `log_path` (appended; never a pipe, which would fill with the server's one line per request
@@ -223,8 +246,10 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
     answers at `url` (it is used as it is)."""
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost", "::1") or parsed.scheme != "http":
-        raise UsageError(f"--feedback-server-autostart starts a server on this machine; --feedback-server-url must be "
-                         f"http://127.0.0.1:<port>, got {url!r}")
+        raise UsageError(
+            f"--feedback-server-autostart starts a server on this machine; --feedback-server-url must be "
+            f"http://127.0.0.1:<port>, got {url!r}"
+        )
     client = FeedbackClient(url, token)
     if client.health():
         print(f"feedback server already running at {url}; using it", flush=True)
@@ -247,7 +272,9 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
             with open(log_path, "rb") as f:
                 f.seek(offset)
                 said = f.read().decode(errors="replace").strip().splitlines()
-            raise UsageError(f"the feedback server did not start: {said[-1] if said else 'no output'} (log: {log_path})")
+            raise UsageError(
+                f"the feedback server did not start: {said[-1] if said else 'no output'} (log: {log_path})"
+            )
         if client.health(timeout=1.0):
             break
         time.sleep(0.2)
@@ -264,7 +291,9 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
                 proc.kill()
 
     atexit.register(stop)
-    print(f"started a feedback server at {url} (pid {proc.pid}, log {log_path}); it stops when training ends", flush=True)
+    print(
+        f"started a feedback server at {url} (pid {proc.pid}, log {log_path}); it stops when training ends", flush=True
+    )
     return proc
 
 
@@ -272,9 +301,20 @@ def start_local_server(url: str, token: str | None = None, data_dir: str | None 
 class HumanTeacher:
     """A `framework.teacher.Teacher` whose answers come from people on the feedback page."""
 
-    def __init__(self, client: FeedbackClient, run_id: str, env_id: str, run_dir: str, clip_size: int = 320,
-                 clip_fps: float = 30.0, timeout: float = 0.0, question: str = "Which clip is better?",
-                 poll_interval: float = 0.5, progress: bool = True, close_grace: float = 30.0):
+    def __init__(
+        self,
+        client: FeedbackClient,
+        run_id: str,
+        env_id: str,
+        run_dir: str,
+        clip_size: int = 320,
+        clip_fps: float = 30.0,
+        timeout: float = 0.0,
+        question: str = "Which clip is better?",
+        poll_interval: float = 0.5,
+        progress: bool = True,
+        close_grace: float = 30.0,
+    ):
         self.client, self.run_id, self.env_id = client, run_id, env_id
         self.clip_size, self.clip_fps, self.timeout = clip_size, clip_fps, timeout
         self.poll_interval, self.progress, self.close_grace = poll_interval, progress, close_grace
@@ -307,7 +347,7 @@ class HumanTeacher:
         client.put_run(run_id, env_id, question)
 
     def state_dict(self) -> dict:
-        """Nothing: what a resumed run needs (the answers, the sessions closed) is in answers.jsonl and on the server."""
+        """Nothing: what a resumed run needs (answers, sessions closed) is in answers.jsonl and on the server."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -333,9 +373,16 @@ class HumanTeacher:
         return f"feedback session {session + 1}" + (f" of {len(self.schedule)}" if self.schedule else "")
 
     def post_status(self, state: str, sessions_done: int, next_in_s: float | None = None) -> None:
-        self.client.put_status(self.run_id, {"state": state, "sessions_done": sessions_done,
-                                             "sessions_total": len(self.schedule) or None, "next_in_s": next_in_s,
-                                             "labels_given": self.answers_given})
+        self.client.put_status(
+            self.run_id,
+            {
+                "state": state,
+                "sessions_done": sessions_done,
+                "sessions_total": len(self.schedule) or None,
+                "next_in_s": next_in_s,
+                "labels_given": self.answers_given,
+            },
+        )
 
     def next_session_in(self, session: int, step: int) -> float | None:
         """Seconds until the session after `session` (which ran at env `step`), at the pace training kept since the
@@ -362,8 +409,11 @@ class HumanTeacher:
             self._append([{"closed_on_server": session, "late_answers": late, "time": time.time()}])
             del self.unclosed[session]
             if late:
-                print(f"{self.session_name(session)}: {len(late)} answers reached the server after the session ended "
-                      "and were not used", flush=True)
+                print(
+                    f"{self.session_name(session)}: {len(late)} answers reached the server after the session ended "
+                    "and were not used",
+                    flush=True,
+                )
 
     # ------------------------------------------------------------------------------------------------- the session
     def upload(self, queries: QueryBatch, on_first=None) -> float:
@@ -388,12 +438,18 @@ class HumanTeacher:
             chunk: dict[str, tuple[bytes, bytes]] = {}
             specs: list[dict] = []
             for n, i in enumerate(todo):
-                chunk[keys[i]] = render_pair(renderer, queries.physics_a[i], queries.mask_a[i], queries.physics_b[i],
-                                             queries.mask_b[i], fps)
+                chunk[keys[i]] = render_pair(
+                    renderer, queries.physics_a[i], queries.mask_a[i], queries.physics_b[i], queries.mask_b[i], fps
+                )
                 # where the episode ended inside each clip (the frames after it are padding)
-                specs.append({"key": keys[i], "session": queries.session,
-                              "left_valid": max(float((queries.mask_a[i] > 0).sum()), 1.0) / seg_len,
-                              "right_valid": max(float((queries.mask_b[i] > 0).sum()), 1.0) / seg_len})
+                specs.append(
+                    {
+                        "key": keys[i],
+                        "session": queries.session,
+                        "left_valid": max(float((queries.mask_a[i] > 0).sum()), 1.0) / seg_len,
+                        "right_valid": max(float((queries.mask_b[i] > 0).sum()), 1.0) / seg_len,
+                    }
+                )
                 if len(chunk) >= (2 if n < 4 else 5) or n == len(todo) - 1:
                     pending.append(uploader.submit(self.client.upload, self.run_id, specs, chunk))
                     if len(pending) == 1 and on_first:
@@ -414,17 +470,30 @@ class HumanTeacher:
         self.close_unclosed(time.monotonic() + 5.0)
         self.post_status("waiting", queries.session)
         url = self.client.page_url(self.run_id)
-        self.upload(queries, on_first=lambda: print(f"{name}: {len(keys)} pairs of clips; the first are ready to label "
-                                                    f"at {url}", flush=True))
+        self.upload(
+            queries,
+            on_first=lambda: print(
+                f"{name}: {len(keys)} pairs of clips; the first are ready to label at {url}", flush=True
+            ),
+        )
         deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
-        print(f"{name}: all {len(keys)} pairs are on the page; waiting for answers"
-              + (f" (at most {self.timeout:g} s)" if deadline else ""), flush=True)
+        print(
+            f"{name}: all {len(keys)} pairs are on the page; waiting for answers"
+            + (f" (at most {self.timeout:g} s)" if deadline else ""),
+            flush=True,
+        )
         wanted = set(keys)
         # what people answered: first from answers.jsonl (a resumed run), then from the server's event feed
         current = self._replay({}, [r for r in self.history if r["key"] in wanted])
         cursor = 0
-        bar = tqdm(total=len(keys), desc=f"{name}: answered", unit="pair", disable=not self.progress, file=sys.stderr,
-                   bar_format="{desc} {n}/{total} pairs |{bar:20}| {elapsed} waiting")
+        bar = tqdm(
+            total=len(keys),
+            desc=f"{name}: answered",
+            unit="pair",
+            disable=not self.progress,
+            file=sys.stderr,
+            bar_format="{desc} {n}/{total} pairs |{bar:20}| {elapsed} waiting",
+        )
         log = self.client.log
         self.client.log = lambda msg: tqdm.write(msg, file=sys.stderr) if self.progress else log(msg)
         timed_out = False
@@ -433,9 +502,19 @@ class HumanTeacher:
                 try:
                     while True:  # drain the event feed
                         events, cursor = self.client.events(self.run_id, cursor, deadline)
-                        new = [{"event": e["id"], "key": e["key"], "kind": e["kind"], "choice": e["choice"],
-                                "label": e["label"], "labeler": e["labeler"], "time": e["time"]}
-                               for e in events if e["key"] in wanted and e["id"] not in self.recorded]
+                        new = [
+                            {
+                                "event": e["id"],
+                                "key": e["key"],
+                                "kind": e["kind"],
+                                "choice": e["choice"],
+                                "label": e["label"],
+                                "labeler": e["labeler"],
+                                "time": e["time"],
+                            }
+                            for e in events
+                            if e["key"] in wanted and e["id"] not in self.recorded
+                        ]
                         self._append(new)
                         self.recorded.update(r["event"] for r in new)
                         self.history += new
@@ -456,22 +535,40 @@ class HumanTeacher:
             bar.close()
             self.client.log = log
         labels, answered, on_server = self._close(queries.session, keys, current, timed_out)
-        self._append([{"closed": queries.session, "step": queries.step, "keys": keys, "answered": answered,
-                       "labels": [None if np.isnan(x) else float(x) for x in labels], "on_server": on_server,
-                       "time": time.time()}])
+        self._append(
+            [
+                {
+                    "closed": queries.session,
+                    "step": queries.step,
+                    "keys": keys,
+                    "answered": answered,
+                    "labels": [None if np.isnan(x) else float(x) for x in labels],
+                    "on_server": on_server,
+                    "time": time.time(),
+                }
+            ]
+        )
         self.answers_given += answered
         self.closed.add(queries.session)
         if timed_out and on_server:
-            print(f"{name}: --feedback-timeout {self.timeout:g} s passed with {answered} of {len(keys)} pairs "
-                  f"answered; training goes on with those, and the other {len(keys) - answered} left the page",
-                  flush=True)
+            print(
+                f"{name}: --feedback-timeout {self.timeout:g} s passed with {answered} of {len(keys)} pairs "
+                f"answered; training goes on with those, and the other {len(keys) - answered} left the page",
+                flush=True,
+            )
         elif not on_server:
-            print(f"{name}: the feedback server is unreachable at the deadline; training goes on with the {answered} "
-                  f"answers it acknowledged (kept in {self.answers_path}); the session is closed on the server when "
-                  "it is back, until then its other pairs may still show on the page", flush=True)
+            print(
+                f"{name}: the feedback server is unreachable at the deadline; training goes on with the {answered} "
+                f"answers it acknowledged (kept in {self.answers_path}); the session is closed on the server when "
+                "it is back, until then its other pairs may still show on the page",
+                flush=True,
+            )
         finished = len(self.schedule) > 0 and queries.session + 1 >= len(self.schedule)
-        self.post_status("finished" if finished else "training", queries.session + 1,
-                         None if finished else self.next_session_in(queries.session, queries.step))
+        self.post_status(
+            "finished" if finished else "training",
+            queries.session + 1,
+            None if finished else self.next_session_in(queries.session, queries.step),
+        )
         self.last_closed = (time.monotonic(), queries.step)
         return labels
 
@@ -485,8 +582,9 @@ class HumanTeacher:
                 current.pop(e["key"], None)
         return current
 
-    def _close(self, session: int, keys: list[str], current: dict[str, dict],
-               timed_out: bool) -> tuple[np.ndarray, int, bool]:
+    def _close(
+        self, session: int, keys: list[str], current: dict[str, dict], timed_out: bool
+    ) -> tuple[np.ndarray, int, bool]:
         """Close the session on the server: what it holds now is final (the page can no longer undo it). Returns
         the labels, how many pairs were answered, and whether the server closed it. When the server cannot be reached
         (only after a deadline), every answer it acknowledged before counts and the close is retried later."""
@@ -494,11 +592,15 @@ class HumanTeacher:
             final = self.client.close(self.run_id, keys, time.monotonic() + self.close_grace if timed_out else None)
             on_server = True
         except FeedbackTimeout:
-            final = {k: {"answered": k in current, "label": current[k]["label"] if k in current else None} for k in keys}
+            final = {
+                k: {"answered": k in current, "label": current[k]["label"] if k in current else None} for k in keys
+            }
             self.unclosed[session] = keys
             on_server = False
-        labels = np.array([final[k]["label"] if final[k]["answered"] and final[k]["label"] is not None else np.nan
-                           for k in keys], dtype=np.float64)
+        labels = np.array(
+            [final[k]["label"] if final[k]["answered"] and final[k]["label"] is not None else np.nan for k in keys],
+            dtype=np.float64,
+        )
         return labels, sum(bool(final[k]["answered"]) for k in keys), on_server
 
     def finish(self) -> None:
@@ -514,9 +616,12 @@ def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_di
     if args.feedback_server_autostart:
         start_local_server(args.feedback_server_url, token, log_path=os.path.join(run_dir, "feedback_server.log"))
     client = FeedbackClient(args.feedback_server_url, token)
-    print(f"human feedback: queries go to {args.feedback_server_url}; answers are kept in {run_dir}/answers.jsonl",
-          flush=True)
-    teacher = HumanTeacher(client, run_id, env_id, run_dir, args.clip_size, args.clip_fps, args.feedback_timeout,
-                           args.feedback_question)
+    print(
+        f"human feedback: queries go to {args.feedback_server_url}; answers are kept in {run_dir}/answers.jsonl",
+        flush=True,
+    )
+    teacher = HumanTeacher(
+        client, run_id, env_id, run_dir, args.clip_size, args.clip_fps, args.feedback_timeout, args.feedback_question
+    )
     atexit.register(teacher.finish)
     return teacher

@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 
 
-def mlp(in_dim: int, out_dim: int, hidden_size: int, depth: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, hidden_size: int, depth: int, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """`depth` hidden layers of `hidden_size` units with `activation`, then a linear output layer."""
     layers = hidden_layers(in_dim, hidden_size, depth, activation)
     layers.append(nn.Linear(hidden_size if depth > 0 else in_dim, out_dim))
@@ -43,7 +45,9 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 class SACActor(nn.Module):
     """Tanh-squashed Gaussian policy, rescaled to the action space's bounds."""
 
-    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_size: int = 256, depth: int = 2):
+    def __init__(
+        self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden_size: int = 256, depth: int = 2
+    ):
         super().__init__()
         action_dim = len(action_low)
         self.trunk = nn.Sequential(*hidden_layers(obs_dim, hidden_size, depth))

@@ -23,7 +23,7 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler
-from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
+from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
@@ -84,17 +84,29 @@ class Args(RunArgs):
 
 def validate(args: Args) -> None:
     """Reject impossible settings with a one-line explanation."""
-    for name in ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size",
-                 "eval_frequency", "eval_episodes"]:
+    for name in [
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "hidden_size",
+        "eval_frequency",
+        "eval_episodes",
+    ]:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.depth < 1:
         raise UsageError(f"--depth must be >= 1, got {args.depth}")
     batch = args.num_envs * args.num_steps
     if batch % args.num_minibatches:
-        raise UsageError(f"num-envs x num-steps ({batch}) must be divisible by --num-minibatches ({args.num_minibatches})")
+        raise UsageError(
+            f"num-envs x num-steps ({batch}) must be divisible by --num-minibatches ({args.num_minibatches})"
+        )
     if args.total_timesteps < batch:
-        raise UsageError(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout (num-envs x num-steps = {batch})")
+        raise UsageError(
+            f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout (num-envs x num-steps = {batch})"
+        )
 
 
 def main(args: Args) -> dict:
@@ -111,17 +123,18 @@ def main(args: Args) -> dict:
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     require_continuous_actions(envs.single_action_space, args.env_id, "ppo.py")
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    device = pick_device(args.cuda)
+    device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
-    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos"))
+    evaluator = Evaluator(
+        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos")
+    )
 
     obs_shape = envs.single_observation_space.shape
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
-    agent = PPOAgent(int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape)), args.hidden_size, args.depth).to(device)
+    agent = PPOAgent(
+        int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape)), args.hidden_size, args.depth
+    ).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)
     reward_scaler = RewardScaler(args.num_envs, args.gamma)
@@ -163,7 +176,9 @@ def main(args: Args) -> dict:
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
             values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
 
-            raw_obs, reward, terminated, truncated, info = envs.step(np.clip(action.cpu().numpy(), action_low, action_high))
+            raw_obs, reward, terminated, truncated, info = envs.step(
+                np.clip(action.cpu().numpy(), action_low, action_high)
+            )
             done = np.logical_or(terminated, truncated)
             if args.norm_obs:
                 obs_norm.update(raw_obs)
@@ -181,7 +196,9 @@ def main(args: Args) -> dict:
             if "final_info" in info and "episode" in info["final_info"]:
                 ep = info["final_info"]["episode"]
                 for i in np.flatnonzero(info["final_info"]["_episode"]):
-                    tracker.scalars({"charts/episodic_return": ep["r"][i], "charts/episodic_length": ep["l"][i]}, global_step)
+                    tracker.scalars(
+                        {"charts/episodic_return": ep["r"][i], "charts/episodic_length": ep["l"][i]}, global_step
+                    )
 
         # generalised advantage estimation
         with torch.no_grad():
@@ -204,7 +221,7 @@ def main(args: Args) -> dict:
         # optimise the policy and value networks
         b_inds = np.arange(batch_size)
         clipfracs = []
-        for epoch in range(args.update_epochs):
+        for _epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, batch_size, minibatch_size):
                 mb_inds = b_inds[start : start + minibatch_size]
@@ -218,12 +235,19 @@ def main(args: Args) -> dict:
                 mb_advantages = b_advantages[mb_inds]
                 if args.norm_adv:
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss = torch.max(
+                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
 
                 newvalue = newvalue.view(-1)
                 if args.clip_vloss:
-                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
-                    v_loss = 0.5 * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                    )
+                    v_loss = (
+                        0.5
+                        * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
+                    )
                 else:
                     v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
                 entropy_loss = entropy.mean()
@@ -238,15 +262,18 @@ def main(args: Args) -> dict:
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
-        tracker.scalars({
-            "charts/learning_rate": optimizer.param_groups[0]["lr"],
-            "losses/value_loss": v_loss.item(),
-            "losses/policy_loss": pg_loss.item(),
-            "losses/entropy": entropy_loss.item(),
-            "losses/approx_kl": approx_kl.item(),
-            "losses/clipfrac": torch.stack(clipfracs).mean().item(),
-            "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
-        }, global_step)
+        tracker.scalars(
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy_loss.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
+            },
+            global_step,
+        )
         tracker.steps_per_second(global_step)
 
         if global_step >= next_eval or iteration == num_iterations:
@@ -254,17 +281,17 @@ def main(args: Args) -> dict:
                 result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
             evals.add(global_step, result.mean_return)
-            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
+            print(f"step={global_step} {result}", flush=True)
             next_eval += args.eval_frequency
 
-    summary = write_summary(run_dir, {
-        "algorithm": "ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": global_step,
-        "stop_reason": "budget", "final_eval_return": evals.final, "best_eval_return": evals.best,
-        "eval_history": evals.returns, "labels_used": 0, **clock.speeds(global_step), "phase_time_s": phase_time,
-        "run_dir": run_dir})
+    summary = {"algorithm": "ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": global_step}
+    summary |= {"stop_reason": "budget", "labels_used": 0, **evals.summary(), **clock.summary(global_step)}
+    summary = write_summary(run_dir, summary)
     if args.save_model:
-        save_checkpoint({"agent": agent.state_dict(), "obs_norm": obs_norm.state_dict(), "args": asdict(args)},
-                        os.path.join(run_dir, "ppo.pt"))
+        save_checkpoint(
+            {"agent": agent.state_dict(), "obs_norm": obs_norm.state_dict(), "args": asdict(args)},
+            os.path.join(run_dir, "ppo.pt"),
+        )
     evaluator.close()
     envs.close()
     tracker.close()

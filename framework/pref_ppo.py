@@ -8,9 +8,10 @@ point at the data they were given for.
 The file reads top to bottom:
   1. Args: every flag, with its meaning (the same names and defaults as sac_rlhf.py wherever the meaning is the same).
   2. The algorithm's pieces (module-level, so tests import them): segment store, and this file's own copies of the
-     reward ensemble, preference buffer, query selection, SURF, RUNE, k-NN state entropy and label schedule.
+     reward ensemble, preference buffer, query selection, SURF, RUNE, k-NN state entropy, label schedule, reward-model
+     training, and of a feedback session's two halves (`ask_teacher`, `learn_from_labels`); the run's `Progress`.
   3. main(): collect a rollout from several envs; during pre-exploration reward = k-NN state entropy; at feedback
-     sessions query, label, train the reward model; reward the rollout with the model; GAE; PPO update; evaluate.
+     sessions ask the teacher and learn from the labels; reward the rollout with the model; GAE; PPO update; evaluate.
 
     python framework/pref_ppo.py --env-id Hopper-v5
     python framework/pref_ppo.py --env-id HalfCheetah-v5 --num-envs 8 --total-labels 500 --surf
@@ -21,9 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -39,10 +39,23 @@ from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import plot_label_schedule, reward_correlations, save_labels
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
-from framework.runtime import (RunArgs, UsageError, default_run_name, interrupts_held, on_interrupt, pick_device,
-                               run_cli, seed_everything, setup_headless_rendering)
-from framework.teacher import (QueryBatch, Teacher, load_reward_function, make_teacher, segment_return_scale,
-                               validate_teacher_args)
+from framework.runtime import (
+    RunArgs,
+    UsageError,
+    default_run_name,
+    interrupts_held,
+    run_cli,
+    setup_headless_rendering,
+    setup_torch,
+)
+from framework.teacher import (
+    QueryBatch,
+    Teacher,
+    load_reward_function,
+    make_teacher,
+    segment_return_scale,
+    validate_teacher_args,
+)
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
@@ -204,49 +217,94 @@ class Args(HumanFeedbackArgs, RunArgs):
 
 def validate(args: Args) -> None:
     """Reject impossible settings with a one-line explanation, before anything is created."""
+
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
-    for name in ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size", "depth",
-                 "entropy_k", "segment_store_size", "reward_ensemble_size", "reward_hidden_size", "reward_batch_size",
-                 "reward_epochs", "segment_length", "query_pool_multiplier", "labels_per_session", "feedback_frequency",
-                 "eval_frequency", "eval_episodes", "correlation_window", "surf_mu"]:
+    for name in [
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "hidden_size",
+        "depth",
+        "entropy_k",
+        "segment_store_size",
+        "reward_ensemble_size",
+        "reward_hidden_size",
+        "reward_batch_size",
+        "reward_epochs",
+        "segment_length",
+        "query_pool_multiplier",
+        "labels_per_session",
+        "feedback_frequency",
+        "eval_frequency",
+        "eval_episodes",
+        "correlation_window",
+        "surf_mu",
+    ]:
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
-    for name in ["unsupervised_steps", "total_labels", "reward_depth", "checkpoint_frequency", "pretrain_labels",
-                 "surf_crop", "early_stop_patience", "rune_beta", "reward_weight_decay"]:
+    for name in [
+        "unsupervised_steps",
+        "total_labels",
+        "reward_depth",
+        "checkpoint_frequency",
+        "pretrain_labels",
+        "surf_crop",
+        "early_stop_patience",
+        "rune_beta",
+        "reward_weight_decay",
+    ]:
         if getattr(args, name) < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
     batch = args.num_envs * args.num_steps
     if batch % args.num_minibatches:
-        raise UsageError(f"num-envs x num-steps ({batch}) must be divisible by --num-minibatches ({args.num_minibatches})")
+        raise UsageError(
+            f"num-envs x num-steps ({batch}) must be divisible by --num-minibatches ({args.num_minibatches})"
+        )
     if args.total_timesteps < 2 * batch:
-        raise UsageError(f"--total-timesteps ({args.total_timesteps}) must cover at least two rollouts "
-                         f"(num-envs x num-steps = {batch})")
+        raise UsageError(
+            f"--total-timesteps ({args.total_timesteps}) must cover at least two rollouts "
+            f"(num-envs x num-steps = {batch})"
+        )
     if args.num_steps < args.segment_length:
-        raise UsageError(f"--num-steps ({args.num_steps}) must be at least --segment-length ({args.segment_length}): "
-                         "segments are cut from each env's rollout")
+        raise UsageError(
+            f"--num-steps ({args.num_steps}) must be at least --segment-length ({args.segment_length}): "
+            "segments are cut from each env's rollout"
+        )
     validate_teacher_args(args)
     if args.labels_per_session > max(args.total_labels, 1):
-        raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
-                         f"--total-labels ({args.total_labels})")
+        raise UsageError(
+            f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
+            f"--total-labels ({args.total_labels})"
+        )
     if args.label_schedule == "rl-teacher" and args.pretrain_labels > args.total_labels:
-        raise UsageError(f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})")
+        raise UsageError(
+            f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})"
+        )
     if args.schedule_growth <= 1.0 and args.label_schedule == "exponential":
         raise UsageError(f"--schedule-growth must be > 1 for the exponential schedule, got {args.schedule_growth}")
     if args.surf_crop >= args.segment_length:
-        raise UsageError(f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})")
+        raise UsageError(
+            f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})"
+        )
     if not 0 <= args.reward_dropout < 1 or not 0 <= args.reward_val_fraction < 1:
-        raise UsageError(f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
-                         f"{args.reward_dropout} and {args.reward_val_fraction}")
+        raise UsageError(
+            f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
+            f"{args.reward_dropout} and {args.reward_val_fraction}"
+        )
     if not 0.5 <= args.surf_tau < 1:
         raise UsageError(f"--surf-tau must be in [0.5, 1), got {args.surf_tau}")
     if not 0 <= args.rune_decay < 1:
         raise UsageError(f"--rune-decay must be in [0, 1), got {args.rune_decay}")
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
     if exploration_end + batch > args.total_timesteps:
-        raise UsageError(f"pre-exploration ({exploration_end} steps) leaves no rollout of learning out of "
-                         f"--total-timesteps ({args.total_timesteps})")
+        raise UsageError(
+            f"pre-exploration ({exploration_end} steps) leaves no rollout of learning out of "
+            f"--total-timesteps ({args.total_timesteps})"
+        )
 
 
 # ====================================================================================================== segment store
@@ -272,11 +330,19 @@ class SegmentStore:
         """Arrays of shape (num_steps, num_envs, ...) from one rollout."""
         steps, envs = episode_ends.shape
         per_env = steps // self.seg_len
-        cut = lambda a: np.swapaxes(a[: per_env * self.seg_len], 0, 1).reshape(envs * per_env, self.seg_len, *a.shape[2:])
+        cut = lambda a: np.swapaxes(a[: per_env * self.seg_len], 0, 1).reshape(
+            envs * per_env, self.seg_len, *a.shape[2:]
+        )
         ends = cut(episode_ends)
         mask = ((np.cumsum(ends, axis=1) - ends) == 0).astype(np.float32)  # up to and including the first episode end
-        new = {"obs": cut(obs), "actions": cut(actions), "teacher_rewards": cut(teacher_rewards) * mask,
-               "true_rewards": cut(true_rewards) * mask, "mask": mask, "physics": cut(physics)}
+        new = {
+            "obs": cut(obs),
+            "actions": cut(actions),
+            "teacher_rewards": cut(teacher_rewards) * mask,
+            "true_rewards": cut(true_rewards) * mask,
+            "mask": mask,
+            "physics": cut(physics),
+        }
         n = min(len(mask), self.capacity)  # a rollout larger than the store keeps its last segments
         rows = (self.pos + np.arange(n)) % self.capacity
         for key, value in new.items():
@@ -287,9 +353,15 @@ class SegmentStore:
     def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """`n` stored segments, drawn with replacement (same keys as a replay buffer's segments)."""
         rows = rng.integers(0, self.size, n)
-        return {"obs": self.obs[rows], "actions": self.actions[rows], "mask": self.mask[rows],
-                "teacher_rewards": self.teacher_rewards[rows], "true_rewards": self.true_rewards[rows],
-                "physics": self.physics[rows], "rows": rows}
+        return {
+            "obs": self.obs[rows],
+            "actions": self.actions[rows],
+            "mask": self.mask[rows],
+            "teacher_rewards": self.teacher_rewards[rows],
+            "true_rewards": self.true_rewards[rows],
+            "physics": self.physics[rows],
+            "rows": rows,
+        }
 
     def state_dict(self) -> dict:
         keys = ("obs", "actions", "teacher_rewards", "true_rewards", "mask", "physics")
@@ -377,7 +449,7 @@ class PreferenceBuffer:
         self.mask_a = np.zeros((capacity, seg_len), np.float32)
         self.mask_b = np.zeros((capacity, seg_len), np.float32)
         self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1
-        self.steps = np.zeros(capacity, np.int64)  # env step at which the label was received
+        self.steps = np.zeros(capacity, np.int64)  # env step of the feedback session that asked for the label
         self.is_val = np.zeros(capacity, bool)
         self.size = 0
 
@@ -401,7 +473,9 @@ class PreferenceBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
-        return {k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")}
+        return {
+            k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
+        }
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["labels"])
@@ -464,8 +538,16 @@ def knn_state_entropy(obs: torch.Tensor, all_obs: torch.Tensor, k: int, chunk: i
 
 
 # ==================================================================================================== label schedule
-def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total_labels: int, labels_per_session: int,
-                         feedback_frequency: int, growth: float = 2.0, pretrain_labels: int = 0) -> list[tuple[int, int]]:
+def build_label_schedule(
+    kind: str,
+    first_step: int,
+    total_timesteps: int,
+    total_labels: int,
+    labels_per_session: int,
+    feedback_frequency: int,
+    growth: float = 2.0,
+    pretrain_labels: int = 0,
+) -> list[tuple[int, int]]:
     """The feedback sessions of a run: (env step, labels asked), the first right after pre-exploration.
 
     - linear: `labels_per_session` every `feedback_frequency` steps until the budget is spent;
@@ -497,10 +579,30 @@ def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total
     return sessions
 
 
+def run_label_schedule(args: Args, first_step: int) -> list[tuple[int, int]]:
+    """The feedback sessions of this run, from its flags (`build_label_schedule`)."""
+    return build_label_schedule(
+        args.label_schedule,
+        first_step,
+        args.total_timesteps,
+        args.total_labels,
+        args.labels_per_session,
+        args.feedback_frequency,
+        args.schedule_growth,
+        args.pretrain_labels,
+    )
+
+
 # ========================================================================================== reward-model training
-def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
-                       args: Args, rng: np.random.Generator, device: torch.device,
-                       unlabeled: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+def train_reward_model(
+    ensemble: RewardEnsemble,
+    optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+    unlabeled: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """Bradley-Terry training on the labelled pairs: each member sees its own shuffle of the training pairs; soft
     labels (0.5) train towards equal returns. With SURF, confident pseudo-labels on `unlabeled` pairs add a loss
     weighted by `surf_lambda`, and every batch is temporally cropped."""
@@ -521,8 +623,9 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
                 seg_b, mask_b = surf_crop(seg_b, mask_b, args.surf_crop, rng, length)
             shape = idx.shape + seg_a.shape[1:]  # (M, b, T, in)
             to = lambda a, s: torch.from_numpy(np.ascontiguousarray(a)).to(device).reshape(s)
-            logits = (ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1]))
-                      - ensemble.segment_returns(to(seg_a, shape), to(mask_a, shape[:-1])))  # (M, b)
+            logits = ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1])) - ensemble.segment_returns(
+                to(seg_a, shape), to(mask_a, shape[:-1])
+            )  # (M, b)
             labels = torch.from_numpy(prefs.labels[idx]).to(device)  # (M, b)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum()
 
@@ -532,11 +635,18 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
                 ub, umb = surf_crop(unlabeled["seg_b"][u], unlabeled["mask_b"][u], args.surf_crop, rng, length)
                 u = u.reshape(m, -1)
                 ushape = u.shape + ua.shape[1:]
-                u_logits = (ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1]))
-                            - ensemble.segment_returns(to(ua, ushape), to(uma, ushape[:-1])))
+                u_logits = ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1])) - ensemble.segment_returns(
+                    to(ua, ushape), to(uma, ushape[:-1])
+                )
                 pseudo, confident = surf_pseudo_labels(torch.sigmoid(u_logits.detach()), args.surf_tau)
-                u_loss = (F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
-                          * confident).mean(1).sum()
+                u_loss = (
+                    (
+                        F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
+                        * confident
+                    )
+                    .mean(1)
+                    .sum()
+                )
                 loss = loss + args.surf_lambda * u_loss
 
             optimizer.zero_grad()
@@ -547,13 +657,18 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
             correct += ((logits > 0).float() == labels)[hard].float().sum().item()
             counted += hard.sum().item()
         accuracy = correct / max(counted, 1.0)
-        stats = {"reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
-                 "reward/train_accuracy": accuracy, "reward/epochs": float(epoch + 1)}
+        stats = {
+            "reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "reward/train_accuracy": accuracy,
+            "reward/epochs": float(epoch + 1),
+        }
         if accuracy >= args.reward_target_accuracy:
             break
     if len(val_idx):
         probs = preference_probabilities(
-            ensemble, *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)))
+            ensemble,
+            *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)),
+        )
         labels = prefs.labels[val_idx]
         hard = labels != 0.5
         predicted = (probs.mean(0).cpu().numpy() > 0.5).astype(np.float32)
@@ -587,8 +702,16 @@ class Progress:
 # ================================================================================================== feedback session
 # A session has two halves: ask the teacher about pairs of segments, then learn from the labels. Both are the same in
 # sac_rlhf.py and pref_ppo.py (the tests compare the source); `learned_and_true_rewards` is where they differ.
-def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_labels: int, step: int, args: Args,
-                   rng: np.random.Generator, device: torch.device) -> dict[str, np.ndarray]:
+def choose_queries(
+    buffer,
+    ensemble: RewardEnsemble,
+    prefs: PreferenceBuffer,
+    n_labels: int,
+    step: int,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
     """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
     (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
     pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
@@ -601,70 +724,129 @@ def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_
     else:
         t = [torch.from_numpy(a).to(device) for a in (x_a, seg_a["mask"], x_b, seg_b["mask"])]
         chosen = select_queries(args.query_sampling, preference_probabilities(ensemble, *t), n_labels, rng)
-    return {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
-            **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
-               for k in ("mask", "teacher_rewards", "physics")}}
+    return {
+        "step": step,
+        "x_a": x_a[chosen],
+        "x_b": x_b[chosen],
+        **{
+            f"{k}_{side}": seg[k][chosen]
+            for side, seg in (("a", seg_a), ("b", seg_b))
+            for k in ("mask", "teacher_rewards", "physics")
+        },
+    }
 
 
-def ask_teacher(step: int, n_labels: int, buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, teacher: Teacher,
-                progress: Progress, args: Args, rng: np.random.Generator, device: torch.device,
-                save: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The first half of a session: choose the queries and get the teacher's labels (NaN: skipped). While a person
-    answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
+def ask_teacher(
+    n_labels: int,
+    buffer,
+    ensemble: RewardEnsemble,
+    prefs: PreferenceBuffer,
+    teacher: Teacher,
+    progress: Progress,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+    checkpoints: Checkpointer,
+) -> dict[str, np.ndarray]:
+    """The first half of a session: choose the queries and get the teacher's labels (`labels`, NaN: skipped). While
+    a person answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
     with timed(progress.phase_time, "query"):
         q = progress.pending_queries
         if q is None:
-            q = choose_queries(buffer, ensemble, prefs, n_labels, step, args, rng, device)
+            q = choose_queries(buffer, ensemble, prefs, n_labels, progress.global_step, args, rng, device)
     with timed(progress.phase_time, "label"):
         scale = segment_return_scale(progress.recent_episodes, args.segment_length)
-        queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
-                             q["mask_b"], q["physics_a"], q["physics_b"], progress.session, scale)
+        queries = QueryBatch(
+            args.env_id,
+            q["step"],
+            q["teacher_rewards_a"],
+            q["teacher_rewards_b"],
+            q["mask_a"],
+            q["mask_b"],
+            q["physics_a"],
+            q["physics_b"],
+            progress.session,
+            scale,
+        )
         if args.teacher_feedback_mode == "human":
             progress.pending_queries = q
-            save("feedback session waits for answers")
-        return q, teacher.answer(queries)
+            checkpoints.save("feedback session waits for answers")
+        return {**q, "labels": teacher.answer(queries)}
 
 
-def learn_from_labels(step: int, n_labels: int, q: dict[str, np.ndarray], labels: np.ndarray, buffer,
-                      ensemble: RewardEnsemble, reward_optimizer: optim.Optimizer, prefs: PreferenceBuffer,
-                      progress: Progress, tracker: Tracker, args: Args, rng: np.random.Generator,
-                      device: torch.device, run_dir: str) -> None:
+def learn_from_labels(
+    q: dict[str, np.ndarray],
+    buffer,
+    ensemble: RewardEnsemble,
+    reward_optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    progress: Progress,
+    tracker: Tracker,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> None:
     """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
-    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session."""
+    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session.
+    Every pair asked counts against the label budget, skipped ones too. Labels carry the step of their session."""
+    step, labels = int(q["step"]), q["labels"]
     with timed(progress.phase_time, "label"):
         progress.pending_queries = None
         answered = ~np.isnan(labels)
-        prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                  labels[answered], step, rng)
-        progress.labels_used += n_labels
-        save_labels(prefs.state_dict(), os.path.join(run_dir, "labels.npz"))
+        prefs.add(
+            q["x_a"][answered],
+            q["mask_a"][answered],
+            q["x_b"][answered],
+            q["mask_b"][answered],
+            labels[answered],
+            step,
+            rng,
+        )
+        progress.labels_used += len(labels)
+        save_labels(prefs.state_dict(), os.path.join(tracker.run_dir, "labels.npz"))
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
             ua = buffer.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
             ub = buffer.sample_segments(len(ua["mask"]), args.segment_length, rng)
-            unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                         "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-        stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+            unlabeled = {
+                "seg_a": np.concatenate([ua["obs"], ua["actions"]], -1),
+                "mask_a": ua["mask"],
+                "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1),
+                "mask_b": ub["mask"],
+            }
+        stats = (
+            train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+        )
     with timed(progress.phase_time, "relabel"):
         stats.update(reward_correlations(*learned_and_true_rewards(buffer, ensemble, args, device)))
-    stats.update({"feedback/labels_used": progress.labels_used, "feedback/labels_stored": prefs.size,
-                  "feedback/skipped": int((~answered).sum()), "feedback/sessions": progress.session + 1})
+    stats.update(
+        {
+            "feedback/labels_used": progress.labels_used,
+            "feedback/labels_stored": prefs.size,
+            "feedback/skipped": int((~answered).sum()),
+            "feedback/sessions": progress.session + 1,
+        }
+    )
     if prefs.size:
         stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
     tracker.scalars(stats, step)
     progress.session += 1
-    print(f"step={step} session={progress.session} labels={progress.labels_used} "
-          f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
-          f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
-          f"pearson={stats.get('reward/pearson', math.nan):.3f}", flush=True)
+    print(
+        f"step={step} session={progress.session} labels={progress.labels_used} "
+        f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
+        f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
+        f"pearson={stats.get('reward/pearson', math.nan):.3f}",
+        flush=True,
+    )
 
 
-def learned_and_true_rewards(store: SegmentStore, ensemble: RewardEnsemble, args: Args,
-                             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def learned_and_true_rewards(
+    store: SegmentStore, ensemble: RewardEnsemble, args: Args, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Learned and true rewards of the steps of the most recent stored segments (about `--correlation-window`
     steps). Nothing is relabelled: each rollout is rewarded by the model of its time when it is collected."""
-    recent = (store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1))))
+    recent = store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))
     recent = recent % store.capacity
     x = np.concatenate([store.obs[recent], store.actions[recent]], -1)  # (segments, T, obs + action)
     x = x.reshape(-1, x.shape[-1])
@@ -689,14 +871,12 @@ def main(args: Args) -> dict:
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     require_continuous_actions(envs.single_action_space, args.env_id, "pref_ppo.py")
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    device = pick_device(args.cuda)
+    device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
-    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
-                          os.path.join(run_dir, "videos"), teacher_reward)
+    evaluator = Evaluator(
+        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, f"{run_dir}/videos", teacher_reward
+    )
     rng = np.random.default_rng(args.seed)
     teacher = make_teacher(args, run_name, run_dir)
     obs_shape = envs.single_observation_space.shape
@@ -710,32 +890,36 @@ def main(args: Args) -> dict:
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)
     reward_scaler = RewardScaler(args.num_envs, args.gamma)
-    ensemble = RewardEnsemble(obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size,
-                              args.reward_depth, args.reward_dropout).to(device)
+    ensemble = RewardEnsemble(
+        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth, args.reward_dropout
+    ).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
-    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim,
-                             args.reward_val_fraction)
+    prefs = PreferenceBuffer(
+        max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction
+    )
     entropy_stats = RunningMeanStd(()).to(device)
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
     # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
     explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
-    sessions = build_label_schedule(args.label_schedule, max(exploration_end, batch_size), args.total_timesteps,
-                                    args.total_labels, args.labels_per_session, args.feedback_frequency,
-                                    args.schedule_growth, args.pretrain_labels)
+    sessions = run_label_schedule(args, max(exploration_end, batch_size))
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
     teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
 
     # ---------------------------------------------------------------- checkpoints: what they hold, resume
     progress = Progress(next_eval=args.eval_frequency)
-    parts = {"agent": agent, "optimizer": optimizer, "obs_norm": obs_norm, "reward_scaler": reward_scaler,
-             "ensemble": ensemble, "reward_optimizer": reward_optimizer, "segment_store": store, "preferences": prefs,
-             "entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
+    parts = {"agent": agent, "optimizer": optimizer, "obs_norm": obs_norm, "reward_scaler": reward_scaler}
+    parts |= {"ensemble": ensemble, "reward_optimizer": reward_optimizer, "segment_store": store, "preferences": prefs}
+    parts |= {"entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
 
     def snapshot() -> dict:
         explored = explore_states[: progress.explore_filled].cpu() if explore_states is not None else None
-        return {"args": asdict(args), **{name: part.state_dict() for name, part in parts.items()},
-                "explore_states": explored, "rng": rng_states(device, numpy=rng)}
+        return {
+            "args": asdict(args),
+            **{name: part.state_dict() for name, part in parts.items()},
+            "explore_states": explored,
+            "rng": rng_states(device, numpy=rng),
+        }
 
     if checkpoint is not None:
         for name, part in parts.items():
@@ -745,11 +929,8 @@ def main(args: Args) -> dict:
         restore_rng_states(checkpoint["rng"], device, numpy=rng)
         raw_obs, info = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
         print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
-    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress.phase_time, progress.global_step)
-    on_interrupt(lambda: print(f"interrupted at step {progress.global_step}; continue with --resume {run_dir}",
-                               file=sys.stderr))
-    on_interrupt(tracker.close)
-    on_interrupt(lambda: checkpoints.save("interrupted", progress.global_step))
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
+    checkpoints.save_on_interrupt(tracker.close)
 
     def normalize(o: np.ndarray) -> np.ndarray:
         return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
@@ -799,7 +980,9 @@ def main(args: Args) -> dict:
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                 values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
 
-                raw_obs, reward, terminated, truncated, info = envs.step(np.clip(action.cpu().numpy(), action_low, action_high))
+                raw_obs, reward, terminated, truncated, info = envs.step(
+                    np.clip(action.cpu().numpy(), action_low, action_high)
+                )
                 done = np.logical_or(terminated, truncated)
                 final = info.get("final_info", {})
                 teacher_r = np.array(info.get("teacher_reward", reward), dtype=np.float32)
@@ -821,21 +1004,22 @@ def main(args: Args) -> dict:
                     length = int(final["episode"]["l"][i])
                     tail = teacher_rewards[max(step - length + 1, 0) : step + 1, i]  # within this rollout
                     progress.recent_episodes = (progress.recent_episodes + [(float(tail.sum()), len(tail))])[-20:]
-                    tracker.scalars({"charts/episodic_return": final["episode"]["r"][i],
-                                     "charts/episodic_length": length}, progress.global_step)
-            store.add_rollout(raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends,
-                              physics_buf)
+                    tracker.scalars(
+                        {"charts/episodic_return": final["episode"]["r"][i], "charts/episodic_length": length},
+                        progress.global_step,
+                    )
+            store.add_rollout(
+                raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends, physics_buf
+            )
         global_step = progress.global_step
 
         # feedback sessions: ask the teacher, then learn from the labels; the second half's results land together
         # (Ctrl-C or SIGTERM waits the few seconds it takes)
         while progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
             n_labels = sessions[progress.session][1]
-            q, labels = ask_teacher(global_step, n_labels, store, ensemble, prefs, teacher, progress, args, rng, device,
-                                    lambda reason: checkpoints.save(reason, progress.global_step))
+            q = ask_teacher(n_labels, store, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
-                learn_from_labels(global_step, n_labels, q, labels, store, ensemble, reward_optimizer, prefs, progress,
-                                  tracker, args, rng, device, run_dir)
+                learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
 
         # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
         with timed(progress.phase_time, "reward"):
@@ -877,7 +1061,7 @@ def main(args: Args) -> dict:
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
             b_inds = np.arange(batch_size)
             clipfracs = []
-            for epoch in range(args.update_epochs):
+            for _epoch in range(args.update_epochs):
                 rng.shuffle(b_inds)
                 for start in range(0, batch_size, minibatch_size):
                     mb_inds = b_inds[start : start + minibatch_size]
@@ -890,12 +1074,21 @@ def main(args: Args) -> dict:
                     mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                    pg_loss = torch.max(-mb_advantages * ratio,
-                                        -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                    pg_loss = torch.max(
+                        -mb_advantages * ratio,
+                        -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef),
+                    ).mean()
                     newvalue = newvalue.view(-1)
                     if args.clip_vloss:
-                        v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
-                        v_loss = 0.5 * torch.max((newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2).mean()
+                        v_clipped = b_values[mb_inds] + torch.clamp(
+                            newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                        )
+                        v_loss = (
+                            0.5
+                            * torch.max(
+                                (newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2
+                            ).mean()
+                        )
                     else:
                         v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
                     entropy_loss = entropy.mean()
@@ -907,10 +1100,18 @@ def main(args: Args) -> dict:
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
 
-        tracker.scalars({"charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
-                         "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
-                         "losses/approx_kl": approx_kl.item(), "losses/clipfrac": torch.stack(clipfracs).mean().item(),
-                         **{f"time/{k}": v for k, v in progress.phase_time.items()}}, global_step)
+        tracker.scalars(
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy_loss.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                **{f"time/{k}": v for k, v in progress.phase_time.items()},
+            },
+            global_step,
+        )
         tracker.steps_per_second(global_step)
 
         if global_step >= progress.next_eval or iteration == num_iterations:
@@ -919,22 +1120,19 @@ def main(args: Args) -> dict:
             tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": progress.labels_used}, global_step)
             progress.evals.add(global_step, result.mean_return)
             progress.next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
-            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
-                  f"labels={progress.labels_used}", flush=True)
+            print(f"step={global_step} {result} labels={progress.labels_used}", flush=True)
             stop_reason = progress.evals.stop_reason(args.early_stop_return, args.early_stop_patience)
             if stop_reason:
                 break
-        if checkpoints.due(global_step):
-            checkpoints.save("periodic", global_step)
+        if checkpoints.due():
+            checkpoints.save("periodic")
 
-    speeds = clock.speeds(progress.global_step)
-    checkpoints.save("end", progress.global_step)
-    summary = write_summary(run_dir, {
-        "algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": progress.global_step,
-        "stop_reason": stop_reason or "budget", "final_eval_return": progress.evals.final, "best_eval_return": progress.evals.best,
-        "eval_history": progress.evals.returns, "labels_used": progress.labels_used, **speeds,
-        "phase_time_s": progress.phase_time, "run_dir": run_dir,
-        "labels_stored": prefs.size, "sessions": progress.session, "segments_stored": store.size, "exploration_sps": exploration_sps})
+    summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
+    checkpoints.save("end")
+    summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
+    summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
+    summary |= progress.evals.summary()
+    summary = write_summary(run_dir, summary | {"segments_stored": store.size, "exploration_sps": exploration_sps})
     evaluator.close()
     envs.close()
     tracker.close()

@@ -7,8 +7,9 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -78,8 +79,12 @@ def resumed_args(args: T, saved: dict, overridable: tuple[str, ...]) -> T:
         given = flags_given(COMMAND_LINE) & set(overridable)
     else:
         given = {f.name for f in fields(args) if f.name in overridable and getattr(args, f.name) != f.default}
-    return type(args)(**{f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
-                         for f in fields(args)})
+    return type(args)(
+        **{
+            f.name: getattr(args, f.name) if f.name in given else saved.get(f.name, getattr(args, f.name))
+            for f in fields(args)
+        }
+    )
 
 
 def run_cli(args_type: type[T], main: Callable[[T], object], argv: list[str] | None = None) -> None:
@@ -134,6 +139,15 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
+def setup_torch(args: RunArgs) -> torch.device:
+    """Seed everything (`--seed`, `--torch-deterministic`), set torch's CPU threads (`--torch-threads`) and pick the
+    device (`--cuda`)."""
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    return pick_device(args.cuda)
+
+
 def pick_device(cuda: bool) -> torch.device:
     """`cuda:0` when asked for and available; otherwise the CPU, saying so when CUDA was asked for."""
     if cuda and torch.cuda.is_available():
@@ -181,7 +195,9 @@ def interrupts_held() -> Iterator[None]:
     raised. For a few seconds of work whose state changes must land together (labels stored, reward model trained,
     session counted), so a checkpoint taken on the interrupt never holds half of them."""
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:

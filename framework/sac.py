@@ -20,7 +20,7 @@ from framework.checkpoint import save_checkpoint
 from framework.envs import make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
-from framework.runtime import RunArgs, UsageError, default_run_name, pick_device, run_cli, seed_everything, setup_headless_rendering
+from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
@@ -71,8 +71,17 @@ class Args(RunArgs):
 
 def validate(args: Args) -> None:
     """Reject impossible settings with a one-line explanation."""
-    positive = ["total_timesteps", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency",
-                "hidden_size", "eval_frequency", "eval_episodes", "log_frequency"]
+    positive = [
+        "total_timesteps",
+        "buffer_size",
+        "batch_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_size",
+        "eval_frequency",
+        "eval_episodes",
+        "log_frequency",
+    ]
     for name in positive:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
@@ -116,13 +125,12 @@ def main(args: Args) -> dict:
     run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     env = make_env(args.env_id, args.seed)
     require_continuous_actions(env.action_space, args.env_id, "sac.py")
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    device = pick_device(args.cuda)
+    device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
-    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos"))
+    evaluator = Evaluator(
+        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos")
+    )
     rng = np.random.default_rng(args.seed)
 
     obs_dim = int(np.prod(env.observation_space.shape))
@@ -167,7 +175,10 @@ def main(args: Args) -> dict:
         rb.add(obs, next_obs, action, reward, terminated)
         obs = next_obs
         if terminated or truncated:
-            tracker.scalars({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]}, global_step)
+            tracker.scalars(
+                {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
+                global_step,
+            )
             obs, _ = env.reset()
 
         # learn
@@ -206,12 +217,15 @@ def main(args: Args) -> dict:
                 polyak_update(qf2_target, qf2, args.tau)
 
             if global_step % args.log_frequency == 0:
-                tracker.scalars({
-                    "losses/qf1_values": qf1_values.mean().item(),
-                    "losses/qf_loss": qf_loss.item() / 2.0,
-                    "losses/actor_loss": actor_loss.item(),
-                    "losses/alpha": alpha.item(),
-                }, global_step)
+                tracker.scalars(
+                    {
+                        "losses/qf1_values": qf1_values.mean().item(),
+                        "losses/qf_loss": qf_loss.item() / 2.0,
+                        "losses/actor_loss": actor_loss.item(),
+                        "losses/alpha": alpha.item(),
+                    },
+                    global_step,
+                )
         if global_step % args.log_frequency == 0:
             tracker.steps_per_second(global_step)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
@@ -219,16 +233,16 @@ def main(args: Args) -> dict:
                 result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
             evals.add(global_step, result.mean_return)
-            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f}", flush=True)
+            print(f"step={global_step} {result}", flush=True)
 
-    summary = write_summary(run_dir, {
-        "algorithm": "sac", "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps,
-        "stop_reason": "budget", "final_eval_return": evals.final, "best_eval_return": evals.best,
-        "eval_history": evals.returns, "labels_used": 0, **clock.speeds(args.total_timesteps),
-        "phase_time_s": phase_time, "run_dir": run_dir})
+    summary = {"algorithm": "sac", "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps}
+    summary |= {"stop_reason": "budget", "labels_used": 0, **evals.summary(), **clock.summary(args.total_timesteps)}
+    summary = write_summary(run_dir, summary)
     if args.save_model:
-        save_checkpoint({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "args": asdict(args)},
-                        os.path.join(run_dir, "sac.pt"))
+        save_checkpoint(
+            {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "args": asdict(args)},
+            os.path.join(run_dir, "sac.pt"),
+        )
     evaluator.close()
     env.close()
     tracker.close()

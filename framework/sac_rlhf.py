@@ -7,9 +7,11 @@ learned reward tracks it, to feed the simulated teacher, and to evaluate.
 The file reads top to bottom:
   1. Args: every flag, with its meaning.
   2. The algorithm's pieces (module-level, so tests import them): replay buffer, reward ensemble, preference buffer,
-     query selection (uniform / disagreement / entropy), SURF, RUNE, k-NN state entropy, label schedule.
-  3. main(): unsupervised pre-exploration, then act / store / (feedback session: query, label, train reward,
-     relabel) / update SAC / evaluate / checkpoint.
+     query selection (uniform / disagreement / entropy), SURF, RUNE, k-NN state entropy, label schedule, reward-model
+     training; the run's `Progress`; a feedback session's two halves, `ask_teacher` (choose queries, get labels) and
+     `learn_from_labels` (store them, train the reward model, relabel the buffer).
+  3. main(): unsupervised pre-exploration, then act / store / (feedback session) / update SAC / evaluate /
+     checkpoint. Checkpoints, resuming and stopping cleanly come from framework.checkpoint and framework.runtime.
 
     python framework/sac_rlhf.py --env-id Hopper-v5
     python framework/sac_rlhf.py --env-id HalfCheetah-v5 --total-labels 500 --query-sampling disagreement --surf
@@ -20,9 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,18 +31,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 
-from framework.checkpoint import (Checkpointer, load_checkpoint, restore_rng_states, resume_args, rng_states,
-                                  save_checkpoint)
+from framework.checkpoint import (
+    Checkpointer,
+    load_checkpoint,
+    restore_rng_states,
+    resume_args,
+    rng_states,
+    save_checkpoint,
+)
 from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import plot_label_schedule, reward_correlations, save_labels
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
-from framework.runtime import (RunArgs, UsageError, default_run_name, interrupts_held, on_interrupt, pick_device,
-                               run_cli, seed_everything, setup_headless_rendering)
-from framework.teacher import (QueryBatch, Teacher, load_reward_function, make_teacher, segment_return_scale,
-                               validate_teacher_args)
+from framework.runtime import (
+    RunArgs,
+    UsageError,
+    default_run_name,
+    interrupts_held,
+    run_cli,
+    setup_headless_rendering,
+    setup_torch,
+)
+from framework.teacher import (
+    QueryBatch,
+    Teacher,
+    load_reward_function,
+    make_teacher,
+    segment_return_scale,
+    validate_teacher_args,
+)
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
@@ -192,32 +212,70 @@ class Args(HumanFeedbackArgs, RunArgs):
 
 def validate(args: Args) -> None:
     """Reject impossible settings with a one-line explanation, before anything is created."""
+
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
-    for name in ["total_timesteps", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency",
-                 "hidden_size", "depth", "entropy_k", "reward_ensemble_size", "reward_hidden_size", "reward_batch_size",
-                 "reward_epochs", "segment_length", "query_pool_multiplier", "labels_per_session", "feedback_frequency",
-                 "eval_frequency", "eval_episodes", "log_frequency", "correlation_window", "surf_mu"]:
+    for name in [
+        "total_timesteps",
+        "buffer_size",
+        "batch_size",
+        "policy_frequency",
+        "target_network_frequency",
+        "hidden_size",
+        "depth",
+        "entropy_k",
+        "reward_ensemble_size",
+        "reward_hidden_size",
+        "reward_batch_size",
+        "reward_epochs",
+        "segment_length",
+        "query_pool_multiplier",
+        "labels_per_session",
+        "feedback_frequency",
+        "eval_frequency",
+        "eval_episodes",
+        "log_frequency",
+        "correlation_window",
+        "surf_mu",
+    ]:
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
-    for name in ["learning_starts", "unsupervised_steps", "total_labels", "reward_depth", "checkpoint_frequency",
-                 "pretrain_labels", "surf_crop", "early_stop_patience", "rune_beta", "reward_weight_decay"]:
+    for name in [
+        "learning_starts",
+        "unsupervised_steps",
+        "total_labels",
+        "reward_depth",
+        "checkpoint_frequency",
+        "pretrain_labels",
+        "surf_crop",
+        "early_stop_patience",
+        "rune_beta",
+        "reward_weight_decay",
+    ]:
         if getattr(args, name) < 0:
             raise UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
     validate_teacher_args(args)
     if args.labels_per_session > max(args.total_labels, 1):
-        raise UsageError(f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
-                         f"--total-labels ({args.total_labels})")
+        raise UsageError(
+            f"--labels-per-session ({args.labels_per_session}) is more than the whole label budget "
+            f"--total-labels ({args.total_labels})"
+        )
     if args.label_schedule == "rl-teacher" and args.pretrain_labels > args.total_labels:
-        raise UsageError(f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})")
+        raise UsageError(
+            f"--pretrain-labels ({args.pretrain_labels}) is more than --total-labels ({args.total_labels})"
+        )
     if args.schedule_growth <= 1.0 and args.label_schedule == "exponential":
         raise UsageError(f"--schedule-growth must be > 1 for the exponential schedule, got {args.schedule_growth}")
     if args.surf_crop >= args.segment_length:
-        raise UsageError(f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})")
+        raise UsageError(
+            f"--surf-crop ({args.surf_crop}) must be shorter than --segment-length ({args.segment_length})"
+        )
     if not 0 <= args.reward_dropout < 1 or not 0 <= args.reward_val_fraction < 1:
-        raise UsageError(f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
-                         f"{args.reward_dropout} and {args.reward_val_fraction}")
+        raise UsageError(
+            f"--reward-dropout and --reward-val-fraction must be in [0, 1), got "
+            f"{args.reward_dropout} and {args.reward_val_fraction}"
+        )
     if not 0.5 <= args.surf_tau < 1:
         raise UsageError(f"--surf-tau must be in [0.5, 1), got {args.surf_tau}")
     if not 0 <= args.rune_decay < 1:
@@ -226,11 +284,15 @@ def validate(args: Args) -> None:
         raise UsageError(f"--tau must be in (0, 1] and --gamma in [0, 1], got tau={args.tau}, gamma={args.gamma}")
     exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
     if exploration_end >= args.total_timesteps:
-        raise UsageError(f"random steps + pre-exploration ({exploration_end}) leave no training steps out of "
-                         f"--total-timesteps ({args.total_timesteps})")
+        raise UsageError(
+            f"random steps + pre-exploration ({exploration_end}) leave no training steps out of "
+            f"--total-timesteps ({args.total_timesteps})"
+        )
     if exploration_end < args.segment_length * 2:
-        raise UsageError(f"the first feedback session at step {exploration_end} needs at least two segments of "
-                         f"--segment-length {args.segment_length} in the buffer")
+        raise UsageError(
+            f"the first feedback session at step {exploration_end} needs at least two segments of "
+            f"--segment-length {args.segment_length} in the buffer"
+        )
 
 
 # ======================================================================================================= replay buffer
@@ -294,13 +356,17 @@ class ReplayBuffer:
         ends = self.episode_ends[rows]
         mask = (np.cumsum(ends, axis=1) - ends) == 0  # keep steps up to and including the first episode end
         return {
-            "obs": self.obs[rows], "actions": self.actions[rows], "mask": mask.astype(np.float32),
-            "teacher_rewards": self.teacher_rewards[rows] * mask, "true_rewards": self.true_rewards[rows] * mask,
-            "physics": self.physics[rows], "rows": rows,
+            "obs": self.obs[rows],
+            "actions": self.actions[rows],
+            "mask": mask.astype(np.float32),
+            "teacher_rewards": self.teacher_rewards[rows] * mask,
+            "true_rewards": self.true_rewards[rows] * mask,
+            "physics": self.physics[rows],
+            "rows": rows,
         }
 
     @torch.no_grad()
-    def relabel(self, ensemble: "RewardEnsemble", only_fresh: bool = False, chunk: int = 16_384) -> None:
+    def relabel(self, ensemble: RewardEnsemble, only_fresh: bool = False, chunk: int = 16_384) -> None:
         """Write the learned reward (ensemble mean) and its std, in large batches: for every stored transition, or
         with `only_fresh` for those added since the last call. Only filled rows are touched."""
         if only_fresh:
@@ -317,8 +383,18 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
-        columns = ["obs", "next_obs", "actions", "true_rewards", "teacher_rewards", "learned_rewards", "reward_std",
-                   "dones", "episode_ends", "physics"]
+        columns = [
+            "obs",
+            "next_obs",
+            "actions",
+            "true_rewards",
+            "teacher_rewards",
+            "learned_rewards",
+            "reward_std",
+            "dones",
+            "episode_ends",
+            "physics",
+        ]
         return {"pos": self.pos, "size": n, "fresh": self.fresh, **{c: getattr(self, c)[:n].copy() for c in columns}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -405,7 +481,7 @@ class PreferenceBuffer:
         self.mask_a = np.zeros((capacity, seg_len), np.float32)
         self.mask_b = np.zeros((capacity, seg_len), np.float32)
         self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1
-        self.steps = np.zeros(capacity, np.int64)  # env step at which the label was received
+        self.steps = np.zeros(capacity, np.int64)  # env step of the feedback session that asked for the label
         self.is_val = np.zeros(capacity, bool)
         self.size = 0
 
@@ -429,7 +505,9 @@ class PreferenceBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
-        return {k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")}
+        return {
+            k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
+        }
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["labels"])
@@ -492,8 +570,16 @@ def knn_state_entropy(obs: torch.Tensor, all_obs: torch.Tensor, k: int, chunk: i
 
 
 # ==================================================================================================== label schedule
-def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total_labels: int, labels_per_session: int,
-                         feedback_frequency: int, growth: float = 2.0, pretrain_labels: int = 0) -> list[tuple[int, int]]:
+def build_label_schedule(
+    kind: str,
+    first_step: int,
+    total_timesteps: int,
+    total_labels: int,
+    labels_per_session: int,
+    feedback_frequency: int,
+    growth: float = 2.0,
+    pretrain_labels: int = 0,
+) -> list[tuple[int, int]]:
     """The feedback sessions of a run: (env step, labels asked), the first right after pre-exploration.
 
     - linear: `labels_per_session` every `feedback_frequency` steps until the budget is spent;
@@ -525,10 +611,30 @@ def build_label_schedule(kind: str, first_step: int, total_timesteps: int, total
     return sessions
 
 
+def run_label_schedule(args: Args, first_step: int) -> list[tuple[int, int]]:
+    """The feedback sessions of this run, from its flags (`build_label_schedule`)."""
+    return build_label_schedule(
+        args.label_schedule,
+        first_step,
+        args.total_timesteps,
+        args.total_labels,
+        args.labels_per_session,
+        args.feedback_frequency,
+        args.schedule_growth,
+        args.pretrain_labels,
+    )
+
+
 # ========================================================================================== reward-model training
-def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, prefs: PreferenceBuffer,
-                       args: Args, rng: np.random.Generator, device: torch.device,
-                       unlabeled: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+def train_reward_model(
+    ensemble: RewardEnsemble,
+    optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+    unlabeled: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
     """Bradley-Terry training on the labelled pairs: each member sees its own shuffle of the training pairs; soft
     labels (0.5) train towards equal returns. With SURF, confident pseudo-labels on `unlabeled` pairs add a loss
     weighted by `surf_lambda`, and every batch is temporally cropped."""
@@ -549,8 +655,9 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
                 seg_b, mask_b = surf_crop(seg_b, mask_b, args.surf_crop, rng, length)
             shape = idx.shape + seg_a.shape[1:]  # (M, b, T, in)
             to = lambda a, s: torch.from_numpy(np.ascontiguousarray(a)).to(device).reshape(s)
-            logits = (ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1]))
-                      - ensemble.segment_returns(to(seg_a, shape), to(mask_a, shape[:-1])))  # (M, b)
+            logits = ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1])) - ensemble.segment_returns(
+                to(seg_a, shape), to(mask_a, shape[:-1])
+            )  # (M, b)
             labels = torch.from_numpy(prefs.labels[idx]).to(device)  # (M, b)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum()
 
@@ -560,11 +667,18 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
                 ub, umb = surf_crop(unlabeled["seg_b"][u], unlabeled["mask_b"][u], args.surf_crop, rng, length)
                 u = u.reshape(m, -1)
                 ushape = u.shape + ua.shape[1:]
-                u_logits = (ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1]))
-                            - ensemble.segment_returns(to(ua, ushape), to(uma, ushape[:-1])))
+                u_logits = ensemble.segment_returns(to(ub, ushape), to(umb, ushape[:-1])) - ensemble.segment_returns(
+                    to(ua, ushape), to(uma, ushape[:-1])
+                )
                 pseudo, confident = surf_pseudo_labels(torch.sigmoid(u_logits.detach()), args.surf_tau)
-                u_loss = (F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
-                          * confident).mean(1).sum()
+                u_loss = (
+                    (
+                        F.binary_cross_entropy_with_logits(u_logits, pseudo.expand_as(u_logits), reduction="none")
+                        * confident
+                    )
+                    .mean(1)
+                    .sum()
+                )
                 loss = loss + args.surf_lambda * u_loss
 
             optimizer.zero_grad()
@@ -575,13 +689,18 @@ def train_reward_model(ensemble: RewardEnsemble, optimizer: optim.Optimizer, pre
             correct += ((logits > 0).float() == labels)[hard].float().sum().item()
             counted += hard.sum().item()
         accuracy = correct / max(counted, 1.0)
-        stats = {"reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
-                 "reward/train_accuracy": accuracy, "reward/epochs": float(epoch + 1)}
+        stats = {
+            "reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "reward/train_accuracy": accuracy,
+            "reward/epochs": float(epoch + 1),
+        }
         if accuracy >= args.reward_target_accuracy:
             break
     if len(val_idx):
         probs = preference_probabilities(
-            ensemble, *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)))
+            ensemble,
+            *(torch.from_numpy(a[val_idx]).to(device) for a in (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)),
+        )
         labels = prefs.labels[val_idx]
         hard = labels != 0.5
         predicted = (probs.mean(0).cpu().numpy() > 0.5).astype(np.float32)
@@ -615,8 +734,16 @@ class Progress:
 # ================================================================================================== feedback session
 # A session has two halves: ask the teacher about pairs of segments, then learn from the labels. Both are the same in
 # sac_rlhf.py and pref_ppo.py (the tests compare the source); `learned_and_true_rewards` is where they differ.
-def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_labels: int, step: int, args: Args,
-                   rng: np.random.Generator, device: torch.device) -> dict[str, np.ndarray]:
+def choose_queries(
+    buffer,
+    ensemble: RewardEnsemble,
+    prefs: PreferenceBuffer,
+    n_labels: int,
+    step: int,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
     """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
     (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
     pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
@@ -629,67 +756,126 @@ def choose_queries(buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, n_
     else:
         t = [torch.from_numpy(a).to(device) for a in (x_a, seg_a["mask"], x_b, seg_b["mask"])]
         chosen = select_queries(args.query_sampling, preference_probabilities(ensemble, *t), n_labels, rng)
-    return {"step": step, "x_a": x_a[chosen], "x_b": x_b[chosen],
-            **{f"{k}_{side}": seg[k][chosen] for side, seg in (("a", seg_a), ("b", seg_b))
-               for k in ("mask", "teacher_rewards", "physics")}}
+    return {
+        "step": step,
+        "x_a": x_a[chosen],
+        "x_b": x_b[chosen],
+        **{
+            f"{k}_{side}": seg[k][chosen]
+            for side, seg in (("a", seg_a), ("b", seg_b))
+            for k in ("mask", "teacher_rewards", "physics")
+        },
+    }
 
 
-def ask_teacher(step: int, n_labels: int, buffer, ensemble: RewardEnsemble, prefs: PreferenceBuffer, teacher: Teacher,
-                progress: Progress, args: Args, rng: np.random.Generator, device: torch.device,
-                save: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The first half of a session: choose the queries and get the teacher's labels (NaN: skipped). While a person
-    answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
+def ask_teacher(
+    n_labels: int,
+    buffer,
+    ensemble: RewardEnsemble,
+    prefs: PreferenceBuffer,
+    teacher: Teacher,
+    progress: Progress,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+    checkpoints: Checkpointer,
+) -> dict[str, np.ndarray]:
+    """The first half of a session: choose the queries and get the teacher's labels (`labels`, NaN: skipped). While
+    a person answers, a checkpoint holds the queries, so a run stopped meanwhile asks the same ones when resumed."""
     with timed(progress.phase_time, "query"):
         q = progress.pending_queries
         if q is None:
-            q = choose_queries(buffer, ensemble, prefs, n_labels, step, args, rng, device)
+            q = choose_queries(buffer, ensemble, prefs, n_labels, progress.global_step, args, rng, device)
     with timed(progress.phase_time, "label"):
         scale = segment_return_scale(progress.recent_episodes, args.segment_length)
-        queries = QueryBatch(args.env_id, q["step"], q["teacher_rewards_a"], q["teacher_rewards_b"], q["mask_a"],
-                             q["mask_b"], q["physics_a"], q["physics_b"], progress.session, scale)
+        queries = QueryBatch(
+            args.env_id,
+            q["step"],
+            q["teacher_rewards_a"],
+            q["teacher_rewards_b"],
+            q["mask_a"],
+            q["mask_b"],
+            q["physics_a"],
+            q["physics_b"],
+            progress.session,
+            scale,
+        )
         if args.teacher_feedback_mode == "human":
             progress.pending_queries = q
-            save("feedback session waits for answers")
-        return q, teacher.answer(queries)
+            checkpoints.save("feedback session waits for answers")
+        return {**q, "labels": teacher.answer(queries)}
 
 
-def learn_from_labels(step: int, n_labels: int, q: dict[str, np.ndarray], labels: np.ndarray, buffer,
-                      ensemble: RewardEnsemble, reward_optimizer: optim.Optimizer, prefs: PreferenceBuffer,
-                      progress: Progress, tracker: Tracker, args: Args, rng: np.random.Generator,
-                      device: torch.device, run_dir: str) -> None:
+def learn_from_labels(
+    q: dict[str, np.ndarray],
+    buffer,
+    ensemble: RewardEnsemble,
+    reward_optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    progress: Progress,
+    tracker: Tracker,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> None:
     """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
-    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session."""
+    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session.
+    Every pair asked counts against the label budget, skipped ones too. Labels carry the step of their session."""
+    step, labels = int(q["step"]), q["labels"]
     with timed(progress.phase_time, "label"):
         progress.pending_queries = None
         answered = ~np.isnan(labels)
-        prefs.add(q["x_a"][answered], q["mask_a"][answered], q["x_b"][answered], q["mask_b"][answered],
-                  labels[answered], step, rng)
-        progress.labels_used += n_labels
-        save_labels(prefs.state_dict(), os.path.join(run_dir, "labels.npz"))
+        prefs.add(
+            q["x_a"][answered],
+            q["mask_a"][answered],
+            q["x_b"][answered],
+            q["mask_b"][answered],
+            labels[answered],
+            step,
+            rng,
+        )
+        progress.labels_used += len(labels)
+        save_labels(prefs.state_dict(), os.path.join(tracker.run_dir, "labels.npz"))
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
             ua = buffer.sample_segments(min(args.surf_mu * max(prefs.size, 1), 4096), args.segment_length, rng)
             ub = buffer.sample_segments(len(ua["mask"]), args.segment_length, rng)
-            unlabeled = {"seg_a": np.concatenate([ua["obs"], ua["actions"]], -1), "mask_a": ua["mask"],
-                         "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1), "mask_b": ub["mask"]}
-        stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+            unlabeled = {
+                "seg_a": np.concatenate([ua["obs"], ua["actions"]], -1),
+                "mask_a": ua["mask"],
+                "seg_b": np.concatenate([ub["obs"], ub["actions"]], -1),
+                "mask_b": ub["mask"],
+            }
+        stats = (
+            train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, unlabeled) if prefs.size else {}
+        )
     with timed(progress.phase_time, "relabel"):
         stats.update(reward_correlations(*learned_and_true_rewards(buffer, ensemble, args, device)))
-    stats.update({"feedback/labels_used": progress.labels_used, "feedback/labels_stored": prefs.size,
-                  "feedback/skipped": int((~answered).sum()), "feedback/sessions": progress.session + 1})
+    stats.update(
+        {
+            "feedback/labels_used": progress.labels_used,
+            "feedback/labels_stored": prefs.size,
+            "feedback/skipped": int((~answered).sum()),
+            "feedback/sessions": progress.session + 1,
+        }
+    )
     if prefs.size:
         stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
     tracker.scalars(stats, step)
     progress.session += 1
-    print(f"step={step} session={progress.session} labels={progress.labels_used} "
-          f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
-          f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
-          f"pearson={stats.get('reward/pearson', math.nan):.3f}", flush=True)
+    print(
+        f"step={step} session={progress.session} labels={progress.labels_used} "
+        f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
+        f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
+        f"pearson={stats.get('reward/pearson', math.nan):.3f}",
+        flush=True,
+    )
 
 
-def learned_and_true_rewards(rb: ReplayBuffer, ensemble: RewardEnsemble, args: Args,
-                             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def learned_and_true_rewards(
+    rb: ReplayBuffer, ensemble: RewardEnsemble, args: Args, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Relabel the whole replay buffer with the new reward model; return the learned and true rewards of the most
     recent `--correlation-window` transitions."""
     rb.relabel(ensemble)
@@ -713,11 +899,15 @@ def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: in
     if not os.path.isfile(path):
         raise UsageError(f"--exploration-load {folder!r}: no exploration.pt in that folder")
     saved = load_checkpoint(path)
-    if saved["env_id"] != env_id or saved["replay_buffer"]["obs"].shape[1] != obs_dim:
-        raise UsageError(f"--exploration-load: {path} was made on {saved['env_id']!r}, this run is on {env_id!r}")
+    if saved["args"]["env_id"] != env_id or saved["replay_buffer"]["obs"].shape[1] != obs_dim:
+        raise UsageError(
+            f"--exploration-load: {path} was made on {saved['args']['env_id']!r}, this run is on {env_id!r}"
+        )
     if saved["state"]["global_step"] != exploration_end:
-        raise UsageError(f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
-                         f"expects {exploration_end} (--learning-starts + --unsupervised-steps)")
+        raise UsageError(
+            f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
+            f"expects {exploration_end} (--learning-starts + --unsupervised-steps)"
+        )
     print(f"loaded pre-exploration from {path}: {saved['replay_buffer']['size']} transitions", flush=True)
     return saved
 
@@ -732,14 +922,12 @@ def main(args: Args) -> dict:
     teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
     env = make_env(args.env_id, args.seed, teacher_reward=teacher_reward)
     require_continuous_actions(env.action_space, args.env_id, "sac_rlhf.py")
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    device = pick_device(args.cuda)
+    device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
-    evaluator = Evaluator(args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video,
-                          os.path.join(run_dir, "videos"), teacher_reward)
+    evaluator = Evaluator(
+        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, f"{run_dir}/videos", teacher_reward
+    )
     rng = np.random.default_rng(args.seed)
     teacher = make_teacher(args, run_name, run_dir)
     obs_dim = int(np.prod(env.observation_space.shape))
@@ -762,37 +950,36 @@ def main(args: Args) -> dict:
     a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
 
     # ---------------------------------------------------------------- reward model, buffers, schedule
-    ensemble = RewardEnsemble(obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size,
-                              args.reward_depth, args.reward_dropout).to(device)
+    ensemble = RewardEnsemble(
+        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth, args.reward_dropout
+    ).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
-    prefs = PreferenceBuffer(max(args.total_labels, 1), args.segment_length, obs_dim + action_dim,
-                             args.reward_val_fraction)
+    prefs = PreferenceBuffer(
+        max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction
+    )
     entropy_stats = RunningMeanStd(()).to(device)
     # states seen before the end of pre-exploration, on the device, for the state-entropy reward (new rows are
     # copied in as they arrive; nothing is rebuilt per step)
     exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
-    explore_obs = torch.zeros((min(exploration_end, rb.capacity), obs_dim), device=device) if args.unsupervised_exploration else None
-    explore_filled, exploration_sps = 0, math.nan
-    sessions = build_label_schedule(args.label_schedule, exploration_end, args.total_timesteps, args.total_labels,
-                                    args.labels_per_session, args.feedback_frequency, args.schedule_growth,
-                                    args.pretrain_labels)
+    explore_obs = torch.zeros((min(exploration_end, rb.capacity) if args.unsupervised_exploration else 0, obs_dim))
+    explore_obs, explored, exploration_sps = explore_obs.to(device), 0, math.nan
+    sessions = run_label_schedule(args, exploration_end)
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
     teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
 
     # ---------------------------------------------------------------- checkpoints: what they hold, resume
     progress = Progress()
-    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target,
-             "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer,
-             "ensemble": ensemble, "reward_optimizer": reward_optimizer, "replay_buffer": rb, "preferences": prefs,
-             "entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
+    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
+    parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
+    parts |= {"ensemble": ensemble, "reward_optimizer": reward_optimizer, "replay_buffer": rb, "preferences": prefs}
+    parts |= {"entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
     env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
 
     def snapshot() -> dict:
-        return {"args": asdict(args), "env_id": args.env_id, "log_alpha": log_alpha.detach().cpu(),
-                **{name: part.state_dict() for name, part in parts.items()},
-                "rng": rng_states(device, numpy=rng, env=env_rng_before_reset,
-                                  action_space=env.action_space.np_random)}
+        rngs = rng_states(device, numpy=rng, env=env_rng_before_reset, action_space=env.action_space.np_random)
+        states = {name: part.state_dict() for name, part in parts.items()}
+        return {"args": asdict(args), "log_alpha": log_alpha.detach().cpu(), "rng": rngs, **states}
 
     if checkpoint is not None or args.exploration_load is not None:
         saved = checkpoint or load_exploration(args.exploration_load, args.env_id, obs_dim, exploration_end)
@@ -802,8 +989,9 @@ def main(args: Args) -> dict:
         log_alpha.data.copy_(saved["log_alpha"])
         progress.global_step = saved["state"]["global_step"]
     if checkpoint is not None:
-        restore_rng_states(checkpoint["rng"], device, numpy=rng, env=env.unwrapped.np_random,
-                           action_space=env.action_space.np_random)
+        restore_rng_states(
+            checkpoint["rng"], device, numpy=rng, env=env.unwrapped.np_random, action_space=env.action_space.np_random
+        )
         # periodic checkpoints are taken at episode ends with the env's RNG from before its reset, so this reset
         # starts the same episode the uninterrupted run started (an interrupted one starts a fresh episode)
         obs, info = env.reset()
@@ -811,11 +999,8 @@ def main(args: Args) -> dict:
     elif args.exploration_load is not None:
         obs, info = env.reset(seed=args.seed + 1)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
-    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress.phase_time, progress.global_step)
-    on_interrupt(lambda: print(f"interrupted at step {progress.global_step}; continue with --resume {run_dir}",
-                               file=sys.stderr))
-    on_interrupt(tracker.close)
-    on_interrupt(lambda: checkpoints.save("interrupted", progress.global_step))
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
+    checkpoints.save_on_interrupt(tracker.close)
 
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
         with torch.no_grad():
@@ -828,10 +1013,8 @@ def main(args: Args) -> dict:
         progress.global_step += 1
         global_step = progress.global_step
         exploring = args.unsupervised_exploration and args.learning_starts < global_step <= exploration_end
-        if exploring:
-            clock.begin("exploration", global_step - 1)
-        if global_step > exploration_end:
-            clock.begin("learning", global_step - 1)
+        if exploring or global_step > exploration_end:
+            clock.begin("exploration" if exploring else "learning", global_step - 1)
 
         # act: random at first, then the stochastic policy
         if global_step <= args.learning_starts:
@@ -847,12 +1030,13 @@ def main(args: Args) -> dict:
         progress.mid_episode = not (terminated or truncated)
         obs = next_obs
         if terminated or truncated:
-            length = int(info["episode"]["l"])
-            teacher_return = float(rb.teacher_rewards[rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))].sum())
+            episode, length = info["episode"], int(info["episode"]["l"])
+            rows = rb.ordered(np.arange(rb.size - min(length, rb.size), rb.size))  # the episode's steps
+            teacher_return = float(rb.teacher_rewards[rows].sum())
             progress.recent_episodes = (progress.recent_episodes + [(teacher_return, length)])[-20:]
-            tracker.scalars({"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": length,
-                             **({"charts/episodic_teacher_return": teacher_return} if teacher_reward else {})},
-                            global_step)
+            tracker.scalars({"charts/episodic_return": episode["r"], "charts/episodic_length": length}, global_step)
+            if teacher_reward is not None:
+                tracker.scalar("charts/episodic_teacher_return", teacher_return, global_step)
             progress.episodes += 1
             # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
             env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
@@ -862,11 +1046,9 @@ def main(args: Args) -> dict:
         # (Ctrl-C or SIGTERM waits the few seconds it takes)
         if progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
             n_labels = sessions[progress.session][1]
-            q, labels = ask_teacher(global_step, n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device,
-                                    lambda reason: checkpoints.save(reason, progress.global_step))
+            q = ask_teacher(n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
-                learn_from_labels(global_step, n_labels, q, labels, rb, ensemble, reward_optimizer, prefs, progress,
-                                  tracker, args, rng, device, run_dir)
+                learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
                 if not progress.critic_reset_done and args.unsupervised_exploration:
                     reset_critics([(qf1, qf1_target), (qf2, qf2_target)], q_optimizer)
                 progress.critic_reset_done = True
@@ -877,8 +1059,8 @@ def main(args: Args) -> dict:
                 idx = rb.sample_indices(args.batch_size, rng)
                 b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
                 if exploring:  # PEBBLE: reward = k-NN distance of the next state, normalised by its running std
-                    explore_obs[explore_filled : rb.size] = torch.from_numpy(rb.obs[explore_filled : rb.size]).to(device)
-                    explore_filled = rb.size
+                    explore_obs[explored : rb.size] = torch.as_tensor(rb.obs[explored : rb.size], device=device)
+                    explored = rb.size
                     b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
                     entropy_stats.update(b_rewards.double())
                     b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
@@ -918,10 +1100,10 @@ def main(args: Args) -> dict:
                     polyak_update(qf2_target, qf2, args.tau)
 
             if global_step % args.log_frequency == 0:
-                tracker.scalars({"losses/qf_loss": qf_loss.item() / 2.0, "losses/qf1_values": qf1_values.mean().item(),
-                                 "losses/actor_loss": actor_loss.item() if global_step % args.policy_frequency == 0 else math.nan,
-                                 "losses/alpha": alpha.item(),
-                                 "charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
+                actor_loss = actor_loss if global_step % args.policy_frequency == 0 else torch.tensor(math.nan)
+                logged = {"losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item()}
+                logged |= {"losses/qf1_values": qf1_values.mean().item(), "losses/alpha": alpha.item()}
+                tracker.scalars(logged | {"charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
         if exploring and global_step == exploration_end:  # --exploration-load reuses this in other runs
             exploration_sps = clock.rate("exploration", global_step)
@@ -934,22 +1116,19 @@ def main(args: Args) -> dict:
                 result = evaluator(policy)
             tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": progress.labels_used}, global_step)
             progress.evals.add(global_step, result.mean_return)
-            print(f"step={global_step} eval_return={result.mean_return:.1f} +- {result.std_return:.1f} "
-                  f"labels={progress.labels_used}", flush=True)
+            print(f"step={global_step} {result} labels={progress.labels_used}", flush=True)
             stop_reason = progress.evals.stop_reason(args.early_stop_return, args.early_stop_patience)
             if stop_reason:
                 break
-        if checkpoints.due(global_step) and not progress.mid_episode:
-            checkpoints.save("periodic", global_step)
+        if checkpoints.due() and not progress.mid_episode:
+            checkpoints.save("periodic")
 
-    speeds = clock.speeds(progress.global_step)
-    checkpoints.save("end", progress.global_step)
-    summary = write_summary(run_dir, {
-        "algorithm": "sac_rlhf", "env_id": args.env_id, "seed": args.seed, "total_timesteps": progress.global_step,
-        "stop_reason": stop_reason or "budget", "final_eval_return": progress.evals.final, "best_eval_return": progress.evals.best,
-        "eval_history": progress.evals.returns, "labels_used": progress.labels_used, **speeds,
-        "phase_time_s": progress.phase_time, "run_dir": run_dir,
-        "labels_stored": prefs.size, "sessions": progress.session, "buffer_size": rb.size, "exploration_sps": exploration_sps})
+    summary = {"algorithm": "sac_rlhf", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
+    checkpoints.save("end")
+    summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
+    summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
+    summary |= progress.evals.summary()
+    summary = write_summary(run_dir, summary | {"buffer_size": rb.size, "exploration_sps": exploration_sps})
     evaluator.close()
     env.close()
     tracker.close()

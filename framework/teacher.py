@@ -36,8 +36,9 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -230,8 +231,7 @@ class RewardFunction:
         except Exception as err:  # user code: report where it failed in one line
             frame = traceback.extract_tb(err.__traceback__)[-1]
             raise UsageError(
-                f"teacher reward {self.spec!r} failed: {type(err).__name__}: {err} "
-                f"(at {frame.filename}:{frame.lineno})"
+                f"teacher reward {self.spec!r} failed: {type(err).__name__}: {err} (at {frame.filename}:{frame.lineno})"
             ) from err
         if not math.isfinite(value):
             raise UsageError(f"teacher reward {self.spec!r} returned {value}; it must return a finite number")

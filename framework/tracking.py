@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -115,6 +115,44 @@ SUMMARY_KEYS = {
 """The keys every script writes to `<run>/summary.json`, with their meaning; scripts add their own after these."""
 
 
+TENSORBOARD_TAGS = {
+    "charts/episodic_return": "TRUE return of each training episode",
+    "charts/episodic_length": "length of each training episode",
+    "charts/episodic_teacher_return": "the user-written teacher reward's return of each training episode",
+    "charts/SPS": "env steps per second since the previous log",
+    "charts/learning_rate": "PPO's learning rate (annealed)",
+    "charts/agent_reward_mean": "mean reward the agent learns from (learned, exploration or RUNE-augmented)",
+    "eval/episodic_return": "mean TRUE return of an evaluation (deterministic policy)",
+    "eval/episodic_return_std": "std of the evaluation returns",
+    "eval/episodic_length": "mean evaluation episode length",
+    "eval/teacher_return": "mean teacher-reward return of an evaluation",
+    "losses/qf_loss": "SAC critic loss (mean of the two critics)",
+    "losses/qf1_values": "SAC first critic's mean Q value",
+    "losses/actor_loss": "SAC actor loss",
+    "losses/alpha": "SAC entropy coefficient",
+    "losses/value_loss": "PPO value loss",
+    "losses/policy_loss": "PPO clipped surrogate loss",
+    "losses/entropy": "PPO policy entropy",
+    "losses/approx_kl": "PPO approximate KL divergence",
+    "losses/clipfrac": "PPO fraction of clipped ratios",
+    "losses/explained_variance": "PPO explained variance of the value function",
+    "feedback/labels_used": "labels asked so far (skipped pairs included)",
+    "feedback/labels_stored": "labelled pairs the reward model trains on",
+    "feedback/skipped": "pairs the teacher skipped in the session",
+    "feedback/sessions": "feedback sessions done",
+    "feedback/teacher_prefers_b": "share of labels preferring the right clip (a position bias shows here)",
+    "feedback/labels_used_at_eval": "labels asked before an evaluation (plots return against labels)",
+    "reward/train_loss": "reward-model loss in the session's last epoch",
+    "reward/train_accuracy": "reward-model accuracy on its training pairs",
+    "reward/val_accuracy": "reward-model accuracy on held-out pairs",
+    "reward/epochs": "epochs the reward model trained in the session",
+    "reward/pearson": "Pearson correlation of learned and true per-step rewards on recent steps",
+    "reward/spearman": "Spearman correlation of learned and true per-step rewards on recent steps",
+    "time/<phase>": "seconds spent so far in each phase (rollout, agent_update, query, label, reward_training, ...)",
+}
+"""Every TensorBoard tag the scripts write, one per quantity, with its meaning (`time/` takes any phase name)."""
+
+
 class RunClock:
     """Wall time of a run for its summary: steps per second over the whole run and over named stretches of it
     (`begin`), with the time of the `EXCLUDED` phases of `times` (evaluation, checkpoint writing) taken out."""
@@ -140,14 +178,21 @@ class RunClock:
         start, first, excluded = self.marks[name]
         return (step - first) / max(time.perf_counter() - start - (self._excluded() - excluded), 1e-9)
 
-    def speeds(self, step: int) -> dict[str, float]:
-        """The summary's `sps`, `learning_sps` (from `begin("learning", ...)`) and `wall_time_s`."""
-        return {"sps": self.rate("run", step), "learning_sps": self.rate("learning", step),
-                "wall_time_s": time.perf_counter() - self.marks["run"][0]}
+    def summary(self, step: int) -> dict:
+        """The summary.json keys of the clock: `sps`, `learning_sps` (from `begin("learning", ...)`), `wall_time_s`
+        and `phase_time_s`."""
+        return {
+            "sps": self.rate("run", step),
+            "learning_sps": self.rate("learning", step),
+            "wall_time_s": time.perf_counter() - self.marks["run"][0],
+            "phase_time_s": self.times,
+        }
 
 
 def write_summary(run_dir: str, summary: dict) -> dict:
-    """Write `<run>/summary.json` atomically; `summary` holds every `SUMMARY_KEYS` key first, then the script's own."""
+    """Write `<run>/summary.json` atomically: the `SUMMARY_KEYS` first (all of them must be in `summary` but
+    `run_dir`), then the script's own."""
+    summary = {**summary, "run_dir": run_dir}
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
         raise KeyError(f"summary.json lacks {missing}")

@@ -72,8 +72,9 @@ def test_an_old_rendering_env_collected_does_not_blank_the_renderer():
 def probe(data: bytes, tmp_path) -> str:
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
-    return subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True,
-                          text=True).stderr
+    return subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    ).stderr
 
 
 def test_pairs_are_h264_yuv420p_faststart_with_equal_length_and_rate(tmp_path):
@@ -88,7 +89,15 @@ def test_pairs_are_h264_yuv420p_faststart_with_equal_length_and_rate(tmp_path):
 
 
 def test_every_locomotion_and_arm_env_renders(tmp_path):
-    for env_id in ["Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Swimmer-v5", "Reacher-v5", "Pusher-v5", "InvertedPendulum-v5"]:
+    for env_id in [
+        "Walker2d-v5",
+        "HalfCheetah-v5",
+        "Ant-v5",
+        "Swimmer-v5",
+        "Reacher-v5",
+        "Pusher-v5",
+        "InvertedPendulum-v5",
+    ]:
         frame = get_clip_renderer(env_id, 64).render(rollout_states(env_id, 1))[0]
         assert frame.std() > 5, env_id  # a picture, not a blank
 

@@ -52,7 +52,9 @@ def test_physics_state_round_trip():
     np.testing.assert_allclose(next_replay, next_original, atol=1e-9)
 
 
-@pytest.mark.parametrize("wrong, right", [("Hoper-v5", "Hopper-v5"), ("Walker2D-v5", "Walker2d-v5"), ("halfcheetah-v5", "HalfCheetah-v5")])
+@pytest.mark.parametrize(
+    "wrong, right", [("Hoper-v5", "Hopper-v5"), ("Walker2D-v5", "Walker2d-v5"), ("halfcheetah-v5", "HalfCheetah-v5")]
+)
 def test_unknown_env_id_names_close_matches(wrong, right):
     with pytest.raises(UsageError, match=f"did you mean.*'{right}'"):
         check_env_id(wrong)

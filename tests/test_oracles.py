@@ -16,12 +16,39 @@ from framework.networks import SACActor
 # Measured on a 2-core CPU (seeds 1-3): the untrained deterministic policies score 4-10 on InvertedPendulum-v5;
 # SAC with these flags reached 96, 88 and 64 after 5000 steps (~30 s); PPO reached 662, 178 and 99 after 16384
 # steps (~17 s), up from 22-54 at its first evaluation (2048 steps).
-SAC_FLAGS = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "5000", "--learning-starts", "500",
-             "--hidden-size", "64", "--batch-size", "128", "--eval-frequency", "5000", "--eval-episodes", "5",
-             "--no-cuda", "--seed", "1"]
+SAC_FLAGS = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--total-timesteps",
+    "5000",
+    "--learning-starts",
+    "500",
+    "--hidden-size",
+    "64",
+    "--batch-size",
+    "128",
+    "--eval-frequency",
+    "5000",
+    "--eval-episodes",
+    "5",
+    "--no-cuda",
+    "--seed",
+    "1",
+]
 SAC_THRESHOLD = 40.0
-PPO_FLAGS = ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "16384", "--eval-frequency", "2048",
-             "--eval-episodes", "5", "--no-cuda", "--seed", "1"]
+PPO_FLAGS = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--total-timesteps",
+    "16384",
+    "--eval-frequency",
+    "2048",
+    "--eval-episodes",
+    "5",
+    "--no-cuda",
+    "--seed",
+    "1",
+]
 PPO_THRESHOLD = 80.0
 
 
@@ -48,9 +75,27 @@ def test_ppo_learns_inverted_pendulum(runs_dir):
 
 def test_sac_run_writes_logs_video_wandb_and_model(runs_dir):
     result = run_script(
-        "sac.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "1200", "--learning-starts", "1000",
-        "--eval-frequency", "600", "--eval-episodes", "2", "--capture-video", "--track", "--save-model",
-        "--runs-dir", str(runs_dir), "--run-name", "full", "--no-cuda", "--log-frequency", "100",
+        "sac.py",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "1200",
+        "--learning-starts",
+        "1000",
+        "--eval-frequency",
+        "600",
+        "--eval-episodes",
+        "2",
+        "--capture-video",
+        "--track",
+        "--save-model",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "full",
+        "--no-cuda",
+        "--log-frequency",
+        "100",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     run = runs_dir / "full"
@@ -82,8 +127,21 @@ def test_sac_run_writes_logs_video_wandb_and_model(runs_dir):
 
 def test_ppo_run_writes_logs_and_model_with_normaliser(runs_dir):
     result = run_script(
-        "ppo.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "4096", "--num-steps", "256",
-        "--eval-episodes", "2", "--save-model", "--runs-dir", str(runs_dir), "--run-name", "ppo", "--no-cuda",
+        "ppo.py",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "4096",
+        "--num-steps",
+        "256",
+        "--eval-episodes",
+        "2",
+        "--save-model",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "ppo",
+        "--no-cuda",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = summary_of(runs_dir, "ppo")

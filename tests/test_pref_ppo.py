@@ -17,10 +17,35 @@ from framework.checkpoint import load_checkpoint
 from framework.labels import load_labels
 
 # 2 envs x 256 steps per rollout (512 env steps), pre-exploration for 1024 steps, feedback every 1024 steps.
-TINY = ["--env-id", "InvertedPendulum-v5", "--num-envs", "2", "--num-steps", "256", "--num-minibatches", "8",
-        "--update-epochs", "4", "--unsupervised-steps", "1024", "--segment-length", "32", "--feedback-frequency", "1024",
-        "--labels-per-session", "20", "--total-labels", "60", "--reward-hidden-size", "64", "--reward-epochs", "20",
-        "--eval-episodes", "2", "--no-cuda"]
+TINY = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "256",
+    "--num-minibatches",
+    "8",
+    "--update-epochs",
+    "4",
+    "--unsupervised-steps",
+    "1024",
+    "--segment-length",
+    "32",
+    "--feedback-frequency",
+    "1024",
+    "--labels-per-session",
+    "20",
+    "--total-labels",
+    "60",
+    "--reward-hidden-size",
+    "64",
+    "--reward-epochs",
+    "20",
+    "--eval-episodes",
+    "2",
+    "--no-cuda",
+]
 
 UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
 
@@ -33,11 +58,42 @@ def test_every_feature_on(runs_dir, tmp_path):
     reward_file = tmp_path / "rewards.py"
     reward_file.write_text(UPRIGHT_REWARD)
     result = run_script(
-        "pref_ppo.py", *TINY, "--total-timesteps", "4096", "--eval-frequency", "2048", "--checkpoint-frequency", "1024",
-        "--surf", "--rune", "--query-sampling", "entropy", "--label-schedule", "rl-teacher", "--pretrain-labels", "30",
-        "--teacher-beta", "50", "--teacher-gamma", "0.99", "--teacher-eps-mistake", "0.1", "--teacher-eps-skip", "0.05",
-        "--teacher-eps-equal", "0.05", "--teacher-reward", f"{reward_file}:upright", "--reward-dropout", "0.1",
-        "--capture-video", "--track", "--runs-dir", str(runs_dir), "--run-name", "all",
+        "pref_ppo.py",
+        *TINY,
+        "--total-timesteps",
+        "4096",
+        "--eval-frequency",
+        "2048",
+        "--checkpoint-frequency",
+        "1024",
+        "--surf",
+        "--rune",
+        "--query-sampling",
+        "entropy",
+        "--label-schedule",
+        "rl-teacher",
+        "--pretrain-labels",
+        "30",
+        "--teacher-beta",
+        "50",
+        "--teacher-gamma",
+        "0.99",
+        "--teacher-eps-mistake",
+        "0.1",
+        "--teacher-eps-skip",
+        "0.05",
+        "--teacher-eps-equal",
+        "0.05",
+        "--teacher-reward",
+        f"{reward_file}:upright",
+        "--reward-dropout",
+        "0.1",
+        "--capture-video",
+        "--track",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "all",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs_dir / "all"
@@ -55,21 +111,45 @@ def test_every_feature_on(runs_dir, tmp_path):
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ["eval/episodic_return", "eval/teacher_return", "charts/episodic_return", "charts/SPS",
-                "feedback/labels_used", "reward/train_accuracy", "reward/pearson", "reward/spearman",
-                "time/rollout", "time/reward_training", "losses/approx_kl"]:
+    for tag in [
+        "eval/episodic_return",
+        "eval/teacher_return",
+        "charts/episodic_return",
+        "charts/SPS",
+        "feedback/labels_used",
+        "reward/train_accuracy",
+        "reward/pearson",
+        "reward/spearman",
+        "time/rollout",
+        "time/reward_training",
+        "losses/approx_kl",
+    ]:
         assert tag in tags, tag
 
 
 def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
-    flags = [*TINY, "--total-timesteps", "5120", "--eval-frequency", "5120", "--checkpoint-frequency", "1024",
-             "--runs-dir", str(runs_dir)]
+    flags = [
+        *TINY,
+        "--total-timesteps",
+        "5120",
+        "--eval-frequency",
+        "5120",
+        "--checkpoint-frequency",
+        "1024",
+        "--runs-dir",
+        str(runs_dir),
+    ]
     straight = run_script("pref_ppo.py", *flags, "--run-name", "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed_dir = runs_dir / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *flags, "--run-name", "killed"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *flags, "--run-name", "killed"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in proc.stdout:
         if "saved checkpoint at step 2048" in line:
             proc.send_signal(signal.SIGKILL)
@@ -92,9 +172,23 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
 
 
 def test_sigterm_saves_and_exits_130(runs_dir):
-    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *TINY, "--total-timesteps", "8192",
-                             "--runs-dir", str(runs_dir), "--run-name", "term"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "framework" / "pref_ppo.py"),
+            *TINY,
+            "--total-timesteps",
+            "8192",
+            "--runs-dir",
+            str(runs_dir),
+            "--run-name",
+            "term",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if "session=1" in line:
             proc.send_signal(signal.SIGTERM)
@@ -132,10 +226,34 @@ def test_pref_ppo_learns_inverted_pendulum_from_preferences(runs_dir):
     """Measured (2-core CPU, seeds 1-3): 1000 (the maximum) after 20480 steps and 180 labels, in 33-44 s; the
     untrained policy scores 4-10, and ppo.py on the true reward reached 99-662 after 16384 steps."""
     result = run_script(
-        "pref_ppo.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "20480", "--unsupervised-steps", "2048",
-        "--segment-length", "32", "--feedback-frequency", "2048", "--labels-per-session", "20", "--total-labels", "200",
-        "--reward-hidden-size", "128", "--eval-frequency", "4096", "--eval-episodes", "5", "--no-cuda", "--seed", "1",
-        "--runs-dir", str(runs_dir), "--run-name", "learn",
+        "pref_ppo.py",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "20480",
+        "--unsupervised-steps",
+        "2048",
+        "--segment-length",
+        "32",
+        "--feedback-frequency",
+        "2048",
+        "--labels-per-session",
+        "20",
+        "--total-labels",
+        "200",
+        "--reward-hidden-size",
+        "128",
+        "--eval-frequency",
+        "4096",
+        "--eval-episodes",
+        "5",
+        "--no-cuda",
+        "--seed",
+        "1",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "learn",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(runs_dir / "learn")

@@ -46,8 +46,11 @@ def test_a_resume_takes_the_overridable_flags_written_on_its_command_line_even_a
 
     saved = {"feedback_timeout": 5.0, "feedback_server_autostart": True, "seed": 7}
     overridable = ("feedback_timeout", "feedback_server_autostart")
-    monkeypatch.setattr(runtime, "COMMAND_LINE", ["--resume", "runs/x", "--feedback-timeout", "0",
-                                                   "--no-feedback-server-autostart", "--seed", "3"])
+    monkeypatch.setattr(
+        runtime,
+        "COMMAND_LINE",
+        ["--resume", "runs/x", "--feedback-timeout", "0", "--no-feedback-server-autostart", "--seed", "3"],
+    )
     assert runtime.resumed_args(Flags(0.0, False, 3), saved, overridable) == Flags(0.0, False, 7)
     monkeypatch.setattr(runtime, "COMMAND_LINE", ["--resume=runs/x", "--feedback-timeout=2"])
     assert runtime.resumed_args(Flags(2.0), saved, overridable) == Flags(2.0, True, 7)

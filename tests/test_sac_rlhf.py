@@ -20,10 +20,33 @@ from framework.checkpoint import load_checkpoint
 from framework.labels import load_labels
 
 # A small but complete configuration: 200 random steps, 300 steps of pre-exploration, feedback every 400 steps.
-TINY = ["--env-id", "InvertedPendulum-v5", "--learning-starts", "200", "--unsupervised-steps", "300",
-        "--segment-length", "20", "--feedback-frequency", "400", "--labels-per-session", "20", "--total-labels", "100",
-        "--hidden-size", "64", "--batch-size", "64", "--reward-hidden-size", "64", "--reward-epochs", "20",
-        "--eval-episodes", "2", "--no-cuda"]
+TINY = [
+    "--env-id",
+    "InvertedPendulum-v5",
+    "--learning-starts",
+    "200",
+    "--unsupervised-steps",
+    "300",
+    "--segment-length",
+    "20",
+    "--feedback-frequency",
+    "400",
+    "--labels-per-session",
+    "20",
+    "--total-labels",
+    "100",
+    "--hidden-size",
+    "64",
+    "--batch-size",
+    "64",
+    "--reward-hidden-size",
+    "64",
+    "--reward-epochs",
+    "20",
+    "--eval-episodes",
+    "2",
+    "--no-cuda",
+]
 
 UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
 
@@ -42,12 +65,43 @@ def test_every_feature_on(runs_dir, tmp_path):
     reward_file = tmp_path / "rewards.py"
     reward_file.write_text(UPRIGHT_REWARD)
     result = run_script(
-        "sac_rlhf.py", *[f for f in TINY if f != "--no-cuda"], "--cuda",
-        "--total-timesteps", "1800", "--eval-frequency", "900", "--checkpoint-frequency", "600",
-        "--surf", "--rune", "--query-sampling", "entropy", "--label-schedule", "exponential", "--schedule-growth", "1.5",
-        "--teacher-beta", "50", "--teacher-gamma", "0.99", "--teacher-eps-mistake", "0.1", "--teacher-eps-skip", "0.05",
-        "--teacher-eps-equal", "0.05", "--teacher-reward", f"{reward_file}:upright", "--reward-dropout", "0.1",
-        "--capture-video", "--track", "--runs-dir", str(runs_dir), "--run-name", "all",
+        "sac_rlhf.py",
+        *[f for f in TINY if f != "--no-cuda"],
+        "--cuda",
+        "--total-timesteps",
+        "1800",
+        "--eval-frequency",
+        "900",
+        "--checkpoint-frequency",
+        "600",
+        "--surf",
+        "--rune",
+        "--query-sampling",
+        "entropy",
+        "--label-schedule",
+        "exponential",
+        "--schedule-growth",
+        "1.5",
+        "--teacher-beta",
+        "50",
+        "--teacher-gamma",
+        "0.99",
+        "--teacher-eps-mistake",
+        "0.1",
+        "--teacher-eps-skip",
+        "0.05",
+        "--teacher-eps-equal",
+        "0.05",
+        "--teacher-reward",
+        f"{reward_file}:upright",
+        "--reward-dropout",
+        "0.1",
+        "--capture-video",
+        "--track",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "all",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     if not torch.cuda.is_available():  # --cuda without a GPU says so and goes on with the CPU
@@ -61,7 +115,11 @@ def test_every_feature_on(runs_dir, tmp_path):
 
     labels = load_labels(str(run / "labels.npz"))
     assert len(labels["labels"]) == summary["labels_stored"]
-    assert labels["seg_a"].shape == (summary["labels_stored"], 20, 5) and set(np.unique(labels["labels"])) <= {0, 0.5, 1}
+    assert labels["seg_a"].shape == (summary["labels_stored"], 20, 5) and set(np.unique(labels["labels"])) <= {
+        0,
+        0.5,
+        1,
+    }
     assert sorted(set(labels["steps"])) == [500, 900, 1500]
 
     checkpoint = load_checkpoint(str(run / "checkpoint.pt"))
@@ -71,23 +129,50 @@ def test_every_feature_on(runs_dir, tmp_path):
     assert glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
 
     tags = scalar_tags(run)
-    for tag in ["eval/episodic_return", "eval/teacher_return", "charts/episodic_return", "charts/episodic_teacher_return",
-                "charts/SPS", "feedback/labels_used", "reward/train_accuracy", "reward/val_accuracy", "reward/pearson",
-                "reward/spearman", "time/agent_update", "time/exploration_update", "time/reward_training",
-                "time/relabel", "losses/qf_loss"]:
+    for tag in [
+        "eval/episodic_return",
+        "eval/teacher_return",
+        "charts/episodic_return",
+        "charts/episodic_teacher_return",
+        "charts/SPS",
+        "feedback/labels_used",
+        "reward/train_accuracy",
+        "reward/val_accuracy",
+        "reward/pearson",
+        "reward/spearman",
+        "time/agent_update",
+        "time/exploration_update",
+        "time/reward_training",
+        "time/relabel",
+        "losses/qf_loss",
+    ]:
         assert tag in tags, tag
 
 
 def test_resume_after_kill_matches_a_straight_run(runs_dir):
     """A run SIGKILLed after a checkpoint and resumed ends exactly like one run straight through."""
-    flags = [*TINY, "--total-timesteps", "2400", "--eval-frequency", "1200", "--checkpoint-frequency", "300",
-             "--runs-dir", str(runs_dir)]
+    flags = [
+        *TINY,
+        "--total-timesteps",
+        "2400",
+        "--eval-frequency",
+        "1200",
+        "--checkpoint-frequency",
+        "300",
+        "--runs-dir",
+        str(runs_dir),
+    ]
     straight = run_script("sac_rlhf.py", *flags, "--run-name", "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed_dir = runs_dir / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags, "--run-name", "killed"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags, "--run-name", "killed"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in proc.stdout:  # kill it hard once it has checkpointed after its second feedback session
         if "saved checkpoint" in line and int(line.split("step ")[1].split()[0]) > 1000:
             proc.send_signal(signal.SIGKILL)
@@ -105,17 +190,36 @@ def test_resume_after_kill_matches_a_straight_run(runs_dir):
     assert a["total_timesteps"] == b["total_timesteps"] == 2400
     assert a["buffer_size"] == b["buffer_size"] == 2400
     assert a["labels_used"] == b["labels_used"]
-    labels_a, labels_b = load_labels(str(runs_dir / "straight" / "labels.npz")), load_labels(str(killed_dir / "labels.npz"))
+    labels_a, labels_b = (
+        load_labels(str(runs_dir / "straight" / "labels.npz")),
+        load_labels(str(killed_dir / "labels.npz")),
+    )
     for key in labels_a:
         np.testing.assert_array_equal(labels_a[key], labels_b[key], err_msg=key)
     assert a["eval_history"] == b["eval_history"], "the resumed run continues exactly where the killed one was"
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(runs_dir):
-    flags = [*TINY, "--total-timesteps", "3000", "--eval-frequency", "3000", "--checkpoint-frequency", "0",
-             "--runs-dir", str(runs_dir), "--run-name", "term"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        *TINY,
+        "--total-timesteps",
+        "3000",
+        "--eval-frequency",
+        "3000",
+        "--checkpoint-frequency",
+        "0",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "term",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if "session=1" in line:
             proc.send_signal(signal.SIGTERM)
@@ -133,16 +237,38 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(runs_dir):
 
 
 def test_exploration_is_saved_and_reused(runs_dir):
-    first = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "900", "--eval-frequency", "900",
-                       "--runs-dir", str(runs_dir), "--run-name", "explorer")
+    first = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "900",
+        "--eval-frequency",
+        "900",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "explorer",
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     saved = load_checkpoint(str(runs_dir / "explorer" / "exploration.pt"))
     assert saved["state"]["global_step"] == 500 and saved["replay_buffer"]["size"] == 500
     assert np.abs(saved["replay_buffer"]["obs"]).sum() > 0 and np.abs(saved["replay_buffer"]["physics"]).sum() > 0
 
     start = time.perf_counter()
-    second = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "900", "--eval-frequency", "900",
-                        "--exploration-load", str(runs_dir / "explorer"), "--runs-dir", str(runs_dir), "--run-name", "reuser")
+    second = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "900",
+        "--eval-frequency",
+        "900",
+        "--exploration-load",
+        str(runs_dir / "explorer"),
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "reuser",
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "loaded pre-exploration" in second.stdout and "500 transitions" in second.stdout
     summary = summary_of(runs_dir / "reuser")
@@ -151,20 +277,54 @@ def test_exploration_is_saved_and_reused(runs_dir):
     assert not os.path.exists(runs_dir / "reuser" / "exploration.pt")
     assert time.perf_counter() - start < 120
 
-    wrong = run_script("sac_rlhf.py", *TINY, "--env-id", "InvertedDoublePendulum-v5", "--total-timesteps", "900",
-                       "--exploration-load", str(runs_dir / "explorer"), "--runs-dir", str(runs_dir))
+    wrong = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--env-id",
+        "InvertedDoublePendulum-v5",
+        "--total-timesteps",
+        "900",
+        "--exploration-load",
+        str(runs_dir / "explorer"),
+        "--runs-dir",
+        str(runs_dir),
+    )
     assert wrong.returncode == 2 and "was made on 'InvertedPendulum-v5'" in wrong.stderr
 
 
 def test_early_stopping(runs_dir):
-    result = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "5000", "--eval-frequency", "600",
-                        "--early-stop-return", "-1", "--runs-dir", str(runs_dir), "--run-name", "stop")
+    result = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "5000",
+        "--eval-frequency",
+        "600",
+        "--early-stop-return",
+        "-1",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "stop",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(runs_dir / "stop")
     assert summary["total_timesteps"] == 600 and "--early-stop-return" in summary["stop_reason"]
 
-    result = run_script("sac_rlhf.py", *TINY, "--total-timesteps", "5000", "--eval-frequency", "550",
-                        "--early-stop-patience", "1", "--runs-dir", str(runs_dir), "--run-name", "patience")
+    result = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "5000",
+        "--eval-frequency",
+        "550",
+        "--early-stop-patience",
+        "1",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "patience",
+    )
     summary = summary_of(runs_dir / "patience")
     history = [r for _, r in summary["eval_history"]]
     assert "without a new best" in summary["stop_reason"] and summary["total_timesteps"] < 5000
@@ -202,11 +362,40 @@ def test_pebble_learns_inverted_pendulum_from_preferences(runs_dir):
     """Measured (2-core CPU, seeds 1-2): 72.8 and 55.2 after 5000 steps and 200 labels, ~50 s; the untrained
     policy scores 4-10 and the oracle sac.py 64-96 with the same budget and networks."""
     result = run_script(
-        "sac_rlhf.py", "--env-id", "InvertedPendulum-v5", "--total-timesteps", "5000", "--learning-starts", "500",
-        "--unsupervised-steps", "1000", "--segment-length", "25", "--feedback-frequency", "700",
-        "--labels-per-session", "40", "--total-labels", "200", "--hidden-size", "64", "--batch-size", "128",
-        "--reward-hidden-size", "128", "--eval-frequency", "5000", "--eval-episodes", "5", "--no-cuda", "--seed", "1",
-        "--runs-dir", str(runs_dir), "--run-name", "learn",
+        "sac_rlhf.py",
+        "--env-id",
+        "InvertedPendulum-v5",
+        "--total-timesteps",
+        "5000",
+        "--learning-starts",
+        "500",
+        "--unsupervised-steps",
+        "1000",
+        "--segment-length",
+        "25",
+        "--feedback-frequency",
+        "700",
+        "--labels-per-session",
+        "40",
+        "--total-labels",
+        "200",
+        "--hidden-size",
+        "64",
+        "--batch-size",
+        "128",
+        "--reward-hidden-size",
+        "128",
+        "--eval-frequency",
+        "5000",
+        "--eval-episodes",
+        "5",
+        "--no-cuda",
+        "--seed",
+        "1",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "learn",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(runs_dir / "learn")

@@ -128,9 +128,9 @@ def test_custom_reward_from_file_is_used_per_step(reward_file):
     env.reset(seed=0)
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["teacher_reward"] == 11 + 3 + 11 + 6 + 6 + 1
-    assert load_reward_function(f"{reward_file}:with_kwargs")(
-        obs=0, action=0, next_obs=0, qpos=0, qvel=0, info={}
-    ) == 1.0
+    assert (
+        load_reward_function(f"{reward_file}:with_kwargs")(obs=0, action=0, next_obs=0, qpos=0, qvel=0, info={}) == 1.0
+    )
 
 
 def test_custom_reward_drives_the_teacher(reward_file):

@@ -53,7 +53,9 @@ def test_tensorboard_scalars_and_hyperparameters_read_back(tmp_path):
 
 def test_wandb_offline_run_is_written_and_readable(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    tracker = Tracker("wb-run", {"learning_rate": 0.003, "seed": 7}, runs_dir=str(tmp_path), track=True, wandb_project="prefrl-test")
+    tracker = Tracker(
+        "wb-run", {"learning_rate": 0.003, "seed": 7}, runs_dir=str(tmp_path), track=True, wandb_project="prefrl-test"
+    )
     for step in range(5):
         tracker.scalar("charts/episodic_return", 10.0 + step, step)
     tracker.close()
@@ -89,12 +91,26 @@ def test_compare_runs_tabulates_and_plots(tmp_path):
             tracker.scalar("eval/episodic_return", slope * step, step)
         tracker.close()
     out = tmp_path / "curve.png"
-    result = subprocess.run([sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), *map(str, sorted(tmp_path.glob("Hopper*"))),
-                             "--group-by", "exp", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "toolbox" / "compare_runs.py"),
+            *map(str, sorted(tmp_path.glob("Hopper*"))),
+            "--group-by",
+            "exp",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "| sac | 2 | 3000 | 6000.0 +- 3000.0 | 6000.0 |" in result.stdout
     assert "| ppo | 1 | 3000 | 1500.0 +- 0.0 | 1500.0 |" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    missing = subprocess.run([sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), str(tmp_path / "nope")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode != 0 and "not a run folder" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,111 @@
+"""One vocabulary for what runs write: every script's summary.json starts with the documented keys (speeds computed
+the same way), and every TensorBoard tag a script writes is documented, one tag per quantity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_script
+from framework.tracking import SUMMARY_KEYS, TENSORBOARD_TAGS
+
+COMMON = ["--env-id", "InvertedPendulum-v5", "--eval-episodes", "1", "--no-cuda", "--seed", "2"]
+PREFERENCE = ["--segment-length", "10", "--labels-per-session", "10", "--total-labels", "20", "--reward-epochs", "5"]
+UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
+# each about 10 s on a 2-core CPU
+RUNS = {
+    "sac.py": [
+        "--total-timesteps",
+        "600",
+        "--learning-starts",
+        "200",
+        "--hidden-size",
+        "32",
+        "--log-frequency",
+        "100",
+        "--eval-frequency",
+        "300",
+    ],
+    "ppo.py": ["--total-timesteps", "1024", "--num-envs", "2", "--num-steps", "256", "--eval-frequency", "512"],
+    "sac_rlhf.py": [
+        "--total-timesteps",
+        "700",
+        "--learning-starts",
+        "100",
+        "--unsupervised-steps",
+        "200",
+        "--feedback-frequency",
+        "200",
+        "--hidden-size",
+        "32",
+        "--log-frequency",
+        "100",
+        "--eval-frequency",
+        "350",
+        *PREFERENCE,
+    ],
+    "pref_ppo.py": [
+        "--total-timesteps",
+        "1536",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "256",
+        "--unsupervised-steps",
+        "512",
+        "--feedback-frequency",
+        "512",
+        "--eval-frequency",
+        "768",
+        *PREFERENCE,
+    ],
+}
+NOT_WRITTEN_HERE = {"charts/episodic_teacher_return"}  # needs --teacher-reward with sac_rlhf (test_sac_rlhf checks it)
+
+
+def documented(tag: str) -> bool:
+    return tag in TENSORBOARD_TAGS or (tag.startswith("time/") and "time/<phase>" in TENSORBOARD_TAGS)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[dict, set[str]]]:
+    """script -> (summary.json, TensorBoard tags) of a short run of each script."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    (runs_dir / "rewards.py").write_text(UPRIGHT_REWARD)
+    out = {}
+    for script, flags in RUNS.items():
+        extra = ["--teacher-reward", f"{runs_dir / 'rewards.py'}:upright"] if script == "pref_ppo.py" else []
+        name = script.removesuffix(".py")
+        result = run_script(script, *COMMON, *flags, *extra, "--runs-dir", str(runs_dir), "--run-name", name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        accumulator = EventAccumulator(str(runs_dir / name))
+        accumulator.Reload()
+        out[script] = (json.loads((runs_dir / name / "summary.json").read_text()), set(accumulator.Tags()["scalars"]))
+    return out
+
+
+@pytest.mark.parametrize("script", list(RUNS))
+def test_summary_starts_with_the_documented_keys(runs, script):
+    summary, _ = runs[script]
+    assert list(summary)[: len(SUMMARY_KEYS)] == list(SUMMARY_KEYS)
+    assert summary["algorithm"] == script.removesuffix(".py") and summary["stop_reason"] == "budget"
+    assert summary["total_timesteps"] == int(RUNS[script][1])
+    assert summary["final_eval_return"] == summary["eval_history"][-1][1] <= summary["best_eval_return"]
+    assert summary["best_eval_return"] == max(r for _, r in summary["eval_history"])
+    assert all(math.isfinite(summary[k]) and summary[k] > 0 for k in ("sps", "learning_sps", "wall_time_s"))
+    assert summary["phase_time_s"]["evaluation"] > 0
+    assert summary["labels_used"] == (20 if "pref" in script or "rlhf" in script else 0)
+
+
+def test_every_tensorboard_tag_is_documented_and_each_documented_tag_is_written(runs):
+    written = set().union(*(tags for _, tags in runs.values()))
+    undocumented = sorted(tag for tag in written if not documented(tag))
+    assert not undocumented, f"tags not in tracking.TENSORBOARD_TAGS: {undocumented}"
+    never = sorted(set(TENSORBOARD_TAGS) - written - NOT_WRITTEN_HERE - {"time/<phase>"})
+    assert not never, f"documented but written by no script: {never}"
+    # the quantities both preference scripts log go under the same tags
+    shared = {"charts/agent_reward_mean", "feedback/labels_used", "feedback/teacher_prefers_b", "reward/pearson"}
+    assert shared <= runs["sac_rlhf.py"][1] & runs["pref_ppo.py"][1]
