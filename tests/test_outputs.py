@@ -12,56 +12,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_script
 from framework.tracking import SUMMARY_KEYS, TENSORBOARD_TAGS
 
-COMMON = ["--env-id", "InvertedPendulum-v5", "--eval-episodes", "1", "--no-cuda", "--seed", "2"]
-PREFERENCE = ["--segment-length", "10", "--labels-per-session", "10", "--total-labels", "20", "--reward-epochs", "5"]
+COMMON = "--env-id InvertedPendulum-v5 --eval-episodes 1 --no-cuda --seed 2".split()
+PREFERENCE = "--segment-length 10 --labels-per-session 10 --total-labels 20 --reward-epochs 5"
 UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
 # each about 10 s on a 2-core CPU
 RUNS = {
-    "sac.py": [
-        "--total-timesteps",
-        "600",
-        "--learning-starts",
-        "200",
-        "--hidden-size",
-        "32",
-        "--log-frequency",
-        "100",
-        "--eval-frequency",
-        "300",
-    ],
-    "ppo.py": ["--total-timesteps", "1024", "--num-envs", "2", "--num-steps", "256", "--eval-frequency", "512"],
-    "sac_rlhf.py": [
-        "--total-timesteps",
-        "700",
-        "--learning-starts",
-        "100",
-        "--unsupervised-steps",
-        "200",
-        "--feedback-frequency",
-        "200",
-        "--hidden-size",
-        "32",
-        "--log-frequency",
-        "100",
-        "--eval-frequency",
-        "350",
-        *PREFERENCE,
-    ],
-    "pref_ppo.py": [
-        "--total-timesteps",
-        "1536",
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "256",
-        "--unsupervised-steps",
-        "512",
-        "--feedback-frequency",
-        "512",
-        "--eval-frequency",
-        "768",
-        *PREFERENCE,
-    ],
+    "sac.py": "--total-timesteps 600 --learning-starts 200 --hidden-size 32 --log-frequency 100 --eval-frequency 300",
+    "ppo.py": "--total-timesteps 1024 --num-envs 2 --num-steps 256 --eval-frequency 512",
+    "sac_rlhf.py": "--total-timesteps 700 --learning-starts 100 --unsupervised-steps 200 --feedback-frequency 200 "
+    f"--hidden-size 32 --log-frequency 100 --eval-frequency 350 {PREFERENCE}",
+    "pref_ppo.py": "--total-timesteps 1536 --num-envs 2 --num-steps 256 --unsupervised-steps 512 "
+    f"--feedback-frequency 512 --eval-frequency 768 {PREFERENCE}",
 }
 NOT_WRITTEN_HERE = {"charts/episodic_teacher_return"}  # needs --teacher-reward with sac_rlhf (test_sac_rlhf checks it)
 
@@ -79,7 +40,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, set[str]]]:
     for script, flags in RUNS.items():
         extra = ["--teacher-reward", f"{runs_dir / 'rewards.py'}:upright"] if script == "pref_ppo.py" else []
         name = script.removesuffix(".py")
-        result = run_script(script, *COMMON, *flags, *extra, "--runs-dir", str(runs_dir), "--run-name", name)
+        result = run_script(script, *COMMON, *flags.split(), *extra, "--runs-dir", str(runs_dir), "--run-name", name)
         assert result.returncode == 0, result.stderr[-3000:]
         accumulator = EventAccumulator(str(runs_dir / name))
         accumulator.Reload()
@@ -92,7 +53,7 @@ def test_summary_starts_with_the_documented_keys(runs, script):
     summary, _ = runs[script]
     assert list(summary)[: len(SUMMARY_KEYS)] == list(SUMMARY_KEYS)
     assert summary["algorithm"] == script.removesuffix(".py") and summary["stop_reason"] == "budget"
-    assert summary["total_timesteps"] == int(RUNS[script][1])
+    assert summary["total_timesteps"] == int(RUNS[script].split()[1])
     assert summary["final_eval_return"] == summary["eval_history"][-1][1] <= summary["best_eval_return"]
     assert summary["best_eval_return"] == max(r for _, r in summary["eval_history"])
     assert all(math.isfinite(summary[k]) and summary[k] > 0 for k in ("sps", "learning_sps", "wall_time_s"))
