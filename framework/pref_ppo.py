@@ -914,12 +914,8 @@ def main(args: Args) -> dict:
 
     def snapshot() -> dict:
         explored = explore_states[: progress.explore_filled].cpu() if explore_states is not None else None
-        return {
-            "args": asdict(args),
-            **{name: part.state_dict() for name, part in parts.items()},
-            "explore_states": explored,
-            "rng": rng_states(device, numpy=rng),
-        }
+        states = {name: part.state_dict() for name, part in parts.items()}
+        return {"args": asdict(args), "explore_states": explored, "rng": rng_states(device, numpy=rng), **states}
 
     if checkpoint is not None:
         for name, part in parts.items():
@@ -1074,21 +1070,17 @@ def main(args: Args) -> dict:
                     mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                    pg_loss = torch.max(
-                        -mb_advantages * ratio,
-                        -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef),
-                    ).mean()
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
                     newvalue = newvalue.view(-1)
                     if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
                         v_clipped = b_values[mb_inds] + torch.clamp(
                             newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
                         )
-                        v_loss = (
-                            0.5
-                            * torch.max(
-                                (newvalue - b_returns[mb_inds]) ** 2, (v_clipped - b_returns[mb_inds]) ** 2
-                            ).mean()
-                        )
+                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
                     else:
                         v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
                     entropy_loss = entropy.mean()
@@ -1100,18 +1092,13 @@ def main(args: Args) -> dict:
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
 
-        tracker.scalars(
-            {
-                "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                "losses/value_loss": v_loss.item(),
-                "losses/policy_loss": pg_loss.item(),
-                "losses/entropy": entropy_loss.item(),
-                "losses/approx_kl": approx_kl.item(),
-                "losses/clipfrac": torch.stack(clipfracs).mean().item(),
-                **{f"time/{k}": v for k, v in progress.phase_time.items()},
-            },
-            global_step,
-        )
+        logged = {"losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item()}
+        logged |= {"losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item()}
+        logged |= {
+            "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+            "charts/learning_rate": optimizer.param_groups[0]["lr"],
+        }
+        tracker.scalars(logged | {f"time/{k}": v for k, v in progress.phase_time.items()}, global_step)
         tracker.steps_per_second(global_step)
 
         if global_step >= progress.next_eval or iteration == num_iterations:

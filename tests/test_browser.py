@@ -91,6 +91,8 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
                 pressed.append(key)
                 if len(pressed) == 1 and not undone:  # take the first answer back and give it again
                     page.wait_for_function("(src) => document.getElementById('video-left').src !== src", arg=shown)
+                    # once the answer has left the browser, undo goes through the server (and reaches the trainer)
+                    page.wait_for_function("() => !Object.keys(localStorage).some(k => k.startsWith('prefrl-answer:'))")
                     page.keyboard.press("u")
                     page.wait_for_function("(src) => document.getElementById('video-left').src === src", arg=shown)
                     undone = True
