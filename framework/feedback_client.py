@@ -356,6 +356,12 @@ class HumanTeacher:
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         self.schedule = list(sessions)
 
+    def submit(self, queries: QueryBatch) -> list[str]:
+        raise UsageError("--feedback-async works with simulated teachers; people answer in sessions for now")
+
+    def collect(self) -> list[tuple[str, float]]:
+        return []
+
     # ------------------------------------------------------------------------------------------------ bookkeeping
     def _append(self, records: list[dict]) -> None:
         if not records:

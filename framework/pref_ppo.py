@@ -166,6 +166,15 @@ class Args(HumanFeedbackArgs, RunArgs):
     """growth factor of the intervals between sessions (exponential schedule)"""
     pretrain_labels: int = 200
     """labels of the first session (rl-teacher schedule)"""
+    feedback_async: bool = False
+    """asynchronous feedback: after the first session, the agent keeps learning while queries are answered; answers
+    are learned from as they arrive, within the schedule's label budget (simulated teachers)"""
+    feedback_pending: int = 10
+    """asynchronous feedback: queries kept outstanding with the teacher (chosen with the current reward model)"""
+    reward_update_every: int = 20
+    """asynchronous feedback: retrain the reward model (warm) and relabel once this many new answers have arrived"""
+    feedback_poll_frequency: int = 500
+    """asynchronous feedback: collect answers and top up the outstanding queries every this many env steps"""
 
     # SURF (Park et al. 2022)
     surf: bool = False
@@ -198,6 +207,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """skip a pair when neither return exceeds this times the typical segment return"""
     teacher_eps_equal: float = 0.0
     """answer 'equal' when the returns differ by less than this times the typical segment return"""
+    teacher_latency: float = 0.0
+    """seconds the simulated teacher takes per answer (exponentially distributed around it), as a person would; 0:
+    instant"""
     teacher_reward: str | None = None
     """the simulated teacher judges by this user reward (path/file.py:function or module:function) instead of the
     environment's reward"""
@@ -239,6 +251,9 @@ def validate(args: Args) -> None:
         "query_pool_multiplier",
         "labels_per_session",
         "feedback_frequency",
+        "feedback_pending",
+        "reward_update_every",
+        "feedback_poll_frequency",
         "eval_frequency",
         "eval_episodes",
         "correlation_window",
@@ -690,6 +705,8 @@ class Progress:
     phase_time: dict[str, float] = field(default_factory=dict)  # seconds per phase, logged as time/<phase>
     recent_episodes: list[tuple[float, int]] = field(default_factory=list)  # (teacher return, length) of the last 20
     pending_queries: dict | None = None  # a session's queries while a person answers them
+    outstanding: dict[str, dict] = field(default_factory=dict)  # asynchronous feedback: queries asked, by key
+    arrived: list[dict] = field(default_factory=list)  # asynchronous feedback: answered, not yet learned from
     explore_filled: int = 0  # states stored for the state-entropy reward
 
     def state_dict(self) -> dict:
@@ -736,6 +753,17 @@ def choose_queries(
     }
 
 
+def query_batch(q: dict[str, np.ndarray], progress: Progress, args: Args) -> QueryBatch:
+    """What the teacher is shown of the chosen queries `q`, with the typical segment return of recent episodes."""
+    scale = segment_return_scale(progress.recent_episodes, args.segment_length)
+    rewards, masks, physics = (
+        (q["teacher_rewards_a"], q["teacher_rewards_b"]),
+        (q["mask_a"], q["mask_b"]),
+        (q["physics_a"], q["physics_b"]),
+    )
+    return QueryBatch(args.env_id, int(q["step"]), *rewards, *masks, *physics, progress.session, scale)
+
+
 def ask_teacher(
     n_labels: int,
     buffer,
@@ -755,19 +783,7 @@ def ask_teacher(
         if q is None:
             q = choose_queries(buffer, ensemble, prefs, n_labels, progress.global_step, args, rng, device)
     with timed(progress.phase_time, "label"):
-        scale = segment_return_scale(progress.recent_episodes, args.segment_length)
-        queries = QueryBatch(
-            args.env_id,
-            q["step"],
-            q["teacher_rewards_a"],
-            q["teacher_rewards_b"],
-            q["mask_a"],
-            q["mask_b"],
-            q["physics_a"],
-            q["physics_b"],
-            progress.session,
-            scale,
-        )
+        queries = query_batch(q, progress, args)
         if args.teacher_feedback_mode == "human":
             progress.pending_queries = q
             checkpoints.save("feedback session waits for answers")
@@ -830,6 +846,8 @@ def learn_from_labels(
     )
     if prefs.size:
         stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
+    if "asked" in q:  # asynchronous feedback: how far the agent went on while these answers were given
+        stats["feedback/answer_delay_steps"] = float(np.mean(step - q["asked"]))
     tracker.scalars(stats, step)
     progress.session += 1
     print(
@@ -839,6 +857,40 @@ def learn_from_labels(
         f"pearson={stats.get('reward/pearson', math.nan):.3f}",
         flush=True,
     )
+
+
+def exchange_with_teacher(
+    buffer,
+    ensemble: RewardEnsemble,
+    prefs: PreferenceBuffer,
+    teacher: Teacher,
+    progress: Progress,
+    sessions: list[tuple[int, int]],
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> dict[str, np.ndarray] | None:
+    """Asynchronous feedback, between the agent's steps: take the answers that arrived, top the outstanding queries up
+    to --feedback-pending (chosen with the current reward model, within the labels the schedule allows by now), and,
+    once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else None)."""
+    step = progress.global_step
+    with timed(progress.phase_time, "label"):
+        for key, label in teacher.collect():
+            if key in progress.outstanding:  # (an answer to a query this run no longer waits for is dropped)
+                progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
+    with timed(progress.phase_time, "query"):
+        asked = progress.labels_used + len(progress.arrived) + len(progress.outstanding)
+        allowed = sum(n for first_step, n in sessions if first_step <= step)
+        n_new = min(args.feedback_pending - len(progress.outstanding), allowed - asked)
+        if n_new > 0:
+            q = choose_queries(buffer, ensemble, prefs, n_new, step, args, rng, device)
+            keys = teacher.submit(query_batch(q, progress, args))
+            rows = [{k: v[i] for k, v in q.items() if k != "step"} | {"asked": step} for i in range(n_new)]
+            progress.outstanding.update(zip(keys, rows))
+    if len(progress.arrived) < args.reward_update_every:
+        return None
+    rows, progress.arrived = progress.arrived, []
+    return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
 
 
 def learned_and_true_rewards(
@@ -1010,12 +1062,23 @@ def main(args: Args) -> dict:
         global_step = progress.global_step
 
         # feedback sessions: ask the teacher, then learn from the labels; the second half's results land together
-        # (Ctrl-C or SIGTERM waits the few seconds it takes)
+        # (Ctrl-C or SIGTERM waits the few seconds it takes). With --feedback-async, after the first session, answers
+        # are exchanged between rollouts and learned from in batches.
         while progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
+            if args.feedback_async and progress.session > 0:
+                break
             n_labels = sessions[progress.session][1]
             q = ask_teacher(n_labels, store, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
                 learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+        poll_due = (
+            global_step // args.feedback_poll_frequency > (global_step - batch_size) // args.feedback_poll_frequency
+        )
+        if args.feedback_async and progress.session > 0 and poll_due:
+            q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device)
+            if q is not None:
+                with interrupts_held():
+                    learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
 
         # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
         with timed(progress.phase_time, "reward"):

@@ -35,6 +35,7 @@ import inspect
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,12 @@ class Teacher(Protocol):
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """The run's feedback sessions, (env step, labels asked) each, told once before the first one."""
 
+    def submit(self, queries: QueryBatch) -> list[str]:
+        """Asynchronous feedback: hand over queries without waiting; returns one key per pair for `collect`."""
+
+    def collect(self) -> list[tuple[str, float]]:
+        """Asynchronous feedback: the answers that arrived since the last call, (key, label) each, without waiting."""
+
     def state_dict(self) -> dict:
         """What a checkpoint must hold so that a resumed run's teacher answers as the uninterrupted one would."""
 
@@ -116,6 +123,7 @@ class SimulatedTeacher:
         skip_threshold: float = 0.0,
         equal_threshold: float = 0.0,
         seed: int = 0,
+        latency: float = 0.0,
     ):
         if not beta > 0:
             raise UsageError(f"teacher beta must be > 0 (inf for a perfectly rational teacher), got {beta}")
@@ -133,19 +141,53 @@ class SimulatedTeacher:
         self.skip_threshold = skip_threshold
         self.equal_threshold = equal_threshold
         self.rng = np.random.default_rng(seed)
+        if not latency >= 0 or math.isinf(latency):
+            raise UsageError(f"teacher latency must be >= 0 seconds, got {latency}")
+        self.latency = latency
+        self.latency_rng = np.random.default_rng(seed + 1)  # delays never change which labels are given
+        self.waiting: list[tuple[float, str, float]] = []  # submitted answers: (time due, key, label), in order
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """A simulated teacher needs no notice of the sessions to come."""
 
+    def submit(self, queries: QueryBatch) -> list[str]:
+        """Label the queries now; each answer becomes available `latency` seconds (exponentially distributed around
+        it) after the previous one, as from a person answering one pair after another."""
+        keys = [f"s{queries.session}-t{queries.step}-q{i}" for i in range(len(queries))]
+        due = max([time.monotonic()] + [t for t, _, _ in self.waiting[-1:]])
+        for key, label in zip(keys, self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)):
+            due += self.latency_rng.exponential(self.latency) if self.latency > 0 else 0.0
+            self.waiting.append((due, key, float(label)))
+        return keys
+
+    def collect(self) -> list[tuple[str, float]]:
+        now = time.monotonic()
+        ready = [(key, label) for due, key, label in self.waiting if due <= now]
+        self.waiting = self.waiting[len(ready) :]
+        return ready
+
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        now = time.monotonic()  # answers still on their way keep the delay they had left
+        waiting = [(max(due - now, 0.0), key, label) for due, key, label in self.waiting]
+        return {
+            "rng": self.rng.bit_generator.state,
+            "latency_rng": self.latency_rng.bit_generator.state,
+            "waiting": waiting,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
+        self.latency_rng.bit_generator.state = state["latency_rng"]
+        now = time.monotonic()
+        self.waiting = [(now + left, key, label) for left, key, label in state["waiting"]]
 
     def answer(self, queries: QueryBatch) -> np.ndarray:
-        """The `Teacher` interface: label a session's queries from their rewards."""
-        return self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)
+        """The `Teacher` interface: label a session's queries from their rewards (taking `latency` seconds per pair,
+        exponentially distributed around it, when one is set)."""
+        labels = self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)
+        if self.latency > 0:
+            time.sleep(float(self.latency_rng.exponential(self.latency, len(labels)).sum()))
+        return labels
 
     def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray, return_scale: float = 1.0) -> np.ndarray:
         """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`; the skip and equal
@@ -182,6 +224,10 @@ def validate_teacher_args(args) -> None:
     """One-line errors for the teacher flags of a run (`--teacher-feedback-mode` and what goes with it)."""
     from framework.feedback_client import validate_feedback_args
 
+    if args.teacher_feedback_mode == "human" and args.feedback_async:
+        raise UsageError("--feedback-async works with simulated teachers; people answer in sessions for now")
+    if args.teacher_latency < 0 or math.isinf(args.teacher_latency):
+        raise UsageError(f"--teacher-latency must be >= 0 seconds, got {args.teacher_latency}")
     if args.teacher_feedback_mode == "human" and args.teacher_reward is not None:
         raise UsageError(
             "--teacher-reward sets the simulated teacher's reward; with --teacher-feedback-mode human "
@@ -204,6 +250,7 @@ def make_teacher(args, run_name: str, run_dir: str) -> Teacher:
         args.teacher_eps_skip,
         args.teacher_eps_equal,
         seed=args.seed + 1,
+        latency=args.teacher_latency,
     )
 
 

@@ -142,6 +142,7 @@ TENSORBOARD_TAGS = {
     "feedback/sessions": "feedback sessions done",
     "feedback/teacher_prefers_b": "share of labels preferring the right clip (a position bias shows here)",
     "feedback/labels_used_at_eval": "labels asked before an evaluation (plots return against labels)",
+    "feedback/answer_delay_steps": "asynchronous feedback: mean env steps the agent took between asking and learning",
     "reward/train_loss": "reward-model loss in the session's last epoch",
     "reward/train_accuracy": "reward-model accuracy on its training pairs",
     "reward/val_accuracy": "reward-model accuracy on held-out pairs",

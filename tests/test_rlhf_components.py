@@ -34,8 +34,10 @@ SHARED_PIECES = [
     "build_label_schedule",
     "train_reward_model",
     "choose_queries",
+    "query_batch",
     "ask_teacher",
     "learn_from_labels",
+    "exchange_with_teacher",
 ]
 
 
