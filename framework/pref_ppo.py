@@ -869,10 +869,13 @@ def exchange_with_teacher(
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
+    final: bool = False,
 ) -> dict[str, np.ndarray] | None:
     """Asynchronous feedback, between the agent's steps: take the answers that arrived, top the outstanding queries up
-    to --feedback-pending (chosen with the current reward model, within the labels the schedule allows by now), and,
-    once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else None)."""
+    to --feedback-pending (chosen with the current reward model, at most --feedback-pending labels ahead of the
+    schedule), and,
+    once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else None). At the end
+    of a run (`final`): ask nothing more and return whatever arrived, so that no answer given is lost."""
     step = progress.global_step
     with timed(progress.phase_time, "label"):
         for key, label in teacher.collect():
@@ -880,14 +883,16 @@ def exchange_with_teacher(
                 progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
     with timed(progress.phase_time, "query"):
         asked = progress.labels_used + len(progress.arrived) + len(progress.outstanding)
-        allowed = sum(n for first_step, n in sessions if first_step <= step)
+        # the queue may run --feedback-pending labels ahead of the schedule, so answers are in when it gets there
+        scheduled = sum(n for first_step, n in sessions if first_step <= step)
+        allowed = min(scheduled + args.feedback_pending, sum(n for _, n in sessions))
         n_new = min(args.feedback_pending - len(progress.outstanding), allowed - asked)
-        if n_new > 0:
+        if n_new > 0 and not final:
             q = choose_queries(buffer, ensemble, prefs, n_new, step, args, rng, device)
             keys = teacher.submit(query_batch(q, progress, args))
             rows = [{k: v[i] for k, v in q.items() if k != "step"} | {"asked": step} for i in range(n_new)]
             progress.outstanding.update(zip(keys, rows))
-    if len(progress.arrived) < args.reward_update_every:
+    if not progress.arrived or (len(progress.arrived) < args.reward_update_every and not final):
         return None
     rows, progress.arrived = progress.arrived, []
     return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
@@ -1177,6 +1182,10 @@ def main(args: Args) -> dict:
         if checkpoints.due():
             checkpoints.save("periodic")
 
+    if args.feedback_async and progress.session > 0:  # the answers that came in since the last update count too
+        q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, final=True)
+        if q is not None:
+            learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
     summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
     summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}

@@ -146,6 +146,8 @@ class SimulatedTeacher:
         self.latency = latency
         self.latency_rng = np.random.default_rng(seed + 1)  # delays never change which labels are given
         self.waiting: list[tuple[float, str, float]] = []  # submitted answers: (time due, key, label), in order
+        self.idle_s = 0.0  # with a latency: time a person at this pace would have had nothing to answer
+        self.free_at: float | None = None  # when the last answer asked so far is (or will be) given
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """A simulated teacher needs no notice of the sessions to come."""
@@ -154,10 +156,13 @@ class SimulatedTeacher:
         """Label the queries now; each answer becomes available `latency` seconds (exponentially distributed around
         it) after the previous one, as from a person answering one pair after another."""
         keys = [f"s{queries.session}-t{queries.step}-q{i}" for i in range(len(queries))]
-        due = max([time.monotonic()] + [t for t, _, _ in self.waiting[-1:]])
+        now = time.monotonic()
+        self._count_idle(now)
+        due = max(now, self.free_at or now)
         for key, label in zip(keys, self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)):
             due += self.latency_rng.exponential(self.latency) if self.latency > 0 else 0.0
             self.waiting.append((due, key, float(label)))
+        self.free_at = due
         return keys
 
     def collect(self) -> list[tuple[str, float]]:
@@ -173,6 +178,7 @@ class SimulatedTeacher:
             "rng": self.rng.bit_generator.state,
             "latency_rng": self.latency_rng.bit_generator.state,
             "waiting": waiting,
+            "idle_s": self.idle_s,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,14 +186,22 @@ class SimulatedTeacher:
         self.latency_rng.bit_generator.state = state["latency_rng"]
         now = time.monotonic()
         self.waiting = [(now + left, key, label) for left, key, label in state["waiting"]]
+        self.idle_s = state["idle_s"]  # (the time the run was stopped does not count)
+        self.free_at = self.waiting[-1][0] if self.waiting else None
 
     def answer(self, queries: QueryBatch) -> np.ndarray:
         """The `Teacher` interface: label a session's queries from their rewards (taking `latency` seconds per pair,
         exponentially distributed around it, when one is set)."""
         labels = self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)
         if self.latency > 0:
+            self._count_idle(time.monotonic())
             time.sleep(float(self.latency_rng.exponential(self.latency, len(labels)).sum()))
+            self.free_at = time.monotonic()
         return labels
+
+    def _count_idle(self, now: float) -> None:
+        if self.free_at is not None and now > self.free_at:
+            self.idle_s += now - self.free_at
 
     def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray, return_scale: float = 1.0) -> np.ndarray:
         """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`; the skip and equal
