@@ -26,13 +26,12 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, machine_description, markdown_table, run_algorithm, save_markdown  # noqa: E402
-from framework import sac_rlhf  # noqa: E402
 from framework.checkpoint import load_checkpoint  # noqa: E402
+from toolbox.reward_ranking import ranking_accuracy  # noqa: E402
 
 
 @dataclass
@@ -61,28 +60,6 @@ class Args:
     """asynchronous runs: env steps between exchanges with the teacher"""
     runs_dir: str | None = None
     """where the runs go (a temporary folder by default)"""
-
-
-def ranking_accuracy(run_dir: Path, n: int = 4000, seed: int = 0) -> float:
-    """How often the final reward model orders two random segments of the run's buffer as their true returns do."""
-    checkpoint = load_checkpoint(str(run_dir / "checkpoint.pt"))
-    args, saved = sac_rlhf.Args(**checkpoint["args"]), checkpoint["replay_buffer"]
-    obs_dim, action_dim, physics_dim = saved["obs"].shape[1], saved["actions"].shape[1], saved["physics"].shape[1]
-    rb = sac_rlhf.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
-    rb.load_state_dict(saved)
-    ensemble = sac_rlhf.RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth
-    )
-    ensemble.load_state_dict(checkpoint["ensemble"])
-    rng = np.random.default_rng(seed)
-    a, b = (rb.sample_segments(n, args.segment_length, rng) for _ in range(2))
-    x = [torch.from_numpy(np.concatenate([s["obs"], s["actions"]], -1)) for s in (a, b)]
-    probs = sac_rlhf.preference_probabilities(
-        ensemble, x[0], torch.from_numpy(a["mask"]), x[1], torch.from_numpy(b["mask"])
-    )
-    keep = a["true_rewards"].sum(1) != b["true_rewards"].sum(1)
-    correct = (probs.mean(0).numpy() > 0.5) == (b["true_rewards"].sum(1) > a["true_rewards"].sum(1))
-    return float(np.mean(correct[keep]))
 
 
 def main(args: Args) -> None:

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_script
 from framework.labels import load_labels
 from framework.teacher import QueryBatch, SimulatedTeacher
+from toolbox.reward_ranking import ranking_accuracy
 
 
 def batch(n: int, session: int = 0, step: int = 100) -> QueryBatch:
@@ -69,34 +70,6 @@ def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
     return [(e.step, e.value) for e in accumulator.Scalars(tag)] if tag in accumulator.Tags()["scalars"] else []
-
-
-def ranking_accuracy(run_dir, n: int = 2000, seed: int = 0) -> float:
-    """How often the run's final reward model orders two random segments of its replay buffer as their TRUE returns
-    do (pairs of equal return left out)."""
-    import torch
-
-    from framework import sac_rlhf
-    from framework.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(str(run_dir / "checkpoint.pt"))
-    args, saved = sac_rlhf.Args(**checkpoint["args"]), checkpoint["replay_buffer"]
-    obs_dim, action_dim, physics_dim = saved["obs"].shape[1], saved["actions"].shape[1], saved["physics"].shape[1]
-    rb = sac_rlhf.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
-    rb.load_state_dict(saved)
-    ensemble = sac_rlhf.RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth
-    )
-    ensemble.load_state_dict(checkpoint["ensemble"])
-    rng = np.random.default_rng(seed)
-    a, b = (rb.sample_segments(n, args.segment_length, rng) for _ in range(2))
-    x = [torch.from_numpy(np.concatenate([s["obs"], s["actions"]], -1)) for s in (a, b)]
-    probs = sac_rlhf.preference_probabilities(
-        ensemble, x[0], torch.from_numpy(a["mask"]), x[1], torch.from_numpy(b["mask"])
-    )
-    return_a, return_b = a["true_rewards"].sum(1), b["true_rewards"].sum(1)
-    keep = return_a != return_b
-    return float(np.mean((probs.mean(0).numpy() > 0.5)[keep] == (return_b > return_a)[keep]))
 
 
 ASYNC = "--feedback-async --feedback-pending 10 --reward-update-every 20 --teacher-latency 0.05 --no-cuda".split()
