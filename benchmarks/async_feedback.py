@@ -3,7 +3,7 @@
 The same PEBBLE run (`framework/sac_rlhf.py`) twice per seed, equal env steps and labels, the teacher taking
 `--teacher-latency` seconds per answer (exponentially distributed, one answer after another):
 - synchronous: the agent stops at each feedback session until its labels are given;
-- asynchronous (`--feedback-async`): after the first session, the agent trains on while queries are out.
+- asynchronous (`--feedback-async on`): after the first session, the agent trains on while queries are out.
 
 Measured: wall time, the time the agent waited for answers (the runs' `label` phase), the time the labeler had
 nothing to answer (the teacher's idle time after its first question), the final evaluation return, and how often the
@@ -73,7 +73,7 @@ def main(args: Args) -> None:
     ]
     modes = {
         "synchronous": [],
-        "asynchronous": f"--feedback-async --reward-update-every {args.labels_per_session} --feedback-pending "
+        "asynchronous": f"--feedback-async on --reward-update-every {args.labels_per_session} --feedback-pending "
         f"{args.feedback_pending} --feedback-poll-frequency {args.feedback_poll_frequency}".split(),
     }
     rows, curves = [], {}

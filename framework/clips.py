@@ -2,7 +2,7 @@
 
 Clips are rendered after the fact, only for the segments put to a human, from the physics states the replay buffer
 keeps (`info["physics_state"]`, laid out by `framework.envs`); training never renders. Rendering is headless
-(MUJOCO_GL=egl or osmesa) with one `mujoco.Renderer` per (env, size) and process, on its own `MjData`: environments
+(MUJOCO_GL=egl or osmesa) with one `mujoco.Renderer` per (env, size) and thread, on its own `MjData`: environments
 that render and are garbage-collected cannot blank it. Quality is set for speed: no shadows, no reflections, no
 multisampling (about 75 frames/s at 480x480 and 140 at 256x256 on a 2-core CPU, against 10-15 at the default quality).
 
@@ -19,6 +19,7 @@ import atexit
 import os
 import subprocess
 import tempfile
+import threading
 
 import gymnasium as gym
 import mujoco
@@ -27,7 +28,7 @@ import numpy as np
 from framework.envs import check_env_id, physics_state_size, write_physics_state
 from framework.runtime import UsageError, setup_headless_rendering
 
-_RENDERERS: dict[tuple[str, int], ClipRenderer] = {}
+_RENDERERS: dict[tuple[str, int, int], ClipRenderer] = {}
 
 
 class ClipRenderer:
@@ -102,8 +103,10 @@ class ClipRenderer:
 
 
 def get_clip_renderer(env_id: str, size: int = 320) -> ClipRenderer:
-    """The process's renderer for (env_id, size), made on first use and kept (one GL context each)."""
-    key = (env_id, size)
+    """The calling thread's renderer for (env_id, size), made on first use and kept (one GL context each: a GL
+    context is current in one thread at a time, and clips are rendered on a background thread while people label
+    asynchronously)."""
+    key = (env_id, size, threading.get_ident())
     if key not in _RENDERERS:
         _RENDERERS[key] = ClipRenderer(env_id, size)
         atexit.unregister(close_clip_renderers)
@@ -111,10 +114,11 @@ def get_clip_renderer(env_id: str, size: int = 320) -> ClipRenderer:
     return _RENDERERS[key]
 
 
-def close_clip_renderers() -> None:
-    """Free the GL contexts before EGL shuts down at exit (registered after the first context, so it runs first)."""
-    while _RENDERERS:
-        _, clip_renderer = _RENDERERS.popitem()
+def close_clip_renderers(this_thread: bool = False) -> None:
+    """Free the GL contexts before EGL shuts down at exit (registered after the first context, so it runs first), or
+    only the calling thread's, by a thread that rendered and ends."""
+    for key in [k for k in _RENDERERS if not this_thread or k[2] == threading.get_ident()]:
+        clip_renderer = _RENDERERS.pop(key)
         try:
             clip_renderer.renderer.close()
         except Exception:

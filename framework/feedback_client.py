@@ -22,9 +22,11 @@ import atexit
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ import numpy as np
 import requests
 
 from framework.runtime import UsageError
-from framework.teacher import QueryBatch
+from framework.teacher import QueryBatch, query_keys
 
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "humanFeedback" / "feedback_server.py"
@@ -56,6 +58,8 @@ class HumanFeedbackArgs:
     """seconds to wait for the answers of one session (0: no limit); after it, training goes on with those received"""
     feedback_question: str = "Which clip is better?"
     """the question shown above the two clips"""
+    feedback_undo_grace: float = 10.0
+    """asynchronous feedback: seconds an answer stays open to undo on the page before the trainer takes it"""
     clip_size: int = 320
     """width and height of query clips, pixels"""
     clip_fps: float = 30.0
@@ -73,6 +77,8 @@ def validate_feedback_args(args: HumanFeedbackArgs) -> None:
             )
     if args.feedback_timeout < 0 or not math.isfinite(args.feedback_timeout):
         raise UsageError(f"--feedback-timeout must be >= 0 seconds (0: no limit), got {args.feedback_timeout}")
+    if args.feedback_undo_grace < 0 or not math.isfinite(args.feedback_undo_grace):
+        raise UsageError(f"--feedback-undo-grace must be >= 0 seconds, got {args.feedback_undo_grace}")
     if args.clip_size < 16 or args.clip_size % 2:
         raise UsageError(f"--clip-size must be an even number of pixels >= 16, got {args.clip_size}")
     if args.clip_fps < 0:
@@ -200,8 +206,17 @@ class FeedbackClient:
         )
         return body["events"], body["cursor"]
 
-    def close(self, run_id: str, keys: list[str], deadline: float | None = None) -> dict[str, dict]:
-        return self.request("POST", f"/api/runs/{run_id}/close", deadline, ("labels",), json={"keys": keys})["labels"]
+    def close(
+        self, run_id: str, keys: list[str], deadline: float | None = None, answered_only: bool = False
+    ) -> dict[str, dict]:
+        body = {"keys": keys, "answered_only": answered_only}
+        return self.request("POST", f"/api/runs/{run_id}/close", deadline, ("labels",), json=body)["labels"]
+
+    def copy(self) -> FeedbackClient:
+        """A client of the same server with its own connections, for another thread."""
+        return FeedbackClient(
+            self.url, self.session.headers.get("X-Prefrl-Token"), self.request_timeout, self.max_backoff, self.log
+        )
 
 
 def describe(e: Exception) -> str:
@@ -314,6 +329,7 @@ class HumanTeacher:
         poll_interval: float = 0.5,
         progress: bool = True,
         close_grace: float = 30.0,
+        undo_grace: float = 10.0,
     ):
         self.client, self.run_id, self.env_id = client, run_id, env_id
         self.clip_size, self.clip_fps, self.timeout = clip_size, clip_fps, timeout
@@ -324,9 +340,24 @@ class HumanTeacher:
         self.unclosed: dict[int, list[str]] = {}  # sessions that ended while the server was unreachable
         self.closed: set[int] = set()  # sessions that ended, on the server or not
         self.answers_given = 0  # answered pairs of the closed sessions (can't-tell included)
+        self.finalized: set[str] = set()  # asynchronous queries whose answers were taken
         self.schedule: list[tuple[int, int]] = []
         self.started = time.monotonic()
         self.last_closed: tuple[float, int] | None = None  # (time, env step) of the last session's close
+        # asynchronous feedback: an uploader thread renders and uploads submitted queries, a poller thread reads the
+        # event feed and takes answers once they are `undo_grace` seconds old (closing them on the server)
+        self.undo_grace = undo_grace
+        self.lock = threading.Lock()
+        self.watching: dict[str, QueryBatch] = {}  # submitted, not yet final: key -> its batch
+        self.standing: dict[str, tuple[dict, float]] = {}  # key -> (its answer event, when the trainer saw it)
+        self.ready: list[tuple[str, float]] = []  # final answers not yet collected
+        self.cursor = 0  # of the event feed
+        self.uploads: queue.Queue = queue.Queue()
+        self.threads: list[threading.Thread] = []
+        self.stop = threading.Event()
+        self.thread_error: BaseException | None = None
+        self.training = {"agent_step": 0, "reward_updates": 0, "reward_updated_step": None, "labels": 0}
+        self.status_posted = 0.0
         if os.path.exists(self.answers_path):  # a resumed run: these events are already in the file
             with open(self.answers_path) as f:
                 for line in f:
@@ -342,25 +373,163 @@ class HumanTeacher:
                         self.answers_given += record.get("answered", sum(x is not None for x in record["labels"]))
                         if not record.get("on_server", True):
                             self.unclosed[record["closed"]] = record["keys"]
+                    elif "final" in record:  # asynchronous answers taken
+                        self.finalized.update(record["final"])
                     elif "closed_on_server" in record:
                         self.unclosed.pop(record["closed_on_server"], None)
+        self.answers_given += len(self.finalized)
         client.put_run(run_id, env_id, question)
 
     def state_dict(self) -> dict:
-        """Nothing: what a resumed run needs (answers, sessions closed) is in answers.jsonl and on the server."""
-        return {}
+        """The asynchronous queries not answered for good yet (their clips are uploaded again where the server lacks
+        them); the rest of what a resumed run needs (answers, sessions closed) is in answers.jsonl and on the
+        server."""
+        with self.lock:
+            batches = {id(b): b for b in self.watching.values()}
+            return {"watching": {k: id(b) for k, b in self.watching.items()}, "batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Watch the queries a checkpoint was waiting for again; answers given meanwhile are in the event feed."""
+        batches, by_batch = state.get("batches", {}), {}
+        for key, batch_id in state.get("watching", {}).items():
+            by_batch.setdefault(batch_id, []).append(key)
+        for batch_id, keys in by_batch.items():
+            self._watch(batches[batch_id], keys)
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         self.schedule = list(sessions)
 
+    # ------------------------------------------------------------------------------------- asynchronous feedback
     def submit(self, queries: QueryBatch) -> list[str]:
-        raise UsageError("--feedback-async works with simulated teachers; people answer in sessions for now")
+        """Hand the queries to the uploader thread (it renders and uploads them while the agent trains) and watch for
+        their answers; returns their keys at once."""
+        keys = query_keys(queries)
+        self._watch(queries, keys)
+        return keys
 
-    def collect(self) -> list[tuple[str, float]]:
-        return []
+    def _watch(self, queries: QueryBatch, keys: list[str]) -> None:
+        with self.lock:
+            self.watching.update({k: queries for k in keys})
+        if not self.threads:
+            self.threads = [
+                threading.Thread(target=work, args=(self.client.copy(),), name=f"prefrl-{name}", daemon=True)
+                for name, work in (("uploader", self._uploader), ("poller", self._poller))
+            ]
+            for thread in self.threads:
+                thread.start()
+        self.uploads.put((queries, keys))
+
+    def collect(self, final: bool = False) -> list[tuple[str, float]]:
+        """The answers that became final since the last call. `final`: stop the threads, take every answer given so
+        far as it stands (closing it on the server) and withdraw the queries nobody answered from the page."""
+        if final and self.threads:
+            self.stop.set()
+            self.uploads.put(None)
+            for thread in self.threads:
+                thread.join()
+            if self.thread_error is None:
+                try:
+                    self._poll_once(self.client, final=True, deadline=time.monotonic() + self.close_grace)
+                except FeedbackTimeout:
+                    print(
+                        f"the feedback server is unreachable at the end of the run; {len(self.watching)} queries stay "
+                        f"on the page (the answers it acknowledged are in {self.answers_path})",
+                        flush=True,
+                    )
+        with self.lock:
+            if self.thread_error is not None:
+                raise self.thread_error
+            ready, self.ready = self.ready, []
+        return ready
+
+    def report(self, step: int, labels: int, reward_updates: int) -> None:
+        with self.lock:
+            if reward_updates != self.training["reward_updates"]:
+                self.training["reward_updated_step"] = step
+            self.training.update(agent_step=step, labels=labels, reward_updates=reward_updates)
+
+    def _uploader(self, client: FeedbackClient) -> None:
+        from framework.clips import close_clip_renderers
+
+        try:
+            while (item := self.uploads.get()) is not None and not self.stop.is_set():
+                queries, keys = item
+                with self.lock:
+                    keys = [k for k in keys if k in self.watching]
+                if keys:
+                    self.upload(queries, keys=keys, client=client)
+        except BaseException as e:  # the main thread raises it at its next collect()
+            self.thread_error = e
+        finally:
+            close_clip_renderers(this_thread=True)
+
+    def _poller(self, client: FeedbackClient) -> None:
+        try:
+            while not self.stop.is_set():
+                self._poll_once(client)
+                self.stop.wait(self.poll_interval)
+        except BaseException as e:
+            self.thread_error = e
+
+    def _poll_once(self, client: FeedbackClient, final: bool = False, deadline: float | None = None) -> None:
+        """Read the event feed (every answer and undo goes to answers.jsonl), then close on the server the answers
+        that stood for `undo_grace` seconds (all watched queries when `final`) and hand them to `collect`."""
+        while True:
+            events, cursor = client.events(self.run_id, self.cursor, deadline)
+            now = time.monotonic()
+            with self.lock:
+                mine = [e for e in events if e["key"] in self.watching]
+            new = [self._record(e) for e in mine if e["id"] not in self.recorded]
+            self._append(new)
+            self.recorded.update(r["event"] for r in new)
+            self.history += new
+            with self.lock:
+                for e in mine:
+                    if e["kind"] == "answer":
+                        self.standing[e["key"]] = (e, now)
+                    else:
+                        self.standing.pop(e["key"], None)
+            self.cursor = cursor
+            if len(events) < 1000:
+                break
+        with self.lock:
+            due = (
+                list(self.watching)
+                if final
+                else [k for k, (_, seen) in self.standing.items() if now - seen >= self.undo_grace]
+            )
+        if due:
+            final_labels = client.close(self.run_id, due, deadline, answered_only=not final)
+            done = [k for k in due if final_labels[k]["answered"]]
+            labels = [final_labels[k]["label"] for k in done]
+            self._append([{"final": done, "labels": labels, "withdrawn": len(due) - len(done), "time": time.time()}])
+            with self.lock:
+                self.ready += [(k, math.nan if x is None else float(x)) for k, x in zip(done, labels)]
+                for key in done if not final else due:
+                    self.watching.pop(key, None)
+                    self.standing.pop(key, None)
+                self.answers_given += len(set(done) - self.finalized)
+                self.finalized.update(done)
+        if final or time.monotonic() - self.status_posted > 5.0:
+            with self.lock:
+                status = {**self.training, "pending": len(self.watching), "labels_given": self.answers_given}
+            del status["labels"]
+            status |= {"state": "finished" if final else "learning", "sessions_done": status["reward_updates"]}
+            client.put_status(self.run_id, status)
+            self.status_posted = time.monotonic()
+
+    @staticmethod
+    def _record(e: dict) -> dict:
+        """An event of the server's feed as answers.jsonl keeps it."""
+        return {
+            "event": e["id"],
+            "key": e["key"],
+            "kind": e["kind"],
+            "choice": e["choice"],
+            "label": e["label"],
+            "labeler": e["labeler"],
+            "time": e["time"],
+        }
 
     # ------------------------------------------------------------------------------------------------ bookkeeping
     def _append(self, records: list[dict]) -> None:
@@ -422,15 +591,21 @@ class HumanTeacher:
                 )
 
     # ------------------------------------------------------------------------------------------------- the session
-    def upload(self, queries: QueryBatch, on_first=None) -> float:
-        """Render and upload the clips the server does not have yet; returns the seconds it took. `on_first()` is
-        called as soon as the first pairs are on the server (rendering the rest goes on meanwhile)."""
+    def upload(
+        self, queries: QueryBatch, on_first=None, keys: list[str] | None = None, client: FeedbackClient | None = None
+    ) -> float:
+        """Render and upload the clips the server does not have yet (of the `keys` given, by default all of a
+        session's); returns the seconds it took. `on_first()` is called as soon as the first pairs are on the server
+        (rendering the rest goes on meanwhile)."""
         from framework.clips import get_clip_renderer, render_pair
 
         start = time.perf_counter()
-        keys = self.keys(queries)
-        known = {q["key"] for q in self.client.queries(self.run_id)}
-        todo = [i for i, k in enumerate(keys) if k not in known]
+        client = client or self.client
+        all_keys = self.keys(queries) if keys is None else query_keys(queries)
+        wanted = set(all_keys if keys is None else keys)
+        keys = all_keys
+        known = {q["key"] for q in client.queries(self.run_id)}
+        todo = [i for i, k in enumerate(keys) if k in wanted and k not in known]
         if not todo:
             if on_first:
                 on_first()
@@ -457,7 +632,7 @@ class HumanTeacher:
                     }
                 )
                 if len(chunk) >= (2 if n < 4 else 5) or n == len(todo) - 1:
-                    pending.append(uploader.submit(self.client.upload, self.run_id, specs, chunk))
+                    pending.append(uploader.submit(client.upload, self.run_id, specs, chunk))
                     if len(pending) == 1 and on_first:
                         pending[0].add_done_callback(lambda f: f.exception() is None and on_first())
                     chunk, specs = {}, []
@@ -508,19 +683,7 @@ class HumanTeacher:
                 try:
                     while True:  # drain the event feed
                         events, cursor = self.client.events(self.run_id, cursor, deadline)
-                        new = [
-                            {
-                                "event": e["id"],
-                                "key": e["key"],
-                                "kind": e["kind"],
-                                "choice": e["choice"],
-                                "label": e["label"],
-                                "labeler": e["labeler"],
-                                "time": e["time"],
-                            }
-                            for e in events
-                            if e["key"] in wanted and e["id"] not in self.recorded
-                        ]
+                        new = [self._record(e) for e in events if e["key"] in wanted and e["id"] not in self.recorded]
                         self._append(new)
                         self.recorded.update(r["event"] for r in new)
                         self.history += new
@@ -612,7 +775,10 @@ class HumanTeacher:
     def finish(self) -> None:
         """At exit: close what could not be closed, and tell the page that this trainer asks for nothing more."""
         self.close_unclosed(time.monotonic() + 5.0)
-        self.post_status("ended", len(self.closed))
+        if self.threads:  # asynchronous feedback: what the page showed while it learned, and the end
+            self.client.put_status(self.run_id, {**self.training, "state": "ended", "labels_given": self.answers_given})
+        else:
+            self.post_status("ended", len(self.closed))
 
 
 def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_dir: str) -> HumanTeacher:
@@ -627,7 +793,15 @@ def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_di
         flush=True,
     )
     teacher = HumanTeacher(
-        client, run_id, env_id, run_dir, args.clip_size, args.clip_fps, args.feedback_timeout, args.feedback_question
+        client,
+        run_id,
+        env_id,
+        run_dir,
+        args.clip_size,
+        args.clip_fps,
+        args.feedback_timeout,
+        args.feedback_question,
+        undo_grace=args.feedback_undo_grace,
     )
     atexit.register(teacher.finish)
     return teacher

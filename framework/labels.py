@@ -2,6 +2,7 @@
 
 - `<run>/labels.npz`: every labelled pair with its segments (`save_labels` / `load_labels`);
 - `<run>/label_schedule.png`: when the feedback sessions come and how many labels each asks (`plot_label_schedule`);
+- `<run>/asked/`: with asynchronous feedback, every batch of queries put to the teacher (`save_asked` / `load_asked`);
 - `reward_correlations`: how well the learned per-step reward tracks the true one, logged after each session.
 
 Label convention: a label is P(second segment better): 0 (A, the left clip), 1 (B, the right clip), 0.5 (equal).
@@ -10,6 +11,7 @@ Label convention: a label is P(second segment better): 0 (A, the left clip), 1 (
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
@@ -60,3 +62,24 @@ def plot_label_schedule(sessions: list[tuple[int, int]], total_timesteps: int, p
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_asked(run_dir: str, number: int, q: dict[str, np.ndarray]) -> None:
+    """Asynchronous feedback: the queries of one batch put to the teacher (the arrays a script keeps of them), as
+    `<run>/asked/<number>.npz`, written before they go out: a run stopped before its next checkpoint finds them
+    when it is resumed and waits for their answers again."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **q)
+    atomic_write_bytes(os.path.join(run_dir, "asked", f"{number:06d}.npz"), buffer.getvalue())
+
+
+def load_asked(run_dir: str, first: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """The batches `save_asked` wrote from number `first` on, in order: (number, arrays) each."""
+    folder = os.path.join(run_dir, "asked")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz")) if os.path.isdir(folder) else []
+    batches = []
+    for name in names:
+        if int(name.split(".")[0]) >= first:
+            with np.load(os.path.join(folder, name)) as saved:
+                batches.append((int(name.split(".")[0]), {k: saved[k] for k in saved.files}))
+    return batches

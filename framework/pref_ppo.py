@@ -36,7 +36,7 @@ from framework.checkpoint import Checkpointer, restore_rng_states, resume_args, 
 from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
-from framework.labels import plot_label_schedule, reward_correlations, save_labels
+from framework.labels import load_asked, plot_label_schedule, reward_correlations, save_asked, save_labels
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.runtime import (
@@ -166,9 +166,10 @@ class Args(HumanFeedbackArgs, RunArgs):
     """growth factor of the intervals between sessions (exponential schedule)"""
     pretrain_labels: int = 200
     """labels of the first session (rl-teacher schedule)"""
-    feedback_async: bool = False
+    feedback_async: Literal["auto", "on", "off"] = "auto"
     """asynchronous feedback: after the first session, the agent keeps learning while queries are answered; answers
-    are learned from as they arrive, within the schedule's label budget (simulated teachers)"""
+    are learned from as they arrive, within the schedule's label budget. `auto`: on with --teacher-feedback-mode
+    human, off with simulated teachers (`off`: the agent waits for each session's answers)"""
     feedback_pending: int = 10
     """asynchronous feedback: queries kept outstanding with the teacher (chosen with the current reward model)"""
     reward_update_every: int = 20
@@ -707,6 +708,7 @@ class Progress:
     pending_queries: dict | None = None  # a session's queries while a person answers them
     outstanding: dict[str, dict] = field(default_factory=dict)  # asynchronous feedback: queries asked, by key
     arrived: list[dict] = field(default_factory=list)  # asynchronous feedback: answered, not yet learned from
+    batches_asked: int = 0  # asynchronous feedback: batches of queries put to the teacher (<run>/asked/)
     explore_filled: int = 0  # states stored for the state-entropy reward
 
     def state_dict(self) -> dict:
@@ -869,16 +871,17 @@ def exchange_with_teacher(
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
+    run_dir: str,
     final: bool = False,
 ) -> dict[str, np.ndarray] | None:
     """Asynchronous feedback, between the agent's steps: take the answers that arrived, top the outstanding queries up
     to --feedback-pending (chosen with the current reward model, at most --feedback-pending labels ahead of the
-    schedule), and,
-    once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else None). At the end
-    of a run (`final`): ask nothing more and return whatever arrived, so that no answer given is lost."""
+    schedule), and, once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else
+    None). At the end of a run (`final`): ask nothing more and return whatever arrived, so that no answer given is
+    lost."""
     step = progress.global_step
     with timed(progress.phase_time, "label"):
-        for key, label in teacher.collect():
+        for key, label in teacher.collect(final):
             if key in progress.outstanding:  # (an answer to a query this run no longer waits for is dropped)
                 progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
     with timed(progress.phase_time, "query"):
@@ -889,13 +892,31 @@ def exchange_with_teacher(
         n_new = min(args.feedback_pending - len(progress.outstanding), allowed - asked)
         if n_new > 0 and not final:
             q = choose_queries(buffer, ensemble, prefs, n_new, step, args, rng, device)
-            keys = teacher.submit(query_batch(q, progress, args))
-            rows = [{k: v[i] for k, v in q.items() if k != "step"} | {"asked": step} for i in range(n_new)]
-            progress.outstanding.update(zip(keys, rows))
-    if not progress.arrived or (len(progress.arrived) < args.reward_update_every and not final):
+            save_asked(run_dir, progress.batches_asked, q)  # on disk before it goes out: a resume finds it
+            put_to_teacher(q, teacher, progress, args)
+            progress.batches_asked += 1
+    update = bool(progress.arrived) and (len(progress.arrived) >= args.reward_update_every or final)
+    teacher.report(step, progress.labels_used + len(progress.arrived) * update, progress.session + update)
+    if not update:
         return None
     rows, progress.arrived = progress.arrived, []
     return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
+
+
+def put_to_teacher(q: dict[str, np.ndarray], teacher: Teacher, progress: Progress, args: Args) -> None:
+    """Asynchronous feedback: hand the chosen queries `q` to the teacher and keep them as outstanding, by key."""
+    keys = teacher.submit(query_batch(q, progress, args))
+    rows = [{k: v[i] for k, v in q.items() if k != "step"} | {"asked": int(q["step"])} for i in range(len(keys))]
+    progress.outstanding.update(zip(keys, rows))
+
+
+def ask_again_after_resume(teacher: Teacher, progress: Progress, args: Args, run_dir: str) -> None:
+    """Asynchronous feedback, when a run resumes: the queries the stopped run put to the teacher after its last
+    checkpoint (<run>/asked/) are outstanding again, under the same keys, so answers given to them meanwhile count."""
+    for number, q in load_asked(run_dir, progress.batches_asked):
+        put_to_teacher(q, teacher, progress, args)
+        progress.batches_asked = number + 1
+        print(f"asked again {len(q['x_a'])} queries the stopped run had put to the teacher", flush=True)
 
 
 def learned_and_true_rewards(
@@ -982,6 +1003,7 @@ def main(args: Args) -> dict:
         restore_rng_states(checkpoint["rng"], device, numpy=rng)
         raw_obs, info = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
         print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
+        ask_again_after_resume(teacher, progress, args, run_dir)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 
@@ -1070,7 +1092,7 @@ def main(args: Args) -> dict:
         # (Ctrl-C or SIGTERM waits the few seconds it takes). With --feedback-async, after the first session, answers
         # are exchanged between rollouts and learned from in batches.
         while progress.session < len(sessions) and global_step >= sessions[progress.session][0]:
-            if args.feedback_async and progress.session > 0:
+            if args.feedback_async == "on" and progress.session > 0:
                 break
             n_labels = sessions[progress.session][1]
             q = ask_teacher(n_labels, store, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
@@ -1079,8 +1101,8 @@ def main(args: Args) -> dict:
         poll_due = (
             global_step // args.feedback_poll_frequency > (global_step - batch_size) // args.feedback_poll_frequency
         )
-        if args.feedback_async and progress.session > 0 and poll_due:
-            q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device)
+        if args.feedback_async == "on" and progress.session > 0 and poll_due:
+            q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir)
             if q is not None:
                 with interrupts_held():
                     learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
@@ -1182,8 +1204,8 @@ def main(args: Args) -> dict:
         if checkpoints.due():
             checkpoints.save("periodic")
 
-    if args.feedback_async and progress.session > 0:  # the answers that came in since the last update count too
-        q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, final=True)
+    if args.feedback_async == "on" and progress.session > 0:  # the answers that came in since the last update count
+        q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir, True)
         if q is not None:
             learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
     summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}

@@ -29,6 +29,7 @@ any of the keyword arguments in `STEP_FIELDS` and returns a float, for example::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -93,14 +94,31 @@ class Teacher(Protocol):
     def submit(self, queries: QueryBatch) -> list[str]:
         """Asynchronous feedback: hand over queries without waiting; returns one key per pair for `collect`."""
 
-    def collect(self) -> list[tuple[str, float]]:
-        """Asynchronous feedback: the answers that arrived since the last call, (key, label) each, without waiting."""
+    def collect(self, final: bool = False) -> list[tuple[str, float]]:
+        """Asynchronous feedback: the answers that arrived since the last call, (key, label) each, without waiting.
+        `final`: the run ends and asks nothing more (answers still open to undo are taken as they stand)."""
+
+    def report(self, step: int, labels: int, reward_updates: int) -> None:
+        """Asynchronous feedback: where training stands (env step, labels learned from, reward-model updates), for
+        the people answering."""
 
     def state_dict(self) -> dict:
         """What a checkpoint must hold so that a resumed run's teacher answers as the uninterrupted one would."""
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+
+def query_keys(queries: QueryBatch) -> list[str]:
+    """Keys of asynchronous queries: their env step, their place in the batch and a digest of the two segments, so
+    a query asked again after a resume (the same pair) has the same key, and a different pair never does."""
+    keys = []
+    for i in range(len(queries)):
+        digest = hashlib.blake2b(digest_size=6)
+        for part in (queries.physics_a[i], queries.mask_a[i], queries.physics_b[i], queries.mask_b[i]):
+            digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+        keys.append(f"a{queries.step}-q{i}-{digest.hexdigest()}")
+    return keys
 
 
 def segment_return_scale(recent_episodes: list[tuple[float, int]], segment_length: int) -> float:
@@ -155,7 +173,7 @@ class SimulatedTeacher:
     def submit(self, queries: QueryBatch) -> list[str]:
         """Label the queries now; each answer becomes available `latency` seconds (exponentially distributed around
         it) after the previous one, as from a person answering one pair after another."""
-        keys = [f"s{queries.session}-t{queries.step}-q{i}" for i in range(len(queries))]
+        keys = query_keys(queries)
         now = time.monotonic()
         self._count_idle(now)
         due = max(now, self.free_at or now)
@@ -165,11 +183,14 @@ class SimulatedTeacher:
         self.free_at = due
         return keys
 
-    def collect(self) -> list[tuple[str, float]]:
+    def collect(self, final: bool = False) -> list[tuple[str, float]]:
         now = time.monotonic()
         ready = [(key, label) for due, key, label in self.waiting if due <= now]
         self.waiting = self.waiting[len(ready) :]
         return ready
+
+    def report(self, step: int, labels: int, reward_updates: int) -> None:
+        """Nobody to tell."""
 
     def state_dict(self) -> dict:
         now = time.monotonic()  # answers still on their way keep the delay they had left
@@ -235,11 +256,13 @@ class SimulatedTeacher:
 
 
 def validate_teacher_args(args) -> None:
-    """One-line errors for the teacher flags of a run (`--teacher-feedback-mode` and what goes with it)."""
+    """One-line errors for the teacher flags of a run (`--teacher-feedback-mode` and what goes with it); settles
+    `--feedback-async auto` as `on` (a person labels) or `off` (a simulated teacher)."""
     from framework.feedback_client import validate_feedback_args
 
-    if args.teacher_feedback_mode == "human" and args.feedback_async:
-        raise UsageError("--feedback-async works with simulated teachers; people answer in sessions for now")
+    if args.feedback_async in ("auto", True, False):  # (True and False: the saved flags of older runs)
+        on = args.feedback_async is True or (args.feedback_async == "auto" and args.teacher_feedback_mode == "human")
+        args.feedback_async = "on" if on else "off"
     if args.teacher_latency < 0 or math.isinf(args.teacher_latency):
         raise UsageError(f"--teacher-latency must be >= 0 seconds, got {args.teacher_latency}")
     if args.teacher_feedback_mode == "human" and args.teacher_reward is not None:

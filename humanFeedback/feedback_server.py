@@ -10,15 +10,18 @@ machines. The server imports nothing from `framework/`: this HTTP API is the who
 
 Trainer API (JSON unless noted):
     PUT  /api/runs/<run>                  {env_id, question}           create or update a run
-    PUT  /api/runs/<run>/status           {state, sessions_done, sessions_total, next_in_s, labels_given}: what the
-                                          trainer is doing (waiting | training | finished | ended), shown on the page
+    PUT  /api/runs/<run>/status           {state, sessions_done, sessions_total, next_in_s, labels_given, and while
+                                          learning: pending, agent_step, reward_updates, reward_updated_step}: what
+                                          the trainer is doing (waiting | training | learning | finished | ended),
+                                          shown on the page; `learning`: it trains while people answer
     POST /api/runs/<run>/queries          multipart: `queries` = JSON [{key, session, left_valid, right_valid}] (at
                                           most 1000 queries), files `left:<key>`, `right:<key>` (mp4); *_valid is the
                                           fraction of the clip before the episode ended in it (default 1); keys
                                           already known are left as they are
     GET  /api/runs/<run>/queries          every query of the run: key, session, status, label
     GET  /api/runs/<run>/events?since=N   answers and undos after event N, and the new cursor
-    POST /api/runs/<run>/close            {keys}: answered -> used (final), pending -> withdrawn; returns the labels
+    POST /api/runs/<run>/close            {keys, answered_only}: answered -> used (final), pending -> withdrawn (left
+                                          pending with answered_only: true); returns the labels
     GET  /api/runs/<run>                  the run's progress
 Page API:
     GET  /api/runs                        runs, most recently active first, with what is waiting
@@ -73,7 +76,8 @@ CLIP_NAME = re.compile(r"^[0-9a-f]{32}\.mp4$")
 ROW_ID = re.compile(r"^[0-9]{1,18}$")  # ASCII digits only, below SQLite's 2^63
 MAX_QUERIES = 1000  # per upload: 2 files each, plus the `queries` field
 INT_RANGE = (-(2**63), 2**63 - 1)  # SQLite's integers
-TRAINER_STATES = ("waiting", "training", "finished", "ended")
+TRAINER_STATES = ("waiting", "training", "learning", "finished", "ended")
+LEARNING_FIELDS = ("pending", "agent_step", "reward_updates", "reward_updated_step")  # optional trainer status
 log = logging.getLogger("prefrl.feedback")
 
 SCHEMA = """
@@ -480,13 +484,11 @@ def create_app(
             "next_in_s": field(body, "next_in_s", float, False),
             "labels_given": field(body, "labels_given", int, False, 0),
         }
-        if (
-            status["sessions_done"] < 0
-            or status["labels_given"] < 0
-            or (status["next_in_s"] or 0) < 0
-            or (status["sessions_total"] is not None and status["sessions_total"] < 0)
-        ):
-            raise ApiError(400, "sessions_done, sessions_total, next_in_s and labels_given must be >= 0")
+        for name in LEARNING_FIELDS:
+            if name in body:
+                status[name] = field(body, name, int, False)
+        if any((v or 0) < 0 for k, v in status.items() if k != "state"):
+            raise ApiError(400, f"{', '.join(k for k in status if k != 'state')} must be >= 0")
         with Transaction(db()) as con:
             get_run(con, run_id)
             con.execute(
@@ -610,6 +612,7 @@ def create_app(
     def close(run_id: str):
         body = json_body()
         keys = [checked_name(k, "query key") for k in id_list(body, "keys", str)]
+        answered_only = field(body, "answered_only", bool, False, False)
         with Transaction(db()) as con:
             get_run(con, run_id)
             labels = {}
@@ -621,7 +624,7 @@ def create_app(
                     raise ApiError(404, f"run {run_id!r} has no query {key!r}")
                 if row["status"] == "answered":
                     con.execute("UPDATE queries SET status = 'used' WHERE id = ?", (row["id"],))
-                elif row["status"] == "pending":
+                elif row["status"] == "pending" and not answered_only:
                     con.execute(
                         "UPDATE queries SET status = 'withdrawn', lease_client = NULL WHERE id = ?", (row["id"],)
                     )

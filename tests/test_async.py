@@ -50,7 +50,7 @@ def test_answers_on_their_way_survive_a_checkpoint():
         got.update(resumed.collect())
         time.sleep(0.02)
     assert sorted(got) == sorted(keys)
-    assert len(set(resumed.submit(batch(3, session=1))) - set(keys)) == 3
+    assert len(set(resumed.submit(batch(3, session=1, step=200))) - set(keys)) == 3  # later queries, new keys
 
 
 def test_a_synchronous_latency_teacher_takes_its_time():
@@ -59,11 +59,22 @@ def test_a_synchronous_latency_teacher_takes_its_time():
     assert time.monotonic() - start > 0.1
 
 
-def test_human_teachers_answer_in_sessions(runs_dir):
-    result = run_script(
-        "sac_rlhf.py", "--teacher-feedback-mode", "human", "--feedback-async", "--runs-dir", str(runs_dir)
-    )
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--feedback-async" in result.stderr
+@pytest.mark.parametrize("script", ["sac_rlhf", "pref_ppo"])
+def test_people_label_asynchronously_by_default_and_simulated_teachers_in_sessions(script):
+    import importlib
+
+    from framework.teacher import validate_teacher_args
+
+    args_type = importlib.import_module(f"framework.{script}").Args
+    for mode, given, settled in [
+        ("human", "auto", "on"),
+        ("simulated", "auto", "off"),
+        ("human", "off", "off"),
+        ("simulated", "on", "on"),
+    ]:
+        args = args_type(teacher_feedback_mode=mode, feedback_async=given)
+        validate_teacher_args(args)
+        assert args.feedback_async == settled, (mode, given)
 
 
 def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
@@ -72,7 +83,7 @@ def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in accumulator.Scalars(tag)] if tag in accumulator.Tags()["scalars"] else []
 
 
-ASYNC = "--feedback-async --feedback-pending 10 --reward-update-every 20 --teacher-latency 0.05 --no-cuda".split()
+ASYNC = "--feedback-async on --feedback-pending 10 --reward-update-every 20 --teacher-latency 0.05 --no-cuda".split()
 RUNS = {
     # PEBBLE on HalfCheetah (an informative reward), 200 labels: the first 20 in a blocking session at step 500, the
     # rest while the agent trains (measured: ranking accuracy 0.76 asynchronous, 0.80 synchronous, about 30 s each)

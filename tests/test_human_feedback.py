@@ -162,6 +162,8 @@ HUMAN_RUN = [
     "300",
     "--teacher-feedback-mode",
     "human",
+    "--feedback-async",
+    "off",  # feedback sessions (test_human_async.py labels asynchronous runs)
     "--clip-size",
     "64",
     "--torch-threads",
@@ -282,6 +284,8 @@ def test_pref_ppo_human_mode_with_an_autostarted_server(tmp_path, runs_dir):
                 "2",
                 "--teacher-feedback-mode",
                 "human",
+                "--feedback-async",
+                "off",
                 "--feedback-server-autostart",
                 "--feedback-server-url",
                 url,

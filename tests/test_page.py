@@ -365,6 +365,15 @@ def test_the_page_says_what_is_going_on_at_each_stage_of_a_run(tmp_path, context
     )
     assert state == "finished" and "has exited" in title
     assert page.evaluate(idle, None)[0] == "empty"
+    # asynchronous feedback: the agent learns while people label
+    learning = {"state": "learning", "sessions_done": 3, "labels_given": 47, "pending": 8, "agent_step": 13500}
+    learning |= {"reward_updates": 3, "reward_updated_step": 12000, "age_s": 2}
+    state, title, text = page.evaluate(idle, learning)
+    assert state == "learning" and title == "The agent is learning; new pairs are on their way"
+    words = "47 labels so far, 8 pairs out, reward model updated 3 times (last at step 12,000), agent at step 13,500"
+    assert words in text
+    state, _, text = page.evaluate(idle, {**learning, "state": "ended"})
+    assert state == "finished" and text == "47 labels for run r. Thank you!"
 
 
 def test_refused_answers_are_shown_and_an_answer_to_a_pair_held_elsewhere_is_kept_until_it_lands(
