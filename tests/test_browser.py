@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from feedback_helpers import Server, free_port
+from feedback_helpers import Server, api, free_port
 from test_human_feedback import HUMAN_RUN
 
 CHROMIUM = os.environ.get("PREFRL_CHROMIUM", "/usr/bin/chromium")
@@ -285,3 +285,76 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
     assert summary["labels_used"] == 60 and summary["labels_stored"] == sum(x is not None for x in closed)
     child_log = (runs_dir / run / "feedback_server.log").read_text()  # the child's log, never a pipe
     assert child_log.count('"POST /api/') > 20
+
+
+ASYNC_BROWSER_RUN = (
+    "--env-id InvertedPendulum-v5 --total-timesteps 6000 --learning-starts 100 --unsupervised-steps 100 "
+    "--feedback-frequency 200 --labels-per-session 6 --total-labels 48 --segment-length 15 --feedback-pending 6 "
+    "--reward-update-every 6 --feedback-poll-frequency 100 --feedback-undo-grace 1 --eval-frequency 6000 "
+    "--eval-episodes 2 --hidden-size 64 --teacher-feedback-mode human --clip-size 64 --torch-threads 1 --no-cuda"
+).split()
+PAGE_POLL_S = 1.5  # how often a page with nothing to show asks the server again (index.html, openRun)
+
+
+def test_a_person_labels_an_asynchronous_run_continuously(tmp_path, runs_dir):
+    """People in human mode label asynchronously by default: after the first session the agent trains while a
+    person labels, and the page is never empty for longer than the trainer takes to top its queries up (the undo
+    grace period, one poll of the trainer, the upload, and the page's own poll)."""
+    from playwright.sync_api import sync_playwright
+
+    server = Server(tmp_path / "data").start()
+    run = "async-browser"
+    log = open(tmp_path / "trainer.log", "w")
+    flags = [*ASYNC_BROWSER_RUN, "--feedback-server-url", server.url, "--runs-dir", str(runs_dir), "--run-name", run]
+    trainer = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    keys = {"ArrowLeft": 0.0, "ArrowRight": 1.0, "ArrowUp": 0.5, "ArrowDown": None}
+    given: dict[int, float | None] = {}
+    empty: list[float] = []  # how long the page said it had nothing to label, each time, after the first session
+    trainer_said: set[str] = set()
+    try:
+        with sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page(viewport={"width": 1100, "height": 640})
+            page.goto(f"{server.url}/?run={run}")
+            empty_since = None
+            deadline = time.monotonic() + 300
+            while len(given) < 48 and trainer.poll() is None and time.monotonic() < deadline:
+                qid = shown_query(page)
+                if qid is not None and qid not in given and videos_playing(page):
+                    if empty_since is not None:
+                        empty.append(time.monotonic() - empty_since)
+                        empty_since = None
+                    key = list(keys)[len(given) % 4]
+                    page.keyboard.press(key)
+                    given[qid] = keys[key]
+                elif state(page) in ("learning", "empty", "training") and len(given) >= 6 and empty_since is None:
+                    empty_since = time.monotonic()  # the page says it has nothing to label (after the first session)
+                if len(given) % 8 == 7:
+                    status = api(server, "GET", f"/api/runs/{run}").json()["trainer"] or {}
+                    trainer_said.add(status.get("state", ""))
+                time.sleep(0.05)
+            assert len(given) == 48, (tmp_path / "trainer.log").read_text()[-3000:]
+            trainer.wait(240)
+            page.wait_for_function("() => document.getElementById('app').dataset.state === 'finished'", timeout=30_000)
+            words = page.inner_text("#nothing")
+            browser.close()
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        server.stop()
+    out = (tmp_path / "trainer.log").read_text()
+    assert trainer.returncode == 0, out
+    assert "learning" in trainer_said and "48 labels" in words
+    summary = json.loads((runs_dir / run / "summary.json").read_text())
+    assert summary["labels_used"] == 48 and summary["labels_stored"] == sum(x is not None for x in given.values())
+    # the trainer's top-up interval: answers stand --feedback-undo-grace (1 s), the trainer looks every 100 steps,
+    # renders and uploads (about 0.1 s per pair here), and the page asks again every 1.5 s
+    top_up_s = 1.0 + 100 / summary["learning_sps"] + 6 * 0.1 + PAGE_POLL_S
+    print(f"empty stretches: {[round(e, 2) for e in empty]}; top-up interval {top_up_s:.2f} s")
+    assert max(empty, default=0.0) <= top_up_s + 1.0
