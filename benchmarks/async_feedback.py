@@ -11,7 +11,7 @@ final reward model orders random segment pairs of the run's replay buffer as the
 saves benchmarks/results/async_feedback.md with a plot (evaluation returns; where the wall time went).
 
     python benchmarks/async_feedback.py
-    python benchmarks/async_feedback.py --seeds 1 2 3 --teacher-latency 3
+    python benchmarks/async_feedback.py --seeds 1 2 3 --teacher-latency 1
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class Args:
     """labels per session (and reward-model update in asynchronous runs)"""
     feedback_frequency: int = 1500
     """steps between sessions (the label budget a run may have asked by each step)"""
-    teacher_latency: float = 1.0
-    """seconds per answer"""
+    teacher_latency: float = 3.0
+    """seconds per answer (a person's pace)"""
     unsupervised_steps: int = 2000
     """pre-exploration steps (after 1000 random ones)"""
     hidden_size: int = 256
@@ -116,8 +116,10 @@ def main(args: Args) -> None:
     left.legend()
     means = [r for r in rows if r[0].endswith("mean")]
     names = [r[0].removesuffix(" mean") for r in means]
-    right.barh(names, [r[3] - r[4] for r in means], label="training")
-    right.barh(names, [r[4] for r in means], left=[r[3] - r[4] for r in means], label="agent waiting for answers")
+    # (colours apart from the modes' on the left: these are phases, not modes)
+    right.barh(names, [r[3] - r[4] for r in means], color="0.6", label="training")
+    waiting = [r[4] for r in means]
+    right.barh(names, waiting, left=[r[3] - r[4] for r in means], color="tab:red", label="agent waiting for answers")
     right.set_xlabel("wall time (s, mean over seeds)")
     right.legend(loc="lower right")
     fig.tight_layout()

@@ -32,6 +32,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        umask = os.umask(0o022)  # (read it back: mkstemp makes 0600 files, a plain open() honours the umask)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # lab-mates on a shared cluster can read runs as they read any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -120,15 +120,16 @@ def make_env(
     video_prefix: str = "rl-video",
     video_every: int = 1,
     teacher_reward: Callable | None = None,
+    render_mode: str | None = None,
 ) -> gym.Env:
     """Make one seeded environment with episode statistics (and the physics state, for MuJoCo envs).
 
     `capture_video` records every `video_every`-th episode to `video_dir` (headless; set MUJOCO_GL=egl or osmesa).
     `teacher_reward`, a function from `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at
-    every step.
+    every step. `render_mode="human"` shows the episodes in a window.
     """
     check_env_id(env_id)
-    env = gym.make(env_id, render_mode="rgb_array" if capture_video else None)
+    env = gym.make(env_id, render_mode="rgb_array" if capture_video else render_mode)
     if capture_video:
         if video_dir is None:
             raise UsageError("capture_video needs a video_dir")

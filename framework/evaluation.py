@@ -1,18 +1,28 @@
-"""Evaluation on the environment's TRUE reward with a deterministic policy (what every script reports).
+"""Evaluation on the environment's TRUE reward with a deterministic policy (what every script reports), and of a saved
+agent from the command line:
+
+    python framework/evaluation.py runs/<run> [--episodes 10] [--seed S] [--video] [--gif] [--render-mode human]
 
 A preference-trained agent never sees the true reward while learning; evaluation is where it is measured. When a
-user-written teacher reward is in use, its episode return is reported too (`teacher_returns`).
+user-written teacher reward is in use, its episode return is reported too (`teacher_returns`). A run folder's agent is
+its `checkpoint.pt` (the preference scripts) or `sac.pt` / `ppo.pt` (the oracles, with `--save-model`); by default the
+command runs the episodes of the run's last evaluation, so its numbers are the run's own. Films are rendered from the
+episodes' physics states with the camera that follows the body (headless), to `<run>/evaluation/`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+import tyro
 
 from framework.envs import make_env
+from framework.runtime import UsageError
 
 
 @dataclass
@@ -104,16 +114,23 @@ class Evaluator:
             teacher_reward=teacher_reward,
         )
 
-    def __call__(self, policy: Callable[[np.ndarray], np.ndarray]) -> EvalResult:
-        """`policy` maps one observation `(obs_dim,)` to one action `(action_dim,)`."""
+    def __call__(self, policy: Callable[[np.ndarray], np.ndarray], film: int = 0) -> EvalResult:
+        """`policy` maps one observation `(obs_dim,)` to one action `(action_dim,)`. The physics states of the first
+        `film` episodes (MuJoCo envs) are kept in `self.films`, one `(T + 1, state size)` array each."""
         result = EvalResult([], [])
+        self.films = []
         for episode in range(self.episodes):
-            obs, _ = self.env.reset(seed=self.seed + 1000 * self.calls + episode)
+            obs, info = self.env.reset(seed=self.seed + 1000 * self.calls + episode)
+            states = [info["physics_state"]] if episode < film and "physics_state" in info else None
             done, teacher_return = False, 0.0
             while not done:
                 obs, _, terminated, truncated, info = self.env.step(policy(obs))
                 teacher_return += info.get("teacher_reward", 0.0)
                 done = terminated or truncated
+                if states is not None:
+                    states.append(info["physics_state"])
+            if states is not None:
+                self.films.append(np.stack(states))
             result.returns.append(float(info["episode"]["r"]))
             result.lengths.append(int(info["episode"]["l"]))
             if "teacher_reward" in info:
@@ -129,3 +146,170 @@ class Evaluator:
 
     def close(self) -> None:
         self.env.close()
+
+
+# ------------------------------------------------------------------------------------------ a saved agent, evaluated
+AGENT_FILES = ("checkpoint.pt", "sac.pt", "ppo.pt")
+"""What a run folder may hold an agent in: the preference scripts' checkpoint (always written), or the oracles'
+model (`sac.py` / `ppo.py --save-model`)."""
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate (and film) a saved agent on the environment's TRUE reward."""
+
+    path: tyro.conf.Positional[str]
+    """a run folder (runs/<run>) or a saved agent file (checkpoint.pt, sac.pt, ppo.pt)"""
+    episodes: int = 10
+    """deterministic episodes to run"""
+    seed: int | None = None
+    """seed of the first episode (default: the episodes of the run's last evaluation, so the numbers compare)"""
+    env_id: str | None = None
+    """evaluate on this environment instead of the run's (same observation and action shapes)"""
+    video: bool = False
+    """write the first --film episodes as mp4"""
+    gif: bool = False
+    """write the first --film episodes as GIF (half size, 15 frames/s: small enough for a README)"""
+    film: int = 1
+    """episodes to film with --video or --gif"""
+    size: int = 320
+    """width and height of the films, pixels"""
+    out: str | None = None
+    """folder for the films (default: <run>/evaluation)"""
+    render_mode: Literal["none", "human"] = "none"
+    """`human`: also show the episodes live in a window (needs a display)"""
+
+
+def find_agent_file(path: str) -> str:
+    """The saved agent of a run folder, or `path` itself when it is a file; one-line errors otherwise."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise UsageError(f"{path!r} is neither a run folder nor a saved agent file")
+    for name in AGENT_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise UsageError(
+        f"{path!r} holds no saved agent ({', '.join(AGENT_FILES)}); sac.py and ppo.py save theirs with --save-model"
+    )
+
+
+def load_policy(saved: dict, env) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic policy of a saved agent (an SAC actor or a PPO agent with its observation normaliser), as the
+    run evaluated it."""
+    import torch
+
+    from framework.networks import PPOAgent, SACActor
+    from framework.normalization import ObservationNormalizer
+
+    args = saved["args"]
+    obs_dim = int(np.prod(env.observation_space.shape))
+    low, high = env.action_space.low, env.action_space.high
+    try:
+        if "actor" in saved:
+            net = SACActor(obs_dim, low, high, args["hidden_size"], args["depth"])
+            net.load_state_dict(saved["actor"])
+            act = lambda o: net.get_action(torch.as_tensor(o, dtype=torch.float32)[None])[2][0]
+        elif "agent" in saved:
+            net = PPOAgent(obs_dim, len(low), args["hidden_size"], args["depth"])
+            net.load_state_dict(saved["agent"])
+            norm = ObservationNormalizer(env.observation_space.shape)
+            norm.load_state_dict(saved["obs_norm"])
+            normalize = norm.normalize if args.get("norm_obs", True) else lambda o: o.astype(np.float32)
+            act = lambda o: np.clip(net.act_deterministic(torch.as_tensor(normalize(o[None])))[0], low, high)
+        else:
+            raise UsageError("the file holds no agent (an SAC actor or a PPO agent)")
+    except RuntimeError as err:  # shapes that do not fit the env
+        first = str(err).strip().splitlines()[1 if len(str(err).strip().splitlines()) > 1 else 0].strip()
+        raise UsageError(f"the saved agent does not fit {env.spec.id}: {first}") from err
+
+    def policy(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(act(o), dtype=np.float32)
+
+    return policy
+
+
+def film_episodes(env_id: str, films: list[np.ndarray], out: str, video: bool, gif: bool, size: int) -> list[str]:
+    """mp4 and/or GIF files of the filmed episodes (rendered from their physics states, tracking camera)."""
+    from PIL import Image
+
+    from framework.clips import encode_mp4, get_clip_renderer
+
+    renderer = get_clip_renderer(env_id, size)
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for i, states in enumerate(films):
+        frames = renderer.render(states)
+        if video:
+            path = os.path.join(out, f"episode-{i}.mp4")
+            with open(path, "wb") as f:
+                f.write(encode_mp4(frames, renderer.fps))
+            written.append(path)
+        if gif:
+            step = max(1, round(renderer.fps / 15))
+            images = [Image.fromarray(f).resize((size // 2, size // 2)) for f in frames[::step]]
+            path = os.path.join(out, f"episode-{i}.gif")
+            duration = int(1000 * step / renderer.fps)
+            images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=True)
+            written.append(path)
+    return written
+
+
+def evaluate_saved(args: EvalArgs) -> EvalResult:
+    """`python framework/evaluation.py runs/<run>`: a table of returns, and films."""
+    from framework.checkpoint import load_checkpoint
+    from framework.envs import check_env_id
+    from framework.runtime import setup_headless_rendering
+
+    if args.episodes <= 0 or args.film < 0:
+        raise UsageError(f"--episodes must be > 0 and --film >= 0, got {args.episodes} and {args.film}")
+    if args.render_mode == "human" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UsageError("--render-mode human needs a display ($DISPLAY); use --video or --gif on a headless machine")
+    path = find_agent_file(args.path)
+    try:
+        saved = load_checkpoint(path, map_location="cpu")
+    except Exception as err:
+        raise UsageError(f"{path!r} is not a saved agent: {type(err).__name__}: {err}") from err
+    if not isinstance(saved, dict) or "args" not in saved:
+        raise UsageError(f"{path!r} is not a saved agent of prefrl (no saved flags)")
+    run_args = saved["args"]
+    env_id = args.env_id or run_args["env_id"]
+    check_env_id(env_id)
+    if args.video or args.gif:
+        setup_headless_rendering()
+    teacher_reward = None
+    if run_args.get("teacher_reward"):
+        from framework.teacher import load_reward_function
+
+        teacher_reward = load_reward_function(run_args["teacher_reward"])
+    seed = run_args["seed"] + 10_000 if args.seed is None else args.seed
+    evaluator = Evaluator(env_id, seed, args.episodes, teacher_reward=teacher_reward)
+    if args.render_mode == "human":
+        evaluator.env.close()
+        evaluator.env = make_env(env_id, seed, teacher_reward=teacher_reward, render_mode="human")
+    if args.seed is None and "evaluator" in saved:  # the episodes of the run's last evaluation
+        evaluator.calls = max(saved["evaluator"]["calls"] - 1, 0)
+    policy = load_policy(saved, evaluator.env)
+    result = evaluator(policy, film=args.film if (args.video or args.gif) else 0)
+    evaluator.close()
+    print(f"{path}: {env_id}, {args.episodes} episodes on the true reward")
+    header = "| episode | return | length |" + (" teacher return |" if result.teacher_returns else "")
+    print(header + "\n|" + "---|" * (header.count("|") - 1))
+    for i, (r, n) in enumerate(zip(result.returns, result.lengths)):
+        row = f"| {i} | {r:.1f} | {n} |" + (f" {result.teacher_returns[i]:.1f} |" if result.teacher_returns else "")
+        print(row)
+    print(f"mean return {result.mean_return:.1f} +- {result.std_return:.1f}")
+    if args.video or args.gif:
+        if not evaluator.films:
+            raise UsageError(f"{env_id} is not a MuJoCo environment: it cannot be filmed")
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)), "evaluation")
+        for written in film_episodes(env_id, evaluator.films, out, args.video, args.gif, args.size):
+            print(f"wrote {written}")
+    return result
+
+
+if __name__ == "__main__":
+    from framework.runtime import run_cli
+
+    run_cli(EvalArgs, evaluate_saved)

@@ -14,6 +14,13 @@ trainer killed while waiting and resumed (`--resume`) finds the answers given wh
 learns from are the ones the server returns then; unanswered ones are withdrawn from the page. When the server cannot
 be reached at a `--feedback-timeout` deadline, the trainer goes on with every answer the server acknowledged before
 (they are in answers.jsonl) and closes the session on the server once it is back.
+
+Asynchronous feedback (`submit` / `collect`, the default in human mode after the first session): an uploader thread
+renders and uploads the queries handed to it while the agent trains, and a poller thread reads the event feed every
+`poll_interval` seconds (every answer and undo goes to answers.jsonl). An answer is taken once it has stood
+`--feedback-undo-grace` seconds: the poller closes it on the server (`answered_only`, so pairs still waiting stay on
+the page), and from then on the page cannot undo it; an undo before that takes it out. The checkpoint holds the
+queries still waited for, so a resumed trainer watches them again and finds the answers given while it was down.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class HumanFeedbackArgs:
     feedback_server_autostart: bool = False
     """start a local feedback server as a child process (stopped at exit), unless one already answers at the URL"""
     feedback_timeout: float = 0.0
-    """seconds to wait for the answers of one session (0: no limit); after it, training goes on with those received"""
+    """seconds to wait for the answers of one session, or at the end of an asynchronous run for those still out (0: no
+    limit); after it, training goes on with those received"""
     feedback_question: str = "Which clip is better?"
     """the question shown above the two clips"""
     feedback_undo_grace: float = 10.0
@@ -358,6 +366,7 @@ class HumanTeacher:
         self.thread_error: BaseException | None = None
         self.training = {"agent_step": 0, "reward_updates": 0, "reward_updated_step": None, "labels": 0}
         self.status_posted = 0.0
+        self.announced = False
         if os.path.exists(self.answers_path):  # a resumed run: these events are already in the file
             with open(self.answers_path) as f:
                 for line in f:
@@ -425,8 +434,8 @@ class HumanTeacher:
         if final and self.threads:
             self.stop.set()
             self.uploads.put(None)
-            for thread in self.threads:
-                thread.join()
+            for thread in self.threads:  # (a thread retrying through an outage is left behind; it is a daemon)
+                thread.join(self.close_grace)
             if self.thread_error is None:
                 try:
                     self._poll_once(self.client, final=True, deadline=time.monotonic() + self.close_grace)
@@ -458,6 +467,13 @@ class HumanTeacher:
                     keys = [k for k in keys if k in self.watching]
                 if keys:
                     self.upload(queries, keys=keys, client=client)
+                    if not self.announced:
+                        self.announced = True
+                        print(
+                            f"asynchronous feedback: the agent learns while you label at {client.page_url(self.run_id)}"
+                            "; new pairs appear there as it asks for them",
+                            flush=True,
+                        )
         except BaseException as e:  # the main thread raises it at its next collect()
             self.thread_error = e
         finally:
@@ -492,7 +508,12 @@ class HumanTeacher:
             self.cursor = cursor
             if len(events) < 1000:
                 break
+        if final:  # every query the server has; the others never reached the page
+            known = {q["key"] for q in client.queries(self.run_id, deadline)}
         with self.lock:
+            if final:
+                for key in [k for k in self.watching if k not in known]:
+                    del self.watching[key]
             due = (
                 list(self.watching)
                 if final

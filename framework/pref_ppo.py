@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -39,6 +40,7 @@ from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import load_asked, plot_label_schedule, reward_correlations, save_asked, save_labels
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from framework.reward_model import export_reward_model
 from framework.runtime import (
     RunArgs,
     UsageError,
@@ -856,7 +858,8 @@ def learn_from_labels(
         f"step={step} session={progress.session} labels={progress.labels_used} "
         f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f} "
         f"val_acc={stats.get('reward/val_accuracy', math.nan):.3f} "
-        f"pearson={stats.get('reward/pearson', math.nan):.3f}",
+        f"pearson={stats.get('reward/pearson', math.nan):.3f}"
+        + (f" pending={len(progress.outstanding)}" if progress.outstanding else ""),  # asynchronous: still out
         flush=True,
     )
 
@@ -877,30 +880,47 @@ def exchange_with_teacher(
     """Asynchronous feedback, between the agent's steps: take the answers that arrived, top the outstanding queries up
     to --feedback-pending (chosen with the current reward model, at most --feedback-pending labels ahead of the
     schedule), and, once --reward-update-every answers wait, return them as `learn_from_labels` takes them (else
-    None). At the end of a run (`final`): ask nothing more and return whatever arrived, so that no answer given is
-    lost."""
+    None). At the end of a run (`final`): ask what the schedule still allows, wait for every answer out (at most
+    --feedback-timeout seconds; 0: no limit) and return them all, so that the final reward model learns from as many
+    labels as a synchronous run's and no answer given is lost."""
     step = progress.global_step
     with timed(progress.phase_time, "label"):
-        for key, label in teacher.collect(final):
-            if key in progress.outstanding:  # (an answer to a query this run no longer waits for is dropped)
-                progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
+        take_answers(teacher.collect(), progress)
     with timed(progress.phase_time, "query"):
         asked = progress.labels_used + len(progress.arrived) + len(progress.outstanding)
         # the queue may run --feedback-pending labels ahead of the schedule, so answers are in when it gets there
         scheduled = sum(n for first_step, n in sessions if first_step <= step)
-        allowed = min(scheduled + args.feedback_pending, sum(n for _, n in sessions))
-        n_new = min(args.feedback_pending - len(progress.outstanding), allowed - asked)
-        if n_new > 0 and not final:
+        allowed = min(scheduled + (0 if final else args.feedback_pending), sum(n for _, n in sessions))
+        n_new = allowed - asked if final else min(args.feedback_pending - len(progress.outstanding), allowed - asked)
+        if n_new > 0:
             q = choose_queries(buffer, ensemble, prefs, n_new, step, args, rng, device)
             save_asked(run_dir, progress.batches_asked, q)  # on disk before it goes out: a resume finds it
             put_to_teacher(q, teacher, progress, args)
             progress.batches_asked += 1
+    if final:
+        with timed(progress.phase_time, "label"):
+            if progress.outstanding:
+                print(f"the agent's steps are done; waiting for the {len(progress.outstanding)} answers still out "
+                      "(the final reward model learns from them)", flush=True)  # fmt: skip
+            deadline = time.monotonic() + args.feedback_timeout if args.feedback_timeout > 0 else math.inf
+            while progress.outstanding and time.monotonic() < deadline:
+                time.sleep(0.1)
+                take_answers(teacher.collect(), progress)
+            take_answers(teacher.collect(final=True), progress)  # (a person's answers still open to undo count too)
     update = bool(progress.arrived) and (len(progress.arrived) >= args.reward_update_every or final)
     teacher.report(step, progress.labels_used + len(progress.arrived) * update, progress.session + update)
     if not update:
         return None
     rows, progress.arrived = progress.arrived, []
     return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
+
+
+def take_answers(answers: list[tuple[str, float]], progress: Progress) -> None:
+    """Asynchronous feedback: move answered queries from outstanding to arrived, with their labels (an answer to a
+    query this run no longer waits for is dropped)."""
+    for key, label in answers:
+        if key in progress.outstanding:
+            progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
 
 
 def put_to_teacher(q: dict[str, np.ndarray], teacher: Teacher, progress: Progress, args: Args) -> None:
@@ -1184,8 +1204,11 @@ def main(args: Args) -> dict:
 
         logged = {"losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item()}
         logged |= {"losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item()}
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
         logged |= {
             "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+            "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
             "charts/learning_rate": optimizer.param_groups[0]["lr"],
         }
         tracker.scalars(logged | {f"time/{k}": v for k, v in progress.phase_time.items()}, global_step)
@@ -1210,6 +1233,7 @@ def main(args: Args) -> dict:
             learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
     summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
+    export_reward_model(ensemble, run_dir, args.env_id, obs_dim, action_dim)  # <run>/reward_model.pt2 and .json
     summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
     summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
     summary |= progress.evals.summary()

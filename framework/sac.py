@@ -20,6 +20,7 @@ from framework.checkpoint import save_checkpoint
 from framework.envs import make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
+from framework.reward_model import LearnedReward
 from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
@@ -67,6 +68,9 @@ class Args(RunArgs):
     """episodes per evaluation"""
     log_frequency: int = 1000
     """log losses and SPS every this many steps"""
+    reward_model: str | None = None
+    """train on a saved learned reward instead of the env's (a preference run's folder, or its reward_model.pt2);
+    evaluation stays on the true reward"""
 
 
 def validate(args: Args) -> None:
@@ -124,6 +128,8 @@ def main(args: Args) -> dict:
     setup_headless_rendering()
     run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     env = make_env(args.env_id, args.seed)
+    if args.reward_model is not None:  # the agent learns from what a reward model learned (framework/reward_model.py)
+        env = LearnedReward(env, args.reward_model)
     require_continuous_actions(env.action_space, args.env_id, "sac.py")
     device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)

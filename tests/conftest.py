@@ -1,8 +1,9 @@
-"""Shared test setup: headless rendering, offline W&B, and a helper that runs a script like a user does."""
+"""Shared test setup: headless rendering, offline W&B, and helpers that run a script like a user does (and kill it)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,22 @@ def run_script(script: str, *args: str, timeout: float = 600, cwd: Path | None =
         text=True,
         timeout=timeout,
     )
+
+
+def kill_at_checkpoint(script: str, *args: str, when=lambda step: True) -> int:
+    """Run `python framework/<script> args...` and SIGKILL it at the first "saved checkpoint at step N" line for which
+    `when(N)` holds; returns N. Fails when the run ends first."""
+    command = [sys.executable, str(ROOT / "framework" / script), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    step = None
+    for line in proc.stdout:
+        if "saved checkpoint at step" in line and when(int(line.split("step ")[1].split()[0])):
+            step = int(line.split("step ")[1].split()[0])
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and step is not None, "the run finished before it could be killed"
+    return step
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script
+from conftest import kill_at_checkpoint, run_script
 from framework.labels import load_labels
 from framework.teacher import QueryBatch, SimulatedTeacher
 from toolbox.reward_ranking import ranking_accuracy
@@ -116,24 +116,19 @@ def test_the_agent_learns_on_while_answers_are_outstanding(runs_dir, script):
 
 
 def test_a_run_killed_with_answers_outstanding_resumes_with_all_of_them(runs_dir):
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import ROOT
     from framework.checkpoint import load_checkpoint
 
     flags = [*ASYNC, *RUNS["sac_rlhf.py"].split(), "--checkpoint-frequency", "500", "--runs-dir", str(runs_dir)]
-    command = [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags, "--run-name", "killed"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # kill it hard at the first checkpoint taken while answers are on their way
-        if "saved checkpoint" in line and int(line.split("step ")[1].split()[0]) >= 1000:
-            saved = load_checkpoint(str(runs_dir / "killed" / "checkpoint.pt"))
-            if saved["state"]["outstanding"] and saved["teacher"]["waiting"]:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    checkpoint = str(runs_dir / "killed" / "checkpoint.pt")
+
+    def answers_on_their_way(step: int) -> bool:  # kill it hard at the first checkpoint taken while answers are out
+        if step < 1000:
+            return False
+        saved = load_checkpoint(checkpoint)
+        return bool(saved["state"]["outstanding"] and saved["teacher"]["waiting"])
+
+    kill_at_checkpoint("sac_rlhf.py", *flags, "--run-name", "killed", when=answers_on_their_way)
+    saved = load_checkpoint(checkpoint)
     asked = saved["state"]["labels_used"] + len(saved["state"]["arrived"]) + len(saved["state"]["outstanding"])
     assert asked > saved["state"]["labels_used"]
 

@@ -29,6 +29,16 @@ def test_round_trip_keeps_tensors_arrays_and_rng_state(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"], "no temporary files left behind"
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_files_are_as_readable_as_the_umask_allows(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"step": 1}, str(tmp_path / "ckpt.pt"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "ckpt.pt").st_mode & 0o777 == mode
+
+
 def test_killed_writer_leaves_previous_checkpoint_intact(tmp_path):
     """A process killed with SIGKILL in the middle of writing a large checkpoint never tears the old file."""
     path = tmp_path / "ckpt.pt"

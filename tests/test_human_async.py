@@ -158,3 +158,36 @@ def test_a_trainer_killed_mid_run_uses_every_answer_given_while_it_was_down(tmp_
 
     delays = [v for _, v in scalars(runs_dir / run, "feedback/answer_delay_steps")]
     assert delays and min(delays) > 0
+
+
+def test_pref_ppo_learns_from_people_asynchronously(tmp_path, runs_dir):
+    server = Server(tmp_path / "data").start()
+    labeler = ApiLabeler(server.url, choose=lambda q: ["left", "right"][len(q["key"]) % 2], delay=0.1)
+    labeler.start()
+    try:
+        result = run_script(
+            "pref_ppo.py",
+            *"--env-id InvertedPendulum-v5 --total-timesteps 8192 --num-envs 2 --num-steps 256 --unsupervised-steps 512"
+            " --feedback-frequency 512 --labels-per-session 5 --total-labels 15 --segment-length 15"
+            " --feedback-pending 5 --reward-update-every 5 --feedback-poll-frequency 512 --feedback-undo-grace 0.5"
+            " --eval-frequency 8192 --eval-episodes 2 --teacher-feedback-mode human --clip-size 64 --torch-threads 1"
+            " --no-cuda".split(),
+            "--feedback-server-url",
+            server.url,
+            "--runs-dir",
+            str(runs_dir),
+            "--run-name",
+            "ppo-async",
+            timeout=300,
+        )
+    finally:
+        labeler.stop()
+        server.stop()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "asynchronous feedback: the agent learns while you label" in result.stdout
+    summary = json.loads((runs_dir / "ppo-async" / "summary.json").read_text())
+    assert summary["labels_used"] == summary["labels_stored"] == len(labeler.answered) == 15
+    from test_async import scalars
+
+    delays = [v for _, v in scalars(runs_dir / "ppo-async", "feedback/answer_delay_steps")]
+    assert delays and min(delays) > 0  # PPO collected rollouts while people answered

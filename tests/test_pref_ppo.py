@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_script
+from conftest import ROOT, kill_at_checkpoint, run_script
 from framework.checkpoint import load_checkpoint
 from framework.labels import load_labels
 
@@ -143,19 +143,7 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed_dir = runs_dir / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "framework" / "pref_ppo.py"), *flags, "--run-name", "killed"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for line in proc.stdout:
-        if "saved checkpoint at step 2048" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_checkpoint("pref_ppo.py", *flags, "--run-name", "killed", when=lambda step: step == 2048)
     before = load_labels(str(killed_dir / "labels.npz"))
     resumed = run_script("pref_ppo.py", "--resume", str(killed_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
