@@ -360,6 +360,7 @@ class HumanTeacher:
         self.standing: dict[str, tuple[dict, float]] = {}  # key -> (its answer event, when the trainer saw it)
         self.ready: list[tuple[str, float]] = []  # final answers not yet collected
         self.cursor = 0  # of the event feed
+        self.rescan = False  # read the feed from its start again at the next poll
         self.uploads: queue.Queue = queue.Queue()
         self.threads: list[threading.Thread] = []
         self.stop = threading.Event()
@@ -465,6 +466,9 @@ class HumanTeacher:
                 queries, keys = item
                 with self.lock:
                     keys = [k for k in keys if k in self.watching]
+                if keys and set(keys) & {q["key"] for q in client.queries(self.run_id)}:
+                    with self.lock:  # asked again after a resume: their answers may be behind the feed's cursor
+                        self.rescan = True
                 if keys:
                     self.upload(queries, keys=keys, client=client)
                     if not self.announced:
@@ -490,6 +494,9 @@ class HumanTeacher:
     def _poll_once(self, client: FeedbackClient, final: bool = False, deadline: float | None = None) -> None:
         """Read the event feed (every answer and undo goes to answers.jsonl), then close on the server the answers
         that stood for `undo_grace` seconds (all watched queries when `final`) and hand them to `collect`."""
+        with self.lock:
+            if self.rescan:
+                self.cursor, self.rescan = 0, False
         while True:
             events, cursor = client.events(self.run_id, self.cursor, deadline)
             now = time.monotonic()

@@ -89,10 +89,39 @@ def test_answers_count_once_they_can_no_longer_be_undone_and_a_new_teacher_finds
         server.stop()
 
 
+def test_a_pair_asked_again_after_a_resume_finds_the_answer_given_while_the_trainer_was_down(tmp_path):
+    from dataclasses import replace
+
+    server = Server(tmp_path / "data").start()
+    run = "asked-again"
+
+    def teacher() -> HumanTeacher:
+        client = FeedbackClient(server.url)
+        return HumanTeacher(client, run, "InvertedPendulum-v5", str(tmp_path), 64, 30.0, 0.0, "Which?", 0.1, False)
+
+    first, second = teacher(), teacher()
+    try:
+        keys = first.submit(query_batch(2))  # asked after the last checkpoint, then the trainer dies
+        wait_for(lambda: len(statuses(server, run)) == 2, 30, "the uploads")
+        first.stop.set()
+        for _ in keys:
+            answer_next(server, run, "left")
+        second.undo_grace = 0.2
+        second.submit(replace(query_batch(1), step=300))  # the resumed trainer asks something new first ...
+        time.sleep(1.0)  # ... and its poller reads the feed past the answers above
+        assert second.submit(query_batch(2)) == keys  # then asks the pairs of <run>/asked/ again: the same keys
+        assert collect_until(second, 2) == {k: 0.0 for k in keys}
+    finally:
+        first.stop.set()
+        second.stop.set()
+        server.stop()
+
+
 ASYNC_RUN = (
     "--env-id InvertedPendulum-v5 --total-timesteps 4000 --learning-starts 100 --unsupervised-steps 100 "
     "--feedback-frequency 300 --labels-per-session 6 --total-labels 36 --segment-length 15 --feedback-pending 6 "
-    "--reward-update-every 6 --feedback-poll-frequency 100 --feedback-undo-grace 0.5 --eval-frequency 4000 "
+    "--reward-update-every 6 --feedback-poll-frequency 100 --feedback-undo-grace 0.5 --feedback-timeout 120 "
+    "--eval-frequency 4000 "
     "--eval-episodes 2 --checkpoint-frequency 300 --hidden-size 64 --teacher-feedback-mode human --clip-size 64 "
     "--torch-threads 1 --no-cuda"
 ).split()
