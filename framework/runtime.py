@@ -44,6 +44,8 @@ class RunArgs:
     """name of the run folder (default: <env>__<exp>__<seed>__<time>)"""
     capture_video: bool = False
     """record the first episode of every evaluation to <run>/videos"""
+    progress_bar: bool = True
+    """a progress bar on the console (steps, steps/s, last evaluation, labels); only where stderr is a terminal"""
 
 
 class UsageError(ValueError):

@@ -11,12 +11,21 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from framework.checkpoint import atomic_write_bytes
+
+BAR_FACTS = {
+    "eval/episodic_return": "eval",
+    "eval/teacher_return": "teacher",
+    "feedback/labels_used": "labels",
+}
+"""What the progress bar shows besides steps and steps/s: the last value of these tags, under these names."""
 
 
 def hyperparameter_table(config: dict) -> str:
@@ -60,6 +69,17 @@ class Tracker:
         self.writer.add_text("hyperparameters", hyperparameter_table(config))
         self._sps_time = time.perf_counter()
         self._sps_step = 0
+        print(f"run folder: {self.run_dir} (tensorboard --logdir {runs_dir})", flush=True)
+        # a bar where a person watches (a terminal, and no feedback session drawing its own bar); logs stay clean
+        show = config.get("progress_bar", True) and config.get("teacher_feedback_mode") != "human"
+        self.bar = tqdm(
+            total=config.get("total_timesteps"),
+            unit="step",
+            disable=not (show and sys.stderr.isatty()),
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+        )
+        self.bar_facts: dict[str, str] = {}
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -67,6 +87,9 @@ class Tracker:
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        for tag, fact in BAR_FACTS.items():
+            if tag in values:
+                self.bar_facts[fact] = f"{values[tag]:.1f}" if isinstance(values[tag], float) else str(values[tag])
 
     def steps_per_second(self, step: int, tag: str = "charts/SPS") -> float:
         """Log and return env steps per second since the previous call (or since the start)."""
@@ -74,9 +97,14 @@ class Tracker:
         sps = (step - self._sps_step) / max(now - self._sps_time, 1e-9)
         self._sps_time, self._sps_step = now, step
         self.writer.add_scalar(tag, sps, step)
+        if not self.bar.disable:
+            self.bar.n = step
+            facts = [f"{sps:.0f} steps/s", *(f"{k} {v}" for k, v in self.bar_facts.items())]
+            self.bar.set_postfix_str(", ".join(facts))
         return sps
 
     def close(self) -> None:
+        self.bar.close()
         self.writer.close()
         if self.wandb_run is not None:
             import wandb
@@ -199,4 +227,10 @@ def write_summary(run_dir: str, summary: dict) -> dict:
         raise KeyError(f"summary.json lacks {missing}")
     ordered = {**{k: summary[k] for k in SUMMARY_KEYS}, **summary}
     atomic_write_bytes(os.path.join(run_dir, "summary.json"), json.dumps(ordered, indent=2).encode())
+    labels = f", {summary['labels_used']} labels" if summary["labels_used"] else ""
+    print(
+        f"done: {summary['total_timesteps']} steps in {summary['wall_time_s']:.0f} s, final evaluation return "
+        f"{summary['final_eval_return']:.1f} (best {summary['best_eval_return']:.1f}){labels}; {run_dir}/summary.json",
+        flush=True,
+    )
     return ordered

@@ -71,3 +71,47 @@ def test_every_tensorboard_tag_is_documented_and_each_documented_tag_is_written(
     # the quantities both preference scripts log go under the same tags
     shared = {"charts/agent_reward_mean", "feedback/labels_used", "feedback/teacher_prefers_b", "reward/pearson"}
     assert shared <= runs["sac_rlhf.py"][1] & runs["pref_ppo.py"][1]
+
+
+def run_on_a_terminal(*args: str) -> tuple[str, str]:
+    """Run `python framework/sac.py args` with stderr on a 120-column pseudo-terminal (a person's shell): (stdout,
+    stderr)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from conftest import ROOT
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    command = [sys.executable, str(ROOT / "framework" / "sac.py"), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=child, text=True)
+    os.close(child)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = proc.stdout.read()
+    proc.wait(60)
+    os.close(main)
+    return out, err.decode(errors="replace")
+
+
+def test_a_person_sees_the_run_folder_a_progress_bar_and_a_closing_line(runs_dir):
+    flags = [*COMMON, *RUNS["sac.py"].split(), "--runs-dir", str(runs_dir)]
+    out, err = run_on_a_terminal(*flags, "--run-name", "tty")
+    assert f"run folder: {runs_dir / 'tty'} (tensorboard --logdir {runs_dir})" in out
+    assert "600/600" in err and "steps/s" in err and "eval " in err  # steps, speed, the last evaluation
+    assert out.strip().splitlines()[-1].startswith("done: 600 steps in ")
+    assert "final evaluation return" in out and str(runs_dir / "tty" / "summary.json") in out
+    out, err = run_on_a_terminal(*flags, "--run-name", "quiet", "--no-progress-bar")
+    assert "steps/s" not in err and "done: 600 steps" in out
