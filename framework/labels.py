@@ -83,3 +83,27 @@ def load_asked(run_dir: str, first: int) -> list[tuple[int, dict[str, np.ndarray
             with np.load(os.path.join(folder, name)) as saved:
                 batches.append((int(name.split(".")[0]), {k: saved[k] for k in saved.files}))
     return batches
+
+
+def labels_of_run(run_dir: str, env_id: str, segment_length: int, in_dim: int) -> dict[str, np.ndarray]:
+    """The labelled pairs of another, finished run (`<run>/labels.npz`; its env from `<run>/summary.json`), checked
+    against this run: the same env, segment length and observation + action size. One-line `UsageError`s otherwise."""
+    import json
+
+    from framework.runtime import UsageError
+
+    labels_path, summary_path = os.path.join(run_dir, "labels.npz"), os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(labels_path) or not os.path.isfile(summary_path):
+        raise UsageError(f"--labels-from {run_dir!r} is not a finished preference run (labels.npz and summary.json)")
+    with open(summary_path) as f:
+        their_env = json.load(f).get("env_id")
+    pairs = load_labels(labels_path)
+    if their_env != env_id:
+        raise UsageError(f"--labels-from {run_dir!r} holds labels of {their_env}, not of {env_id}")
+    shape = pairs["seg_a"].shape
+    if shape[1:] != (segment_length, in_dim):
+        raise UsageError(
+            f"--labels-from {run_dir!r} has segments of {shape[1]} steps x {shape[2]} numbers; this run needs "
+            f"{segment_length} x {in_dim} (--segment-length {shape[1]} takes them)"
+        )
+    return pairs

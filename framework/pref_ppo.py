@@ -37,7 +37,14 @@ from framework.checkpoint import Checkpointer, restore_rng_states, resume_args, 
 from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
-from framework.labels import load_asked, plot_label_schedule, reward_correlations, save_asked, save_labels
+from framework.labels import (
+    labels_of_run,
+    load_asked,
+    plot_label_schedule,
+    reward_correlations,
+    save_asked,
+    save_labels,
+)
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.reward_model import export_reward_model
@@ -168,6 +175,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """growth factor of the intervals between sessions (exponential schedule)"""
     pretrain_labels: int = 200
     """labels of the first session (rl-teacher schedule)"""
+    labels_from: str | None = None
+    """start with the labels of another finished run of the same env (its folder): the reward model trains on them
+    before the first session, and they do not count against --total-labels"""
     feedback_async: Literal["auto", "on", "off"] = "auto"
     """asynchronous feedback: after the first session, the agent keeps learning while queries are answered; answers
     are learned from as they arrive, within the schedule's label budget. `auto`: on with --teacher-feedback-mode
@@ -915,6 +925,26 @@ def exchange_with_teacher(
     return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
 
 
+def start_from_labels(
+    given: dict[str, np.ndarray],
+    ensemble: RewardEnsemble,
+    reward_optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> None:
+    """--labels-from: store another run's labelled pairs (at step 0) and train the reward model on them before any new
+    label is asked."""
+    prefs.add(given["seg_a"], given["mask_a"], given["seg_b"], given["mask_b"], given["labels"], 0, rng)
+    stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, None)
+    print(
+        f"started from {prefs.size} labels of {args.labels_from}: "
+        f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f}",
+        flush=True,
+    )
+
+
 def take_answers(answers: list[tuple[str, float]], progress: Progress) -> None:
     """Asynchronous feedback: move answered queries from outstanding to arrived, with their labels (an answer to a
     query this run no longer waits for is dropped)."""
@@ -993,8 +1023,16 @@ def main(args: Args) -> dict:
     ).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
+    given = (
+        labels_of_run(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
+        if args.labels_from
+        else None
+    )
     prefs = PreferenceBuffer(
-        max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction
+        max(args.total_labels, 1) + (len(given["labels"]) if given else 0),
+        args.segment_length,
+        obs_dim + action_dim,
+        args.reward_val_fraction,
     )
     entropy_stats = RunningMeanStd(()).to(device)
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
@@ -1024,6 +1062,8 @@ def main(args: Args) -> dict:
         raw_obs, info = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
         print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
         ask_again_after_resume(teacher, progress, args, run_dir)
+    if given is not None and checkpoint is None:  # --labels-from: what people answered before is not wasted
+        start_from_labels(given, ensemble, reward_optimizer, prefs, args, rng, device)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 

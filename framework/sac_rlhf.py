@@ -43,7 +43,14 @@ from framework.checkpoint import (
 from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
-from framework.labels import load_asked, plot_label_schedule, reward_correlations, save_asked, save_labels
+from framework.labels import (
+    labels_of_run,
+    load_asked,
+    plot_label_schedule,
+    reward_correlations,
+    save_asked,
+    save_labels,
+)
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
 from framework.reward_model import export_reward_model
@@ -161,6 +168,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """growth factor of the intervals between sessions (exponential schedule)"""
     pretrain_labels: int = 200
     """labels of the first session (rl-teacher schedule)"""
+    labels_from: str | None = None
+    """start with the labels of another finished run of the same env (its folder): the reward model trains on them
+    before the first session, and they do not count against --total-labels"""
     feedback_async: Literal["auto", "on", "off"] = "auto"
     """asynchronous feedback: after the first session, the agent keeps learning while queries are answered; answers
     are learned from as they arrive, within the schedule's label budget. `auto`: on with --teacher-feedback-mode
@@ -947,6 +957,26 @@ def exchange_with_teacher(
     return {"step": step, **{k: np.stack([row[k] for row in rows]) for k in rows[0]}}
 
 
+def start_from_labels(
+    given: dict[str, np.ndarray],
+    ensemble: RewardEnsemble,
+    reward_optimizer: optim.Optimizer,
+    prefs: PreferenceBuffer,
+    args: Args,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> None:
+    """--labels-from: store another run's labelled pairs (at step 0) and train the reward model on them before any new
+    label is asked."""
+    prefs.add(given["seg_a"], given["mask_a"], given["seg_b"], given["mask_b"], given["labels"], 0, rng)
+    stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, None)
+    print(
+        f"started from {prefs.size} labels of {args.labels_from}: "
+        f"train_acc={stats.get('reward/train_accuracy', math.nan):.3f}",
+        flush=True,
+    )
+
+
 def take_answers(answers: list[tuple[str, float]], progress: Progress) -> None:
     """Asynchronous feedback: move answered queries from outstanding to arrived, with their labels (an answer to a
     query this run no longer waits for is dropped)."""
@@ -1053,8 +1083,16 @@ def main(args: Args) -> dict:
     ).to(device)
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
+    given = (
+        labels_of_run(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
+        if args.labels_from
+        else None
+    )
     prefs = PreferenceBuffer(
-        max(args.total_labels, 1), args.segment_length, obs_dim + action_dim, args.reward_val_fraction
+        max(args.total_labels, 1) + (len(given["labels"]) if given else 0),
+        args.segment_length,
+        obs_dim + action_dim,
+        args.reward_val_fraction,
     )
     entropy_stats = RunningMeanStd(()).to(device)
     # states seen before the end of pre-exploration, on the device, for the state-entropy reward (new rows are
@@ -1098,6 +1136,8 @@ def main(args: Args) -> dict:
     elif args.exploration_load is not None:
         obs, info = env.reset(seed=args.seed + 1)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    if given is not None and checkpoint is None:  # --labels-from: what people answered before is not wasted
+        start_from_labels(given, ensemble, reward_optimizer, prefs, args, rng, device)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 

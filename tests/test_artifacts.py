@@ -137,3 +137,42 @@ def test_the_learned_reward_wrapper_changes_the_reward_and_nothing_else(runs):
             break
     with pytest.raises(Exception, match="takes 4 observation and 1 action"):
         LearnedReward(gym.make("Hopper-v5"), str(runs["sac_rlhf.py"]))
+
+
+def test_a_new_run_starts_from_the_labels_of_another(runs, runs_dir):
+    import shutil
+
+    source = runs["sac_rlhf.py"]  # 20 labels, segments of 15 steps
+    result = run_script(
+        "sac_rlhf.py",
+        *COMMON,
+        *RUNS["sac_rlhf.py"].replace("--total-labels 20", "--total-labels 10").split(),
+        "--labels-from",
+        str(source),
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "seeded",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"started from 20 labels of {source}" in result.stdout
+    summary = json.loads((runs_dir / "seeded" / "summary.json").read_text())
+    assert summary["labels_used"] == 10 and summary["labels_stored"] == 30  # the 20 given cost nothing
+    from framework.labels import load_labels
+
+    theirs, mine = load_labels(str(source / "labels.npz")), load_labels(str(runs_dir / "seeded" / "labels.npz"))
+    np.testing.assert_array_equal(mine["seg_a"][:20], theirs["seg_a"])
+    np.testing.assert_array_equal(mine["labels"][:20], theirs["labels"])
+    # another env, another segment length, not a finished run: one line each
+    other = runs_dir / "other-env"
+    shutil.copytree(source, other)
+    summary_file = other / "summary.json"
+    summary_file.write_text(summary_file.read_text().replace('"InvertedPendulum-v5"', '"Hopper-v5"'))
+    flags = [*COMMON, *RUNS["sac_rlhf.py"].split(), "--runs-dir", str(runs_dir)]
+    for given, extra, message in [
+        (other, [], "holds labels of Hopper-v5, not of InvertedPendulum-v5"),
+        (source, ["--segment-length", "20"], "has segments of 15 steps"),
+        (runs_dir / "nothing", [], "is not a finished preference run"),
+    ]:
+        bad = run_script("sac_rlhf.py", *flags, *extra, "--labels-from", str(given))
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
