@@ -36,6 +36,14 @@ def collect_until(teacher: HumanTeacher, n: int, timeout: float = 20.0) -> dict[
     return got
 
 
+def human_teacher(server: Server, run: str, run_dir, undo_grace: float = 10.0) -> HumanTeacher:
+    """A trainer's human teacher on `server`: 64-pixel clips, polling every 0.1 s, no progress bar."""
+    client = FeedbackClient(server.url)
+    return HumanTeacher(
+        client, run, "InvertedPendulum-v5", str(run_dir), 64, 30.0, 0.0, "Which?", 0.1, False, undo_grace=undo_grace
+    )
+
+
 def statuses(server: Server, run: str) -> dict[str, str]:
     return {q["key"]: q["status"] for q in api(server, "GET", f"/api/runs/{run}/queries").json()["queries"]}
 
@@ -44,12 +52,7 @@ def test_answers_count_once_they_can_no_longer_be_undone_and_a_new_teacher_finds
     server = Server(tmp_path / "data").start()
     run = "async-teacher"
 
-    def teacher() -> HumanTeacher:
-        client = FeedbackClient(server.url)
-        return HumanTeacher(client, run, "InvertedPendulum-v5", str(tmp_path), 64, 30.0, 0.0, "Which?", 0.1, False)
-
-    first = teacher()
-    first.undo_grace = 1.0
+    first = human_teacher(server, run, tmp_path, undo_grace=1.0)
     try:
         start = time.monotonic()
         keys = first.submit(query_batch(6))
@@ -72,8 +75,7 @@ def test_answers_count_once_they_can_no_longer_be_undone_and_a_new_teacher_finds
         first.stop.set()
         assert sorted(state["watching"]) == sorted(set(keys) - set(got))
         meanwhile = [answer_next(server, run, "right")["key"] for _ in range(2)]
-        second = teacher()
-        second.undo_grace = 0.2
+        second = human_teacher(server, run, tmp_path, undo_grace=0.2)
         second.load_state_dict(state)
         assert collect_until(second, 2) == {k: 1.0 for k in meanwhile}
         # the run ends: the last pair was never answered and leaves the page
@@ -95,18 +97,13 @@ def test_a_pair_asked_again_after_a_resume_finds_the_answer_given_while_the_trai
     server = Server(tmp_path / "data").start()
     run = "asked-again"
 
-    def teacher() -> HumanTeacher:
-        client = FeedbackClient(server.url)
-        return HumanTeacher(client, run, "InvertedPendulum-v5", str(tmp_path), 64, 30.0, 0.0, "Which?", 0.1, False)
-
-    first, second = teacher(), teacher()
+    first, second = human_teacher(server, run, tmp_path), human_teacher(server, run, tmp_path, undo_grace=0.2)
     try:
         keys = first.submit(query_batch(2))  # asked after the last checkpoint, then the trainer dies
         wait_for(lambda: len(statuses(server, run)) == 2, 30, "the uploads")
         first.stop.set()
         for _ in keys:
             answer_next(server, run, "left")
-        second.undo_grace = 0.2
         second.submit(replace(query_batch(1), step=300))  # the resumed trainer asks something new first ...
         time.sleep(1.0)  # ... and its poller reads the feed past the answers above
         assert second.submit(query_batch(2)) == keys  # then asks the pairs of <run>/asked/ again: the same keys
