@@ -394,12 +394,15 @@ class HumanTeacher:
         """The asynchronous queries not answered for good yet (their clips are uploaded again where the server lacks
         them); the rest of what a resumed run needs (answers, sessions closed) is in answers.jsonl and on the
         server."""
-        with self.lock:
+        with self.lock:  # (answers taken on the server but not yet collected are kept with them)
             batches = {id(b): b for b in self.watching.values()}
-            return {"watching": {k: id(b) for k, b in self.watching.items()}, "batches": batches}
+            watching = {k: id(b) for k, b in self.watching.items()}
+            return {"watching": watching, "batches": batches, "ready": list(self.ready)}
 
     def load_state_dict(self, state: dict) -> None:
         """Watch the queries a checkpoint was waiting for again; answers given meanwhile are in the event feed."""
+        with self.lock:
+            self.ready += [tuple(answer) for answer in state.get("ready", [])]
         batches, by_batch = state.get("batches", {}), {}
         for key, batch_id in state.get("watching", {}).items():
             by_batch.setdefault(batch_id, []).append(key)

@@ -55,9 +55,9 @@ def test_answers_count_once_they_can_no_longer_be_undone_and_a_new_teacher_finds
     first = human_teacher(server, run, tmp_path, undo_grace=1.0)
     try:
         start = time.monotonic()
-        keys = first.submit(query_batch(6))
+        keys = first.submit(query_batch(7))
         assert time.monotonic() - start < 0.5  # rendering and uploading happen behind the agent's back
-        wait_for(lambda: len(statuses(server, run)) == 6, 30, "the uploads")
+        wait_for(lambda: len(statuses(server, run)) == 7, 30, "the uploads")
         answered = [answer_next(server, run, c) for c in ("left", "right", "equal")]
         # the last answer is taken back within the grace period and given again: only the second one counts
         assert api(server, "POST", f"/api/runs/{run}/undo", json={"client": "person", "labeler": "person"}).ok
@@ -70,22 +70,25 @@ def test_answers_count_once_they_can_no_longer_be_undone_and_a_new_teacher_finds
         assert refused.status_code == 409 and "already used" in refused.json()["error"]
         assert sum(s == "used" for s in statuses(server, run).values()) == 3
 
-        # the trainer stops (a checkpoint holds what it waits for); meanwhile a person answers two more pairs
+        # the trainer stops (a checkpoint holds what it waits for, and an answer taken but not yet collected);
+        # meanwhile a person answers two more pairs
+        taken = answer_next(server, run, "equal")["key"]
+        wait_for(lambda: first.ready, 10, "the answer taken")
         state = first.state_dict()
         first.stop.set()
-        assert sorted(state["watching"]) == sorted(set(keys) - set(got))
+        assert sorted(state["watching"]) == sorted(set(keys) - set(got) - {taken})
         meanwhile = [answer_next(server, run, "right")["key"] for _ in range(2)]
         second = human_teacher(server, run, tmp_path, undo_grace=0.2)
         second.load_state_dict(state)
-        assert collect_until(second, 2) == {k: 1.0 for k in meanwhile}
+        assert collect_until(second, 3) == {taken: 0.5, **{k: 1.0 for k in meanwhile}}
         # the run ends: the last pair was never answered and leaves the page
         assert second.collect(final=True) == []
-        assert sorted(statuses(server, run).values()) == ["used"] * 5 + ["withdrawn"]
+        assert sorted(statuses(server, run).values()) == ["used"] * 6 + ["withdrawn"]
         trainer = api(server, "GET", f"/api/runs/{run}").json()["trainer"]
-        assert trainer["state"] == "finished" and trainer["labels_given"] == 5 and trainer["pending"] == 0
+        assert trainer["state"] == "finished" and trainer["labels_given"] == 6 and trainer["pending"] == 0
         records = [json.loads(line) for line in open(tmp_path / "answers.jsonl")]
-        assert [r["kind"] for r in records if "event" in r] == ["answer"] * 3 + ["undo", "answer"] + ["answer"] * 2
-        assert sorted(k for r in records if "final" in r for k in r["final"]) == sorted([*got, *meanwhile])
+        assert [r["kind"] for r in records if "event" in r] == ["answer"] * 3 + ["undo", "answer"] + ["answer"] * 3
+        assert sorted(k for r in records if "final" in r for k in r["final"]) == sorted([*got, taken, *meanwhile])
     finally:
         first.stop.set()
         server.stop()
