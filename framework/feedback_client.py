@@ -560,6 +560,8 @@ class HumanTeacher:
             "label": e["label"],
             "labeler": e["labeler"],
             "time": e["time"],
+            "client": e.get("client"),
+            "response_ms": e.get("response_ms"),
         }
 
     # ------------------------------------------------------------------------------------------------ bookkeeping
@@ -574,6 +576,28 @@ class HumanTeacher:
 
     def keys(self, queries: QueryBatch) -> list[str]:
         return [f"s{queries.session}-t{queries.step}-q{i}" for i in range(len(queries))]
+
+    def label_info(self, keys: list[str]) -> list[dict]:
+        """Who answered each query, when and how fast (its standing answer in answers.jsonl); `none` if nobody did."""
+        wanted = set(keys)
+        standing = self._replay({}, [r for r in list(self.history) if r["key"] in wanted])
+        info = []
+        for key in keys:
+            e = standing.get(key)
+            if e is None:
+                info.append({"answer": "none"})
+                continue
+            ms = e.get("response_ms")
+            info.append(
+                {
+                    "answer": e["choice"],
+                    "labeler": e["labeler"] or "",
+                    "labeler_session": e.get("client") or "",
+                    "answered_at": e["time"],
+                    "response_time_s": math.nan if ms is None else ms / 1000.0,
+                }
+            )
+        return info
 
     def session_name(self, session: int) -> str:
         return f"feedback session {session + 1}" + (f" of {len(self.schedule)}" if self.schedule else "")

@@ -1,6 +1,6 @@
-"""What a preference-based run keeps of its labels, the same for every algorithm.
+"""What a preference-based run keeps of its labels besides the dataset, the same for every algorithm.
 
-- `<run>/labels.npz`: every labelled pair with its segments (`save_labels` / `load_labels`);
+- `<run>/preferences/`: every pair asked with its answer (`framework.preferences`);
 - `<run>/label_schedule.png`: when the feedback sessions come and how many labels each asks (`plot_label_schedule`);
 - `<run>/asked/`: with asynchronous feedback, every batch of queries put to the teacher (`save_asked` / `load_asked`);
 - `reward_correlations`: how well the learned per-step reward tracks the true one, logged after each session.
@@ -16,24 +16,6 @@ import os
 import numpy as np
 
 from framework.checkpoint import atomic_write_bytes
-
-LABEL_KEYS = ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
-"""The arrays of a labels file: segments (n, T, obs + action), masks (n, T), labels (n,), the env step at which each
-label arrived (n,), and whether the pair is held out for validation (n,)."""
-
-
-def save_labels(pairs: dict[str, np.ndarray], path: str) -> None:
-    """Write the labelled pairs (`LABEL_KEYS`, a preference buffer's `state_dict()`) as a compressed .npz,
-    atomically, so that a later run or a notebook can load them."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: pairs[k] for k in LABEL_KEYS})
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_labels(path: str) -> dict[str, np.ndarray]:
-    """Read a labels file written by `save_labels` (the `LABEL_KEYS` arrays)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def reward_correlations(learned: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -83,27 +65,3 @@ def load_asked(run_dir: str, first: int) -> list[tuple[int, dict[str, np.ndarray
             with np.load(os.path.join(folder, name)) as saved:
                 batches.append((int(name.split(".")[0]), {k: saved[k] for k in saved.files}))
     return batches
-
-
-def labels_of_run(run_dir: str, env_id: str, segment_length: int, in_dim: int) -> dict[str, np.ndarray]:
-    """The labelled pairs of another, finished run (`<run>/labels.npz`; its env from `<run>/summary.json`), checked
-    against this run: the same env, segment length and observation + action size. One-line `UsageError`s otherwise."""
-    import json
-
-    from framework.runtime import UsageError
-
-    labels_path, summary_path = os.path.join(run_dir, "labels.npz"), os.path.join(run_dir, "summary.json")
-    if not os.path.isfile(labels_path) or not os.path.isfile(summary_path):
-        raise UsageError(f"--labels-from {run_dir!r} is not a finished preference run (labels.npz and summary.json)")
-    with open(summary_path) as f:
-        their_env = json.load(f).get("env_id")
-    pairs = load_labels(labels_path)
-    if their_env != env_id:
-        raise UsageError(f"--labels-from {run_dir!r} holds labels of {their_env}, not of {env_id}")
-    shape = pairs["seg_a"].shape
-    if shape[1:] != (segment_length, in_dim):
-        raise UsageError(
-            f"--labels-from {run_dir!r} has segments of {shape[1]} steps x {shape[2]} numbers; this run needs "
-            f"{segment_length} x {in_dim} (--segment-length {shape[1]} takes them)"
-        )
-    return pairs

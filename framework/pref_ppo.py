@@ -38,15 +38,14 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import (
-    labels_of_run,
     load_asked,
     plot_label_schedule,
     reward_correlations,
     save_asked,
-    save_labels,
 )
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from framework.preferences import PreferenceDataset, Preferences, dataset_metadata, given_preferences
 from framework.reward_model import export_reward_model
 from framework.runtime import (
     RunArgs,
@@ -801,7 +800,7 @@ def ask_teacher(
         if args.teacher_feedback_mode == "human":
             progress.pending_queries = q
             checkpoints.save("feedback session waits for answers")
-        return {**q, "labels": teacher.answer(queries)}
+        return {**q, "labels": teacher.answer(queries), "key": np.array(teacher.keys(queries))}
 
 
 def learn_from_labels(
@@ -810,15 +809,17 @@ def learn_from_labels(
     ensemble: RewardEnsemble,
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
+    dataset: PreferenceDataset,
     progress: Progress,
     tracker: Tracker,
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
 ) -> None:
-    """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
-    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session.
-    Every pair asked counts against the label budget, skipped ones too. Labels carry the step of their session."""
+    """The second half of a session: store the answered pairs (and every pair asked, with its answer, in
+    <run>/preferences/), train the reward model on all labels (SURF: with unlabelled pairs too), put the new reward
+    where the agent reads it, log, count the session. Every pair asked counts against the label budget, skipped ones
+    too. Labels carry the step of their session."""
     step, labels = int(q["step"]), q["labels"]
     with timed(progress.phase_time, "label"):
         progress.pending_queries = None
@@ -833,7 +834,7 @@ def learn_from_labels(
             rng,
         )
         progress.labels_used += len(labels)
-        save_labels(prefs.state_dict(), os.path.join(tracker.run_dir, "labels.npz"))
+        dataset.add(q, progress.session)
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
@@ -926,17 +927,20 @@ def exchange_with_teacher(
 
 
 def start_from_labels(
-    given: dict[str, np.ndarray],
+    given: Preferences,
     ensemble: RewardEnsemble,
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
+    dataset: PreferenceDataset,
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
 ) -> None:
-    """--labels-from: store another run's labelled pairs (at step 0) and train the reward model on them before any new
-    label is asked."""
-    prefs.add(given["seg_a"], given["mask_a"], given["seg_b"], given["mask_b"], given["labels"], 0, rng)
+    """--labels-from: store the labelled pairs of a dataset or of another run (at step 0) and train the reward model
+    on them before any new label is asked."""
+    pairs = given.pairs()
+    prefs.add(pairs["seg_a"], pairs["mask_a"], pairs["seg_b"], pairs["mask_b"], pairs["labels"], 0, rng)
+    dataset.add_given(given)  # (they are part of what this run learned from)
     stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, None)
     print(
         f"started from {prefs.size} labels of {args.labels_from}: "
@@ -950,7 +954,7 @@ def take_answers(answers: list[tuple[str, float]], progress: Progress) -> None:
     query this run no longer waits for is dropped)."""
     for key, label in answers:
         if key in progress.outstanding:
-            progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
+            progress.arrived.append({**progress.outstanding.pop(key), "labels": label, "key": key})
 
 
 def put_to_teacher(q: dict[str, np.ndarray], teacher: Teacher, progress: Progress, args: Args) -> None:
@@ -1024,16 +1028,21 @@ def main(args: Args) -> dict:
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
     given = (
-        labels_of_run(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
+        given_preferences(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
         if args.labels_from
         else None
     )
     prefs = PreferenceBuffer(
-        max(args.total_labels, 1) + (len(given["labels"]) if given else 0),
+        max(args.total_labels, 1) + (len(given) if given else 0),
         args.segment_length,
         obs_dim + action_dim,
         args.reward_val_fraction,
     )
+    physics_size = physics_dim if "physics_state" in info else 0
+    dataset_meta = dataset_metadata(
+        args, envs.single_observation_space, envs.single_action_space, physics_size, "pref_ppo"
+    )
+    dataset = PreferenceDataset(run_dir, dataset_meta, teacher)  # <run>/preferences/, grown at every update
     entropy_stats = RunningMeanStd(()).to(device)
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
     # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
@@ -1062,8 +1071,9 @@ def main(args: Args) -> dict:
         raw_obs, info = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
         print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
         ask_again_after_resume(teacher, progress, args, run_dir)
+        dataset.resume(progress.session)
     if given is not None and checkpoint is None:  # --labels-from: what people answered before is not wasted
-        start_from_labels(given, ensemble, reward_optimizer, prefs, args, rng, device)
+        start_from_labels(given, ensemble, reward_optimizer, prefs, dataset, args, rng, device)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 
@@ -1157,7 +1167,9 @@ def main(args: Args) -> dict:
             n_labels = sessions[progress.session][1]
             q = ask_teacher(n_labels, store, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
-                learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+                learn_from_labels(
+                    q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                )
         poll_due = (
             global_step // args.feedback_poll_frequency > (global_step - batch_size) // args.feedback_poll_frequency
         )
@@ -1165,7 +1177,9 @@ def main(args: Args) -> dict:
             q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir)
             if q is not None:
                 with interrupts_held():
-                    learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+                    learn_from_labels(
+                        q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                    )
 
         # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
         with timed(progress.phase_time, "reward"):
@@ -1270,7 +1284,9 @@ def main(args: Args) -> dict:
     if args.feedback_async == "on" and progress.session > 0:  # the answers that came in since the last update count
         q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir, True)
         if q is not None:
-            learn_from_labels(q, store, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+            learn_from_labels(
+                q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+            )
     summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
     export_reward_model(ensemble, run_dir, args.env_id, obs_dim, action_dim)  # <run>/reward_model.pt2 and .json

@@ -44,15 +44,14 @@ from framework.envs import check_env_id, make_env, require_continuous_actions
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import (
-    labels_of_run,
     load_asked,
     plot_label_schedule,
     reward_correlations,
     save_asked,
-    save_labels,
 )
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
+from framework.preferences import PreferenceDataset, Preferences, dataset_metadata, given_preferences
 from framework.reward_model import export_reward_model
 from framework.runtime import (
     RunArgs,
@@ -833,7 +832,7 @@ def ask_teacher(
         if args.teacher_feedback_mode == "human":
             progress.pending_queries = q
             checkpoints.save("feedback session waits for answers")
-        return {**q, "labels": teacher.answer(queries)}
+        return {**q, "labels": teacher.answer(queries), "key": np.array(teacher.keys(queries))}
 
 
 def learn_from_labels(
@@ -842,15 +841,17 @@ def learn_from_labels(
     ensemble: RewardEnsemble,
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
+    dataset: PreferenceDataset,
     progress: Progress,
     tracker: Tracker,
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
 ) -> None:
-    """The second half of a session: store the answered pairs (and <run>/labels.npz), train the reward model on all
-    labels (SURF: with unlabelled pairs too), put the new reward where the agent reads it, log, count the session.
-    Every pair asked counts against the label budget, skipped ones too. Labels carry the step of their session."""
+    """The second half of a session: store the answered pairs (and every pair asked, with its answer, in
+    <run>/preferences/), train the reward model on all labels (SURF: with unlabelled pairs too), put the new reward
+    where the agent reads it, log, count the session. Every pair asked counts against the label budget, skipped ones
+    too. Labels carry the step of their session."""
     step, labels = int(q["step"]), q["labels"]
     with timed(progress.phase_time, "label"):
         progress.pending_queries = None
@@ -865,7 +866,7 @@ def learn_from_labels(
             rng,
         )
         progress.labels_used += len(labels)
-        save_labels(prefs.state_dict(), os.path.join(tracker.run_dir, "labels.npz"))
+        dataset.add(q, progress.session)
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
@@ -958,17 +959,20 @@ def exchange_with_teacher(
 
 
 def start_from_labels(
-    given: dict[str, np.ndarray],
+    given: Preferences,
     ensemble: RewardEnsemble,
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
+    dataset: PreferenceDataset,
     args: Args,
     rng: np.random.Generator,
     device: torch.device,
 ) -> None:
-    """--labels-from: store another run's labelled pairs (at step 0) and train the reward model on them before any new
-    label is asked."""
-    prefs.add(given["seg_a"], given["mask_a"], given["seg_b"], given["mask_b"], given["labels"], 0, rng)
+    """--labels-from: store the labelled pairs of a dataset or of another run (at step 0) and train the reward model
+    on them before any new label is asked."""
+    pairs = given.pairs()
+    prefs.add(pairs["seg_a"], pairs["mask_a"], pairs["seg_b"], pairs["mask_b"], pairs["labels"], 0, rng)
+    dataset.add_given(given)  # (they are part of what this run learned from)
     stats = train_reward_model(ensemble, reward_optimizer, prefs, args, rng, device, None)
     print(
         f"started from {prefs.size} labels of {args.labels_from}: "
@@ -982,7 +986,7 @@ def take_answers(answers: list[tuple[str, float]], progress: Progress) -> None:
     query this run no longer waits for is dropped)."""
     for key, label in answers:
         if key in progress.outstanding:
-            progress.arrived.append({**progress.outstanding.pop(key), "labels": label})
+            progress.arrived.append({**progress.outstanding.pop(key), "labels": label, "key": key})
 
 
 def put_to_teacher(q: dict[str, np.ndarray], teacher: Teacher, progress: Progress, args: Args) -> None:
@@ -1084,16 +1088,19 @@ def main(args: Args) -> dict:
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
     given = (
-        labels_of_run(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
+        given_preferences(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
         if args.labels_from
         else None
     )
     prefs = PreferenceBuffer(
-        max(args.total_labels, 1) + (len(given["labels"]) if given else 0),
+        max(args.total_labels, 1) + (len(given) if given else 0),
         args.segment_length,
         obs_dim + action_dim,
         args.reward_val_fraction,
     )
+    physics_size = physics_dim if "physics_state" in info else 0
+    dataset_meta = dataset_metadata(args, env.observation_space, env.action_space, physics_size, "sac_rlhf")
+    dataset = PreferenceDataset(run_dir, dataset_meta, teacher)  # <run>/preferences/, grown at every update
     entropy_stats = RunningMeanStd(()).to(device)
     # states seen before the end of pre-exploration, on the device, for the state-entropy reward (new rows are
     # copied in as they arrive; nothing is rebuilt per step)
@@ -1133,11 +1140,12 @@ def main(args: Args) -> dict:
         obs, info = env.reset()
         print(f"resumed {run_dir} at step {progress.global_step} with {prefs.size} labels", flush=True)
         ask_again_after_resume(teacher, progress, args, run_dir)
+        dataset.resume(progress.session)
     elif args.exploration_load is not None:
         obs, info = env.reset(seed=args.seed + 1)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
     if given is not None and checkpoint is None:  # --labels-from: what people answered before is not wasted
-        start_from_labels(given, ensemble, reward_optimizer, prefs, args, rng, device)
+        start_from_labels(given, ensemble, reward_optimizer, prefs, dataset, args, rng, device)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 
@@ -1189,7 +1197,9 @@ def main(args: Args) -> dict:
             n_labels = sessions[progress.session][1]
             q = ask_teacher(n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
-                learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+                learn_from_labels(
+                    q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                )
                 if not progress.critic_reset_done and args.unsupervised_exploration:
                     reset_critics([(qf1, qf1_target), (qf2, qf2_target)], q_optimizer)
                 progress.critic_reset_done = True
@@ -1197,7 +1207,9 @@ def main(args: Args) -> dict:
             q = exchange_with_teacher(rb, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir)
             if q is not None:
                 with interrupts_held():
-                    learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+                    learn_from_labels(
+                        q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                    )
 
         # learn: SAC on the state-entropy reward while pre-exploring, then on the learned reward
         if global_step > args.learning_starts:
@@ -1272,7 +1284,7 @@ def main(args: Args) -> dict:
     if args.feedback_async == "on" and progress.session > 0:  # the answers that came in since the last update count
         q = exchange_with_teacher(rb, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir, True)
         if q is not None:
-            learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, progress, tracker, args, rng, device)
+            learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device)
     summary = {"algorithm": "sac_rlhf", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
     export_reward_model(ensemble, run_dir, args.env_id, obs_dim, action_dim)  # <run>/reward_model.pt2 and .json

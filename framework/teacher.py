@@ -98,6 +98,13 @@ class Teacher(Protocol):
         """Asynchronous feedback: the answers that arrived since the last call, (key, label) each, without waiting.
         `final`: the run ends and asks nothing more (answers still open to undo are taken as they stand)."""
 
+    def keys(self, queries: QueryBatch) -> list[str]:
+        """The keys `answer` knows the queries by (one per pair)."""
+
+    def label_info(self, keys: list[str]) -> list[dict]:
+        """What the teacher knows of each answer, for the preference dataset: `labeler`, `answered_at` (unix
+        seconds), and where known `labeler_session`, `response_time_s` and `answer` (left, right, equal, skip, none)."""
+
     def report(self, step: int, labels: int, reward_updates: int) -> None:
         """Asynchronous feedback: where training stands (env step, labels learned from, reward-model updates), for
         the people answering."""
@@ -191,6 +198,13 @@ class SimulatedTeacher:
 
     def report(self, step: int, labels: int, reward_updates: int) -> None:
         """Nobody to tell."""
+
+    def keys(self, queries: QueryBatch) -> list[str]:
+        return query_keys(queries)
+
+    def label_info(self, keys: list[str]) -> list[dict]:
+        now = time.time()
+        return [{"labeler": "simulated", "answered_at": now} for _ in keys]
 
     def state_dict(self) -> dict:
         now = time.monotonic()  # answers still on their way keep the delay they had left

@@ -158,21 +158,21 @@ def test_a_new_run_starts_from_the_labels_of_another(runs, runs_dir):
     assert f"started from 20 labels of {source}" in result.stdout
     summary = json.loads((runs_dir / "seeded" / "summary.json").read_text())
     assert summary["labels_used"] == 10 and summary["labels_stored"] == 30  # the 20 given cost nothing
-    from framework.labels import load_labels
+    from framework.preferences import read_preferences
 
-    theirs, mine = load_labels(str(source / "labels.npz")), load_labels(str(runs_dir / "seeded" / "labels.npz"))
+    theirs, mine = read_preferences(str(source)).pairs(), read_preferences(str(runs_dir / "seeded")).pairs()
     np.testing.assert_array_equal(mine["seg_a"][:20], theirs["seg_a"])
     np.testing.assert_array_equal(mine["labels"][:20], theirs["labels"])
     # another env, another segment length, not a finished run: one line each
     other = runs_dir / "other-env"
     shutil.copytree(source, other)
-    summary_file = other / "summary.json"
-    summary_file.write_text(summary_file.read_text().replace('"InvertedPendulum-v5"', '"Hopper-v5"'))
+    meta_file = other / "preferences" / "dataset.json"
+    meta_file.write_text(meta_file.read_text().replace('"InvertedPendulum-v5"', '"Hopper-v5"'))
     flags = [*COMMON, *RUNS["sac_rlhf.py"].split(), "--runs-dir", str(runs_dir)]
     for given, extra, message in [
         (other, [], "holds labels of Hopper-v5, not of InvertedPendulum-v5"),
         (source, ["--segment-length", "20"], "has segments of 15 steps"),
-        (runs_dir / "nothing", [], "is not a finished preference run"),
+        (runs_dir / "nothing", [], "is not a preference dataset or a run folder with one"),
     ]:
         bad = run_script("sac_rlhf.py", *flags, *extra, "--labels-from", str(given))
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import kill_at_checkpoint, run_script
-from framework.labels import load_labels
+from framework.preferences import read_preferences
 from framework.teacher import QueryBatch, SimulatedTeacher
 from toolbox.reward_ranking import ranking_accuracy
 
@@ -104,7 +104,7 @@ def test_the_agent_learns_on_while_answers_are_outstanding(runs_dir, script):
     summary = json.loads((runs_dir / name / "summary.json").read_text())
     budget = int(RUNS[script].split("--total-labels ")[1].split()[0])
     assert summary["labels_used"] == summary["labels_stored"] == budget
-    assert len(load_labels(str(runs_dir / name / "labels.npz"))["labels"]) == budget
+    assert len(read_preferences(str(runs_dir / name)).pairs()["labels"]) == budget
     # answers learned from in batches of at least 20 after the blocking first session (the last batch, at the end of
     # the run, takes whatever has arrived)
     batches = [v for _, v in scalars(runs_dir / name, "feedback/labels_used")]
@@ -136,5 +136,5 @@ def test_a_run_killed_with_answers_outstanding_resumes_with_all_of_them(runs_dir
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((runs_dir / "killed" / "summary.json").read_text())
     assert summary["labels_used"] == summary["labels_stored"] == 200
-    steps = load_labels(str(runs_dir / "killed" / "labels.npz"))["steps"]
+    steps = read_preferences(str(runs_dir / "killed")).pairs()["steps"]
     assert len(steps) == 200 and (steps > saved["state"]["global_step"]).sum() >= asked - saved["state"]["labels_used"]

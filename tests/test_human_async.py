@@ -14,7 +14,7 @@ import numpy as np
 from conftest import ROOT, run_script
 from feedback_helpers import ApiLabeler, Server, api
 from framework.feedback_client import FeedbackClient, HumanTeacher
-from framework.labels import load_labels
+from framework.preferences import read_preferences
 from test_human_feedback import query_batch, wait_for
 
 
@@ -173,7 +173,7 @@ def test_a_trainer_killed_mid_run_uses_every_answer_given_while_it_was_down(tmp_
         server.stop()
     summary = json.loads((runs_dir / run / "summary.json").read_text())
     assert summary["labels_used"] == summary["labels_stored"] == 36
-    labels = load_labels(str(runs_dir / run / "labels.npz"))
+    labels = read_preferences(str(runs_dir / run)).pairs()
     # every answer given while the trainer was down ("left", 0) trained the reward model, and nothing else is 0
     assert (labels["labels"] == 0.0).sum() == len(given_meanwhile)
     assert (labels["steps"] > saved["state"]["global_step"]).sum() >= len(given_meanwhile)

@@ -243,9 +243,9 @@ def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(t
     assert [c["closed"] for c in closed] == [0, 1, 2] and closed[0]["labels"] == [0.0] * 6
     summary = json.loads((runs_dir / run / "summary.json").read_text())
     assert summary["labels_used"] == 18 and summary["labels_stored"] == 18
-    from framework.labels import load_labels
+    from framework.preferences import read_preferences
 
-    labels = load_labels(str(runs_dir / run / "labels.npz"))["labels"]
+    labels = read_preferences(str(runs_dir / run)).pairs()["labels"]
     assert sorted(labels.tolist()) == [0.0] * 6 + [1.0] * 12  # the person's answers, then the labeler's
 
 

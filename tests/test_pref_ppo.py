@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, kill_at_checkpoint, run_script
 from framework.checkpoint import load_checkpoint
-from framework.labels import load_labels
+from framework.preferences import read_preferences
 
 # 2 envs x 256 steps per rollout (512 env steps), pre-exploration for 1024 steps, feedback every 1024 steps.
 TINY = [
@@ -101,7 +101,7 @@ def test_every_feature_on(runs_dir, tmp_path):
     assert summary["total_timesteps"] == 4096 and summary["stop_reason"] == "budget"
     assert 30 <= summary["labels_used"] <= 60 and summary["sessions"] >= 2
     assert summary["segments_stored"] == 4096 // 32 and summary["learning_sps"] > 0
-    labels = load_labels(str(run / "labels.npz"))
+    labels = read_preferences(str(run)).pairs()
     assert len(labels["labels"]) == summary["labels_stored"] > 0 and labels["seg_a"].shape[1:] == (32, 5)
     assert labels["steps"].min() == 1024, "the first session comes right after pre-exploration"
     checkpoint = load_checkpoint(str(run / "checkpoint.pt"))
@@ -144,7 +144,7 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
 
     killed_dir = runs_dir / "killed"
     kill_at_checkpoint("pref_ppo.py", *flags, "--run-name", "killed", when=lambda step: step == 2048)
-    before = load_labels(str(killed_dir / "labels.npz"))
+    before = read_preferences(str(killed_dir)).pairs()
     resumed = run_script("pref_ppo.py", "--resume", str(killed_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed {killed_dir} at step 2048" in resumed.stdout
@@ -153,7 +153,7 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
     assert a["total_timesteps"] == b["total_timesteps"] == 5120
     assert a["labels_used"] == b["labels_used"] == 60 and a["sessions"] == b["sessions"]
     assert a["segments_stored"] == b["segments_stored"]
-    after = load_labels(str(killed_dir / "labels.npz"))
+    after = read_preferences(str(killed_dir)).pairs()
     n = len(before["labels"])  # the labels given before the kill are all still there, unchanged
     for key in before:
         np.testing.assert_array_equal(after[key][:n], before[key], err_msg=key)

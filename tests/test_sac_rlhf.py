@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, kill_at_checkpoint, run_script
 from framework.checkpoint import load_checkpoint
-from framework.labels import load_labels
+from framework.preferences import read_preferences
 
 # A small but complete configuration: 200 random steps, 300 steps of pre-exploration, feedback every 400 steps.
 TINY = [
@@ -113,7 +113,7 @@ def test_every_feature_on(runs_dir, tmp_path):
     assert 0 < summary["labels_stored"] <= 60
     assert summary["learning_sps"] > 0 and summary["phase_time_s"]["reward_training"] > 0
 
-    labels = load_labels(str(run / "labels.npz"))
+    labels = read_preferences(str(run)).pairs()
     assert len(labels["labels"]) == summary["labels_stored"]
     assert labels["seg_a"].shape == (summary["labels_stored"], 20, 5) and set(np.unique(labels["labels"])) <= {
         0,
@@ -180,8 +180,8 @@ def test_resume_after_kill_matches_a_straight_run(runs_dir):
     assert a["buffer_size"] == b["buffer_size"] == 2400
     assert a["labels_used"] == b["labels_used"]
     labels_a, labels_b = (
-        load_labels(str(runs_dir / "straight" / "labels.npz")),
-        load_labels(str(killed_dir / "labels.npz")),
+        read_preferences(str(runs_dir / "straight")).pairs(),
+        read_preferences(str(killed_dir)).pairs(),
     )
     for key in labels_a:
         np.testing.assert_array_equal(labels_a[key], labels_b[key], err_msg=key)
