@@ -100,6 +100,7 @@ class Evaluator:
         capture_video: bool = False,
         video_dir: str | None = None,
         teacher_reward: Callable | None = None,
+        render_mode: str | None = None,
     ):
         self.episodes = episodes
         self.seed = seed
@@ -112,6 +113,7 @@ class Evaluator:
             video_prefix="eval",
             video_every=episodes,
             teacher_reward=teacher_reward,
+            render_mode=render_mode,
         )
 
     def __call__(self, policy: Callable[[np.ndarray], np.ndarray], film: int = 0) -> EvalResult:
@@ -284,10 +286,8 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
 
         teacher_reward = load_reward_function(run_args["teacher_reward"])
     seed = run_args["seed"] + 10_000 if args.seed is None else args.seed
-    evaluator = Evaluator(env_id, seed, args.episodes, teacher_reward=teacher_reward)
-    if args.render_mode == "human":
-        evaluator.env.close()
-        evaluator.env = make_env(env_id, seed, teacher_reward=teacher_reward, render_mode="human")
+    render_mode = "human" if args.render_mode == "human" else None
+    evaluator = Evaluator(env_id, seed, args.episodes, teacher_reward=teacher_reward, render_mode=render_mode)
     if args.seed is None and "evaluator" in saved:  # the episodes of the run's last evaluation
         evaluator.calls = max(saved["evaluator"]["calls"] - 1, 0)
     policy = load_policy(saved, evaluator.env)

@@ -469,11 +469,12 @@ class HumanTeacher:
                 queries, keys = item
                 with self.lock:
                     keys = [k for k in keys if k in self.watching]
-                if keys and set(keys) & {q["key"] for q in client.queries(self.run_id)}:
-                    with self.lock:  # asked again after a resume: their answers may be behind the feed's cursor
-                        self.rescan = True
                 if keys:
-                    self.upload(queries, keys=keys, client=client)
+                    known = {q["key"] for q in client.queries(self.run_id)}
+                    if set(keys) & known:  # asked again after a resume: their answers may be behind the feed's cursor
+                        with self.lock:
+                            self.rescan = True
+                    self.upload(queries, keys=keys, client=client, known=known)
                     if not self.announced:
                         self.announced = True
                         print(
@@ -647,11 +648,16 @@ class HumanTeacher:
 
     # ------------------------------------------------------------------------------------------------- the session
     def upload(
-        self, queries: QueryBatch, on_first=None, keys: list[str] | None = None, client: FeedbackClient | None = None
+        self,
+        queries: QueryBatch,
+        on_first=None,
+        keys: list[str] | None = None,
+        client: FeedbackClient | None = None,
+        known: set[str] | None = None,
     ) -> float:
-        """Render and upload the clips the server does not have yet (of the `keys` given, by default all of a
-        session's); returns the seconds it took. `on_first()` is called as soon as the first pairs are on the server
-        (rendering the rest goes on meanwhile)."""
+        """Render and upload the clips the server does not have yet (`known`: the keys it has, asked for when not
+        given) of the `keys` given, by default all of a session's; returns the seconds it took. `on_first()` is called
+        as soon as the first pairs are on the server (rendering the rest goes on meanwhile)."""
         from framework.clips import get_clip_renderer, render_pair
 
         start = time.perf_counter()
@@ -659,7 +665,7 @@ class HumanTeacher:
         all_keys = self.keys(queries) if keys is None else query_keys(queries)
         wanted = set(all_keys if keys is None else keys)
         keys = all_keys
-        known = {q["key"] for q in client.queries(self.run_id)}
+        known = {q["key"] for q in client.queries(self.run_id)} if known is None else known
         todo = [i for i, k in enumerate(keys) if k in wanted and k not in known]
         if not todo:
             if on_first:
