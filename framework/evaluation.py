@@ -55,14 +55,19 @@ class EvalResult:
 
 @dataclass
 class EvalHistory:
-    """A run's evaluations, (env step, mean return) each, its best return so far, and whether to stop early."""
+    """A run's evaluations, (env step, mean return) each (and the teacher's return with a user-written teacher
+    reward), its best return so far, and whether to stop early."""
 
     returns: list[tuple[int, float]] = field(default_factory=list)
     best: float = -math.inf
     since_best: int = 0  # evaluations since the best one
+    teacher_returns: list[tuple[int, float]] = field(default_factory=list)  # with a user-written teacher reward
 
-    def add(self, step: int, mean_return: float) -> None:
+    def add(self, step: int, result: EvalResult) -> None:
+        mean_return = result.mean_return
         self.returns.append((step, mean_return))
+        if result.teacher_returns:
+            self.teacher_returns.append((step, float(np.mean(result.teacher_returns))))
         if mean_return > self.best:
             self.best, self.since_best = mean_return, 0
         else:
@@ -73,8 +78,12 @@ class EvalHistory:
         return self.returns[-1][1] if self.returns else float("nan")
 
     def summary(self) -> dict:
-        """The summary.json keys of the evaluations: final_eval_return, best_eval_return, eval_history."""
-        return {"final_eval_return": self.final, "best_eval_return": self.best, "eval_history": self.returns}
+        """The summary.json keys of the evaluations: final_eval_return, best_eval_return, eval_history, and with a
+        user-written teacher reward final_teacher_return and teacher_history."""
+        out = {"final_eval_return": self.final, "best_eval_return": self.best, "eval_history": self.returns}
+        if self.teacher_returns:
+            out |= {"final_teacher_return": self.teacher_returns[-1][1], "teacher_history": self.teacher_returns}
+        return out
 
     def stop_reason(self, early_stop_return: float | None, patience: int) -> str | None:
         """Why to stop after the latest evaluation (`--early-stop-return`, `--early-stop-patience`), or None."""

@@ -279,7 +279,7 @@ def main(args: Args) -> dict:
             with timed(phase_time, "evaluation"):
                 result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
-            evals.add(global_step, result.mean_return)
+            evals.add(global_step, result)
             print(f"step={global_step} {result}", flush=True)
             next_eval += args.eval_frequency
 

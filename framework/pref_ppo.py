@@ -1272,7 +1272,7 @@ def main(args: Args) -> dict:
             with timed(progress.phase_time, "evaluation"):
                 result = evaluator(policy)
             tracker.scalars({**result.as_scalars(), "feedback/labels_used_at_eval": progress.labels_used}, global_step)
-            progress.evals.add(global_step, result.mean_return)
+            progress.evals.add(global_step, result)
             progress.next_eval = (global_step // args.eval_frequency + 1) * args.eval_frequency
             print(f"step={global_step} {result} labels={progress.labels_used}", flush=True)
             stop_reason = progress.evals.stop_reason(args.early_stop_return, args.early_stop_patience)

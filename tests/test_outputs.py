@@ -60,6 +60,12 @@ def test_summary_starts_with_the_documented_keys(runs, script):
     assert all(math.isfinite(summary[k]) and summary[k] > 0 for k in ("sps", "learning_sps", "wall_time_s"))
     assert summary["phase_time_s"]["evaluation"] > 0
     assert summary["labels_used"] == (20 if "pref" in script or "rlhf" in script else 0)
+    # the teacher's own return, with a user-written teacher reward (pref_ppo here), is summarised beside the true one
+    with_teacher = script == "pref_ppo.py"
+    assert ("final_teacher_return" in summary) == with_teacher
+    if with_teacher:
+        assert summary["final_teacher_return"] == summary["teacher_history"][-1][1] > 0
+        assert [s for s, _ in summary["teacher_history"]] == [s for s, _ in summary["eval_history"]]
 
 
 def test_every_tensorboard_tag_is_documented_and_each_documented_tag_is_written(runs):
