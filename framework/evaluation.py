@@ -185,6 +185,8 @@ class EvalArgs:
     """episodes to film with --video or --gif"""
     size: int = 320
     """width and height of the films, pixels"""
+    seconds: float | None = None
+    """film only the first SECONDS of each filmed episode (default: all of it)"""
     out: str | None = None
     """folder for the films (default: <run>/evaluation)"""
     render_mode: Literal["none", "human"] = "none"
@@ -241,8 +243,11 @@ def load_policy(saved: dict, env) -> Callable[[np.ndarray], np.ndarray]:
     return policy
 
 
-def film_episodes(env_id: str, films: list[np.ndarray], out: str, video: bool, gif: bool, size: int) -> list[str]:
-    """mp4 and/or GIF files of the filmed episodes (rendered from their physics states, tracking camera)."""
+def film_episodes(
+    env_id: str, films: list[np.ndarray], out: str, video: bool, gif: bool, size: int, seconds: float | None = None
+) -> list[str]:
+    """mp4 and/or GIF files of the filmed episodes (rendered from their physics states, tracking camera), the first
+    `seconds` of each (all of it by default)."""
     from PIL import Image
 
     from framework.clips import encode_mp4, get_clip_renderer
@@ -251,7 +256,7 @@ def film_episodes(env_id: str, films: list[np.ndarray], out: str, video: bool, g
     os.makedirs(out, exist_ok=True)
     written = []
     for i, states in enumerate(films):
-        frames = renderer.render(states)
+        frames = renderer.render(states if seconds is None else states[: max(1, int(seconds * renderer.fps))])
         if video:
             path = os.path.join(out, f"episode-{i}.mp4")
             with open(path, "wb") as f:
@@ -275,6 +280,8 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
 
     if args.episodes <= 0 or args.film < 0:
         raise UsageError(f"--episodes must be > 0 and --film >= 0, got {args.episodes} and {args.film}")
+    if args.seconds is not None and not args.seconds > 0:
+        raise UsageError(f"--seconds must be > 0, got {args.seconds}")
     if args.render_mode == "human" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise UsageError("--render-mode human needs a display ($DISPLAY); use --video or --gif on a headless machine")
     path = find_agent_file(args.path)
@@ -313,7 +320,7 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
         if not evaluator.films:
             raise UsageError(f"{env_id} is not a MuJoCo environment: it cannot be filmed")
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)), "evaluation")
-        for written in film_episodes(env_id, evaluator.films, out, args.video, args.gif, args.size):
+        for written in film_episodes(env_id, evaluator.films, out, args.video, args.gif, args.size, args.seconds):
             print(f"wrote {written}")
     return result
 

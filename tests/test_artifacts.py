@@ -63,6 +63,13 @@ def test_films_of_a_saved_agent(runs, tmp_path):
         assert (out / f"episode-{i}.mp4").read_bytes()[4:8] == b"ftyp"
         gif = (out / f"episode-{i}.gif").read_bytes()
         assert gif[:6] == b"GIF89a" and len(gif) < 1_000_000
+    # --seconds films the start of an episode only (InvertedPendulum: 25 states per second, GIFs take every second)
+    short = evaluate(str(runs["sac_rlhf.py"]), "--episodes", "1", "--gif", "--seconds", "0.4", "--out", str(out / "s"))
+    assert short.returncode == 0, short.stderr
+    from PIL import Image
+
+    with Image.open(out / "s" / "episode-0.gif") as gif:
+        assert gif.n_frames == 5
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,7 @@ def test_films_of_a_saved_agent(runs, tmp_path):
         (["{runs}"], "holds no saved agent"),
         (["{sac}", "--env-id", "Hopper-v5"], "does not fit Hopper-v5"),
         (["{sac}", "--episodes", "0"], "--episodes must be > 0"),
+        (["{sac}", "--gif", "--seconds", "0"], "--seconds must be > 0"),
         (["{sac}", "--render-mode", "human"], "needs a display"),
     ],
 )
