@@ -2,7 +2,7 @@
 # The README gallery (media/gallery/): five agents trained one after the other, then filmed by
 # framework/evaluation.py --gif --seconds 4 (the first 4 s of the first evaluation episode, tracking camera, 160x160).
 # measured: about 90 min on a 2-core CPU, one torch thread (50k steps each, 100k for PEBBLE on Hopper); each finished run is reused when run again.
-# GALLERY_RUNS picks the runs folder (default runs/gallery).
+# GALLERY_RUNS picks the runs folder (default runs/gallery); GALLERY_DRY_RUN=1 prints the trainings instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
@@ -18,7 +18,9 @@ LONGER=(--total-timesteps 100000 --total-labels 1000)  # PEBBLE on Hopper: 100k 
 train() {  # name script flags...: train once into $RUNS/name
   local name=$1 script=$2
   shift 2
-  if [ ! -f "$RUNS/$name/summary.json" ]; then
+  if [ -n "${GALLERY_DRY_RUN:-}" ]; then
+    echo "framework/$script $*"
+  elif [ ! -f "$RUNS/$name/summary.json" ]; then
     "$PY" "framework/$script" --runs-dir "$RUNS" --run-name "$name" --seed 1 --torch-threads 1 "$@"
   fi
 }
@@ -29,6 +31,7 @@ train hopper_pebble sac_rlhf.py --env-id Hopper-v5 "${PEBBLE[@]}" "${LONGER[@]}"
 train hopper_oracle sac.py --env-id Hopper-v5 "${ORACLE[@]}"
 train hopper_backwards sac_rlhf.py --env-id Hopper-v5 "${PEBBLE[@]}" --teacher-reward scripts/teacher_rewards.py:hop_backwards
 
+[ -z "${GALLERY_DRY_RUN:-}" ] || exit 0
 mkdir -p "$OUT"
 : > "$OUT/returns.md"
 for name in halfcheetah_pebble halfcheetah_oracle hopper_pebble hopper_oracle hopper_backwards; do

@@ -7,6 +7,7 @@ import http.server
 import json
 import math
 import os
+import subprocess
 import threading
 import time
 
@@ -286,6 +287,27 @@ def test_sweep_trials_run_as_slurm_jobs(slurm_cluster, tmp_path):
     assert "| rank | trial | state | final_eval_return | seed | run |" in result.stdout
 
 
+def test_the_gallery_script_passes_existing_flags():
+    """scripts/gallery.sh (the README's GIFs): each training it runs parses, and the teacher reward it names loads."""
+    import shlex
+
+    import tyro
+
+    from framework import sac, sac_rlhf
+    from framework.teacher import load_reward_function
+
+    env = {**os.environ, "GALLERY_DRY_RUN": "1"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gallery.sh")], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert len(commands) == 5
+    for words in commands:
+        module = {"framework/sac_rlhf.py": sac_rlhf, "framework/sac.py": sac}[words[0]]
+        args = tyro.cli(module.Args, args=words[1:])
+        if getattr(args, "teacher_reward", None):
+            load_reward_function(args.teacher_reward)(qvel=[0.5, 0.0])
+
+
 def test_launch_scripts_pass_existing_flags():
     """Every scripts/*.sh passes only flags its training script has; the human launchers really ask a person."""
     import shlex
@@ -294,7 +316,7 @@ def test_launch_scripts_pass_existing_flags():
 
     from framework import pref_ppo, sac_rlhf
 
-    scripts = sorted((ROOT / "scripts").glob("*.sh"))
+    scripts = sorted(p for p in (ROOT / "scripts").glob("*.sh") if p.name != "gallery.sh")
     for env in ["hopper", "walker2d", "halfcheetah", "ant", "swimmer", "reacher", "pusher", "invertedpendulum"]:
         assert {f"{env}_synthetic.sh", f"{env}_human.sh"} <= {p.name for p in scripts}
     for path in scripts:
