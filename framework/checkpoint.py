@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -148,3 +149,27 @@ class Checkpointer:
             print(f"interrupted at step {self.step()}; continue with --resume {self.run_dir}", file=sys.stderr)
 
         on_interrupt(stop)
+
+
+@dataclass
+class OracleProgress:
+    """Where an oracle run (`sac.py`, `ppo.py`) stands, saved in its checkpoints: the env step, its evaluations, the
+    time per phase, and whether an episode is under way (periodic checkpoints wait for an episode's end)."""
+
+    global_step: int = 0
+    evals: Any = None  # framework.evaluation.EvalHistory
+    phase_time: dict[str, float] = field(default_factory=dict)
+    mid_episode: bool = True
+
+    def __post_init__(self):
+        from framework.evaluation import EvalHistory
+
+        self.evals = self.evals if self.evals is not None else EvalHistory()
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        from framework.evaluation import EvalHistory
+
+        self.__dict__.update({**state, "evals": EvalHistory(**state["evals"])})

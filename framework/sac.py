@@ -4,6 +4,7 @@ CleanRL's `sac_continuous_action.py`, with prefrl's env factory, network size fl
 evaluation and logging, so that `sac_rlhf.py` runs can be normalised by this one at equal env steps.
 
     python framework/sac.py --env-id Hopper-v5 --total-timesteps 100000
+    python framework/sac.py --resume runs/Hopper-v5__sac__1__1790000000      # continue a stopped run
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ import torch
 import torch.nn.functional as F
 import torch.optim as optim
 
-from framework.checkpoint import save_checkpoint
+from framework.checkpoint import (
+    Checkpointer,
+    OracleProgress,
+    restore_rng_states,
+    resume_args,
+    rng_states,
+    save_checkpoint,
+)
 from framework.envs import make_env, require_continuous_actions
-from framework.evaluation import EvalHistory, Evaluator
+from framework.evaluation import Evaluator
 from framework.networks import SACActor, SoftQNetwork, polyak_update
 from framework.reward_model import LearnedReward
 from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
@@ -31,6 +39,10 @@ class Args(RunArgs):
     """the name of this experiment (part of the run name)"""
     save_model: bool = False
     """save the networks to <run>/sac.pt at the end"""
+    resume: str | None = None
+    """continue the run in this folder from its last checkpoint (its saved flags are used)"""
+    checkpoint_frequency: int = 10_000
+    """write <run>/checkpoint.pt at the first episode end after every this many steps (0: only at the end)"""
 
     env_id: str = "Hopper-v5"
     """the Gymnasium environment id"""
@@ -89,8 +101,9 @@ def validate(args: Args) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        raise UsageError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    for name in ["learning_starts", "checkpoint_frequency"]:
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.depth < 1:
         raise UsageError(f"--depth must be >= 1, got {args.depth}")
     if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
@@ -122,11 +135,23 @@ class ReplayBuffer:
         arrays = (self.obs[idx], self.next_obs[idx], self.actions[idx], self.rewards[idx], self.dones[idx])
         return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)
 
+    def state_dict(self) -> dict:
+        n = self.size
+        columns = {k: getattr(self, k)[:n].copy() for k in ("obs", "next_obs", "actions", "rewards", "dones")}
+        return {**columns, "pos": self.pos, "size": n}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["size"]
+        for key in ("obs", "next_obs", "actions", "rewards", "dones"):
+            getattr(self, key)[:n] = state[key]
+        self.pos, self.size = state["pos"], n
+
 
 def main(args: Args) -> dict:
+    args, checkpoint = resume_args(args)  # with --resume, the run's saved flags
     validate(args)
     setup_headless_rendering()
-    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
+    args.run_name = run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     env = make_env(args.env_id, args.seed)
     if args.reward_model is not None:  # the agent learns from what a reward model learned (framework/reward_model.py)
         env = LearnedReward(env, args.reward_model)
@@ -151,24 +176,47 @@ def main(args: Args) -> dict:
     q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
     actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
 
-    if args.autotune:
-        target_entropy = -float(action_dim)
-        log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
-        alpha = log_alpha.exp().detach()
-        a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
-    else:
-        alpha = torch.tensor(args.alpha, device=device)
-
+    target_entropy = -float(action_dim)
+    log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
+    a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, device)
+
+    # checkpoints: what they hold, resume
+    progress = OracleProgress()
+    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
+    parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
+    parts |= {"replay_buffer": rb, "evaluator": evaluator, "state": progress}
+    obs, _ = env.reset(seed=args.seed)
+    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+
+    def snapshot() -> dict:
+        rngs = rng_states(device, numpy=rng, env=env_rng_before_reset, action_space=env.action_space.np_random)
+        states = {name: part.state_dict() for name, part in parts.items()}
+        return {"args": asdict(args), "log_alpha": log_alpha.detach().cpu(), "rng": rngs, **states}
+
+    if checkpoint is not None:
+        for name, part in parts.items():
+            part.load_state_dict(checkpoint[name])
+        log_alpha.data.copy_(checkpoint["log_alpha"])
+        restore_rng_states(
+            checkpoint["rng"], device, numpy=rng, env=env.unwrapped.np_random, action_space=env.action_space.np_random
+        )
+        # periodic checkpoints are taken at episode ends with the env's RNG from before its reset, so this reset
+        # starts the same episode the uninterrupted run started (an interrupted one starts a fresh episode)
+        obs, _ = env.reset()
+        print(f"resumed {run_dir} at step {progress.global_step}", flush=True)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
+    checkpoints.save_on_interrupt(tracker.close)
 
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation
         with torch.no_grad():
             return actor.get_action(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[2][0].cpu().numpy()
 
-    evals, phase_time = EvalHistory(), {}
-    clock = RunClock(phase_time)
-    obs, _ = env.reset(seed=args.seed)
-    for global_step in range(1, args.total_timesteps + 1):
+    clock = RunClock(progress.phase_time, progress.global_step)
+    while progress.global_step < args.total_timesteps:
+        progress.global_step += 1
+        global_step = progress.global_step
         # act: random before learning starts, then the stochastic policy
         if global_step <= args.learning_starts:
             action = env.action_space.sample()
@@ -179,12 +227,15 @@ def main(args: Args) -> dict:
 
         next_obs, reward, terminated, truncated, info = env.step(action)
         rb.add(obs, next_obs, action, reward, terminated)
+        progress.mid_episode = not (terminated or truncated)
         obs = next_obs
         if terminated or truncated:
             tracker.scalars(
                 {"charts/episodic_return": info["episode"]["r"], "charts/episodic_length": info["episode"]["l"]},
                 global_step,
             )
+            # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
+            env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
             obs, _ = env.reset()
 
         # learn
@@ -235,14 +286,18 @@ def main(args: Args) -> dict:
         if global_step % args.log_frequency == 0:
             tracker.steps_per_second(global_step)
         if global_step % args.eval_frequency == 0 or global_step == args.total_timesteps:
-            with timed(phase_time, "evaluation"):
+            with timed(progress.phase_time, "evaluation"):
                 result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
-            evals.add(global_step, result)
+            progress.evals.add(global_step, result)
             print(f"step={global_step} {result}", flush=True)
+        if checkpoints.due() and not progress.mid_episode:
+            checkpoints.save("periodic")
 
     summary = {"algorithm": "sac", "env_id": args.env_id, "seed": args.seed, "total_timesteps": args.total_timesteps}
-    summary |= {"stop_reason": "budget", "labels_used": 0, **evals.summary(), **clock.summary(args.total_timesteps)}
+    summary |= {"stop_reason": "budget", "labels_used": 0, **progress.evals.summary()}
+    summary |= clock.summary(args.total_timesteps)
+    checkpoints.save("end")
     summary = write_summary(run_dir, summary)
     if args.save_model:
         save_checkpoint(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import glob
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script
+from conftest import ROOT, kill_at_checkpoint, run_script
 from framework.checkpoint import load_checkpoint
 from framework.networks import SACActor
 
@@ -151,3 +154,48 @@ def test_ppo_run_writes_logs_and_model_with_normaliser(runs_dir):
     acc = EventAccumulator(str(runs_dir / "ppo"))
     acc.Reload()
     assert {"eval/episodic_return", "losses/approx_kl", "charts/SPS"} <= set(acc.Tags()["scalars"])
+
+
+SAC_TINY = ["--env-id", "InvertedPendulum-v5", "--learning-starts", "200", "--hidden-size", "32", "--batch-size", "32",
+            "--eval-episodes", "2", "--no-cuda", "--total-timesteps", "2000", "--eval-frequency", "500",
+            "--checkpoint-frequency", "300"]  # fmt: skip
+
+
+def test_sac_resumed_after_a_kill_ends_like_a_straight_run(runs_dir):
+    """sac.py survives a batch system as the preference scripts do: a run SIGKILLed after a periodic checkpoint and
+    resumed ends exactly like one run straight through."""
+    flags = [*SAC_TINY, "--runs-dir", str(runs_dir)]
+    straight = run_script("sac.py", *flags, "--run-name", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed_dir = runs_dir / "killed"
+    kill_at_checkpoint("sac.py", *flags, "--run-name", "killed", when=lambda step: step > 700)
+    killed_at = load_checkpoint(str(killed_dir / "checkpoint.pt"))["state"]["global_step"]
+    assert 700 < killed_at < 2000
+    resumed = run_script("sac.py", "--resume", str(killed_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {killed_dir} at step {killed_at}" in resumed.stdout
+    a, b = summary_of(runs_dir, "straight"), summary_of(runs_dir, "killed")
+    assert a["total_timesteps"] == b["total_timesteps"] == 2000 and len(a["eval_history"]) == 4
+    assert a["eval_history"] == b["eval_history"], "the resumed run continues exactly where the killed one was"
+
+
+def test_sac_saves_on_sigterm_and_resumes(runs_dir):
+    flags = [*SAC_TINY, "--checkpoint-frequency", "0", "--runs-dir", str(runs_dir), "--run-name", "term"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "sac.py"), *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("step=500 "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "continue with --resume" in stderr and "Traceback" not in stderr
+    assert load_checkpoint(str(runs_dir / "term" / "checkpoint.pt"))["state"]["global_step"] >= 500
+    resumed = run_script("sac.py", "--resume", str(runs_dir / "term"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert summary_of(runs_dir, "term")["total_timesteps"] == 2000
