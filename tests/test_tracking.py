@@ -105,12 +105,14 @@ def test_compare_runs_tabulates_and_plots(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "| sac | 2 | 3000 | 6000.0 +- 3000.0 | 6000.0 |" in result.stdout
-    assert "| ppo | 1 | 3000 | 1500.0 +- 0.0 | 1500.0 |" in result.stdout
+    assert "| Hopper-v5 | sac | 2 | 3000 | 6000.0 | 3000.0 | 9000.0 | 6000.0 | - |" in result.stdout
+    assert "| Hopper-v5 | ppo | 1 | 3000 | 1500.0 | n/a | n/a | 1500.0 | - |" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| Hopper-v5 | sac | 2 |" in (tmp_path / "curve.md").read_text()
     missing = subprocess.run(
-        [sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), str(tmp_path / "nope")],
+        [sys.executable, str(ROOT / "toolbox" / "compare_runs.py"), str(tmp_path / "nope"), "--out", str(out)],
         capture_output=True,
         text=True,
     )
-    assert missing.returncode != 0 and "not a run folder" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode != 0 and "nope: not a folder" in missing.stdout
+    assert missing.stderr.startswith("error: nothing to compare") and "Traceback" not in missing.stderr
