@@ -157,6 +157,7 @@ class OracleProgress:
     time per phase, and whether an episode is under way (periodic checkpoints wait for an episode's end)."""
 
     global_step: int = 0
+    iteration: int = 0  # ppo.py: rollouts collected
     evals: Any = None  # framework.evaluation.EvalHistory
     phase_time: dict[str, float] = field(default_factory=dict)
     mid_episode: bool = True

@@ -5,6 +5,7 @@ reward normalisers live beside the policy (saved with it, used by evaluation), a
 from the value of the final observation.
 
     python framework/ppo.py --env-id Hopper-v5 --total-timesteps 200000
+    python framework/ppo.py --resume runs/Hopper-v5__ppo__1__1790000000      # continue a stopped run
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 
-from framework.checkpoint import save_checkpoint
+from framework.checkpoint import (
+    Checkpointer,
+    OracleProgress,
+    restore_rng_states,
+    resume_args,
+    rng_states,
+    save_checkpoint,
+)
 from framework.envs import check_env_id, make_env, require_continuous_actions
-from framework.evaluation import EvalHistory, Evaluator
+from framework.evaluation import Evaluator
 from framework.networks import PPOAgent
 from framework.normalization import ObservationNormalizer, RewardScaler
 from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
@@ -33,6 +41,10 @@ class Args(RunArgs):
     """the name of this experiment (part of the run name)"""
     save_model: bool = False
     """save the agent and its normalisers to <run>/ppo.pt at the end"""
+    resume: str | None = None
+    """continue the run in this folder from its last checkpoint (its saved flags are used)"""
+    checkpoint_frequency: int = 10_000
+    """write <run>/checkpoint.pt after the first rollout past every this many steps (0: only at the end)"""
 
     env_id: str = "Hopper-v5"
     """the Gymnasium environment id"""
@@ -98,6 +110,8 @@ def validate(args: Args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.depth < 1:
         raise UsageError(f"--depth must be >= 1, got {args.depth}")
+    if args.checkpoint_frequency < 0:
+        raise UsageError(f"--checkpoint-frequency must be >= 0, got {args.checkpoint_frequency}")
     batch = args.num_envs * args.num_steps
     if batch % args.num_minibatches:
         raise UsageError(
@@ -110,10 +124,11 @@ def validate(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
+    args, checkpoint = resume_args(args)  # with --resume, the run's saved flags
     validate(args)
     setup_headless_rendering()
     check_env_id(args.env_id)
-    run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
+    args.run_name = run_name = args.run_name or default_run_name(args.env_id, args.exp_name, args.seed)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = args.total_timesteps // batch_size
@@ -155,22 +170,43 @@ def main(args: Args) -> dict:
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    evals, phase_time = EvalHistory(), {}
-    global_step, next_eval = 0, args.eval_frequency
-    clock = RunClock(phase_time)
-    clock.begin("learning", 0)  # PPO learns from its first rollout
+    # checkpoints: what they hold, resume
+    progress = OracleProgress()
+    parts = {"agent": agent, "optimizer": optimizer, "obs_norm": obs_norm, "reward_scaler": reward_scaler}
+    parts |= {"evaluator": evaluator, "state": progress}
+
+    def snapshot() -> dict:
+        states = {name: part.state_dict() for name, part in parts.items()}
+        return {"args": asdict(args), "rng": rng_states(device), "np_random": np.random.get_state(), **states}
+
     raw_obs, _ = envs.reset(seed=args.seed)
+    if checkpoint is not None:
+        for name, part in parts.items():
+            part.load_state_dict(checkpoint[name])
+        restore_rng_states(checkpoint["rng"], device)
+        np.random.set_state(checkpoint["np_random"])
+        raw_obs, _ = envs.reset(seed=args.seed + progress.iteration)  # the interrupted episodes start afresh
+        print(f"resumed {run_dir} at step {progress.global_step}", flush=True)
+    checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
+    checkpoints.save_on_interrupt(tracker.close)
+
+    global_step, next_eval = progress.global_step, args.eval_frequency * (len(progress.evals.returns) + 1)
+    clock = RunClock(progress.phase_time, global_step)
+    clock.begin("learning", global_step)  # PPO learns from its first rollout
     if args.norm_obs:
         obs_norm.update(raw_obs)
     next_obs = torch.as_tensor(normalize(raw_obs), device=device)
     next_done = torch.zeros(args.num_envs, device=device)
 
-    for iteration in range(1, num_iterations + 1):
+    while progress.iteration < num_iterations:
+        progress.iteration += 1
+        iteration = progress.iteration
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
 
         for step in range(args.num_steps):
             global_step += args.num_envs
+            progress.global_step = global_step
             obs[step], dones[step] = next_obs, next_done
             with torch.no_grad():
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
@@ -276,15 +312,18 @@ def main(args: Args) -> dict:
         tracker.steps_per_second(global_step)
 
         if global_step >= next_eval or iteration == num_iterations:
-            with timed(phase_time, "evaluation"):
+            with timed(progress.phase_time, "evaluation"):
                 result = evaluator(policy)
             tracker.scalars(result.as_scalars(), global_step)
-            evals.add(global_step, result)
+            progress.evals.add(global_step, result)
             print(f"step={global_step} {result}", flush=True)
             next_eval += args.eval_frequency
+        if checkpoints.due():
+            checkpoints.save("periodic")
 
     summary = {"algorithm": "ppo", "env_id": args.env_id, "seed": args.seed, "total_timesteps": global_step}
-    summary |= {"stop_reason": "budget", "labels_used": 0, **evals.summary(), **clock.summary(global_step)}
+    summary |= {"stop_reason": "budget", "labels_used": 0, **progress.evals.summary(), **clock.summary(global_step)}
+    checkpoints.save("end")
     summary = write_summary(run_dir, summary)
     if args.save_model:
         save_checkpoint(

@@ -199,3 +199,35 @@ def test_sac_saves_on_sigterm_and_resumes(runs_dir):
     resumed = run_script("sac.py", "--resume", str(runs_dir / "term"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert summary_of(runs_dir, "term")["total_timesteps"] == 2000
+
+
+def test_ppo_resumed_after_a_kill_finishes_its_budget(runs_dir):
+    """ppo.py checkpoints after rollouts and continues a killed run (in new episodes) to the same budget; SIGTERM
+    saves first."""
+    flags = [*PPO_FLAGS[:2], "--total-timesteps", "8192", "--eval-frequency", "2048", "--eval-episodes", "2",
+             "--num-steps", "256", "--no-cuda", "--checkpoint-frequency", "2048"]  # fmt: skip
+    flags += ["--runs-dir", str(runs_dir)]
+    killed_at = kill_at_checkpoint("ppo.py", *flags, "--run-name", "killed", when=lambda step: step >= 4096)
+    saved = load_checkpoint(str(runs_dir / "killed" / "checkpoint.pt"))
+    assert saved["state"]["global_step"] == killed_at == 4096 and len(saved["state"]["evals"]["returns"]) == 2
+    resumed = run_script("ppo.py", "--resume", str(runs_dir / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed {runs_dir / 'killed'} at step 4096" in resumed.stdout
+    summary = summary_of(runs_dir, "killed")
+    assert summary["total_timesteps"] == 8192 and [s for s, _ in summary["eval_history"]] == [2048, 4096, 6144, 8192]
+    assert summary["eval_history"][:2] == [list(r) for r in saved["state"]["evals"]["returns"]]
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "framework" / "ppo.py"), *flags, "--checkpoint-frequency", "0", "--run-name", "t"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("step=2048 "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "continue with --resume" in stderr and "Traceback" not in stderr, stderr
+    assert load_checkpoint(str(runs_dir / "t" / "checkpoint.pt"))["state"]["global_step"] >= 2048
