@@ -19,7 +19,12 @@ Trainer API (JSON unless noted):
                                           fraction of the clip before the episode ended in it (default 1); keys
                                           already known are left as they are
     GET  /api/runs/<run>/queries          every query of the run: key, session, status, label
-    GET  /api/runs/<run>/events?since=N   answers and undos after event N, and the new cursor
+    GET  /api/runs/<run>/events?since=N   answers and undos after event N (id, key, kind, choice, label, labeler,
+                                          client, response_ms, time), and the new cursor
+    GET  /api/runs/<run>/answers          one row per query of the run, in query order: key, feedback_session,
+                                          status, answer, label, labeler, labeler_session (the answering tab),
+                                          asked_at, answered_at, response_time_s, undos (`export.py` writes the same
+                                          rows to a file, straight from the SQLite file)
     POST /api/runs/<run>/close            {keys, answered_only}: answered -> used (final), pending -> withdrawn (left
                                           pending with answered_only: true); returns the labels
     GET  /api/runs/<run>                  the run's progress
@@ -27,8 +32,9 @@ Page API:
     GET  /api/runs                        runs, most recently active first, with what is waiting
     POST /api/runs/<run>/lease            {client, labeler, exclude}: hold the next pending query (short lease)
     POST /api/leases/renew                {client, ids}
-    POST /api/queries/<id>/answer         {client, labeler, choice: left|right|equal|skip}; a 409 names its `reason`
-                                          (answered | withdrawn | leased)
+    POST /api/queries/<id>/answer         {client, labeler, choice: left|right|equal|skip, response_ms}; a 409 names
+                                          its `reason` (answered | withdrawn | leased); response_ms (optional, null:
+                                          unknown): how long the pair was on screen before the answer, 0 to 86400000
     POST /api/runs/<run>/undo             {client, labeler}: take back this client's last answer not yet used
 Labels: the probability that the RIGHT clip is better: left 0.0, right 1.0, equal 0.5, skip (can't tell) null.
 
@@ -69,6 +75,7 @@ from werkzeug.exceptions import HTTPException
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = Path(os.environ.get("PREFRL_FEEDBACK_DATA_DIR") or HERE / "data")
+DB_FILE = "feedback.sqlite3"  # in the data folder, beside media/
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 CHOICES = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,199}$")  # run ids and query keys
@@ -78,6 +85,7 @@ MAX_QUERIES = 1000  # per upload: 2 files each, plus the `queries` field
 INT_RANGE = (-(2**63), 2**63 - 1)  # SQLite's integers
 TRAINER_STATES = ("waiting", "training", "learning", "finished", "ended")
 LEARNING_FIELDS = ("pending", "agent_step", "reward_updates", "reward_updated_step")  # optional trainer status
+MAX_RESPONSE_MS = 86_400_000  # a day: the longest time before an answer that is stored
 log = logging.getLogger("prefrl.feedback")
 
 SCHEMA = """
@@ -105,7 +113,24 @@ MIGRATIONS = [
     ("queries", "right_valid", "REAL NOT NULL DEFAULT 1.0"),
     ("runs", "trainer", "TEXT"),
     ("runs", "trainer_time", "REAL"),
+    ("queries", "response_ms", "REAL"),
+    ("events", "response_ms", "REAL"),
 ]
+# one row per query of a run (GET /api/runs/<run>/answers and export.py); labeler_session is the `client` (page tab)
+# of the standing answer, undos counts the undo events of the query
+ANSWER_COLUMNS = (
+    "key",
+    "feedback_session",
+    "status",
+    "answer",
+    "label",
+    "labeler",
+    "labeler_session",
+    "asked_at",
+    "answered_at",
+    "response_time_s",
+    "undos",
+)
 
 
 class ApiError(Exception):
@@ -187,9 +212,15 @@ def field(body: dict, name: str, kind: type, required: bool = True, default=None
     if kind is int and not INT_RANGE[0] <= value <= INT_RANGE[1]:
         raise ApiError(400, f"field {name!r} must be an integer below 2^63")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ApiError(400, f"field {name!r} must be a finite number")
-        return float(value)
+        try:
+            value = float(value)  # an integer past 1.8e308 overflows
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ApiError(400, f"field {name!r} must be a finite number")
+        return value
     if kind not in (int, float) and not isinstance(value, kind):
         raise ApiError(400, f"field {name!r} must be of type {kind.__name__}, got {type(value).__name__}")
     if kind is str and not valid_text(value):
@@ -235,6 +266,27 @@ def redacted(path: str, query: str) -> str:
     return f"{path}?{urlencode(pairs)}"
 
 
+def answer_rows(con: sqlite3.Connection, run_id: str) -> list[dict]:
+    """Every query of the run as a dict of ANSWER_COLUMNS, by query id, read in one statement (one snapshot).
+
+    A file whose `response_ms` column is missing (written before it existed, opened read-only) gives None there."""
+    has_time = "response_ms" in {r[1] for r in con.execute("PRAGMA table_info(queries)")}
+    cur = con.execute(
+        "WITH latest AS (SELECT query_id, MAX(id) AS id FROM events WHERE run_id = ? AND kind = 'answer' "
+        "GROUP BY query_id), "
+        "undos AS (SELECT query_id, COUNT(*) AS n FROM events WHERE run_id = ? AND kind = 'undo' GROUP BY query_id) "
+        "SELECT q.key, q.session AS feedback_session, q.status, q.choice AS answer, q.label, q.labeler, "
+        "CASE WHEN q.status IN ('answered', 'used') THEN e.client END AS labeler_session, q.created AS asked_at, "
+        f"q.answered_at, {'q.response_ms / 1000.0' if has_time else 'NULL'} AS response_time_s, "
+        "COALESCE(u.n, 0) AS undos "
+        "FROM queries q LEFT JOIN latest ON latest.query_id = q.id LEFT JOIN events e ON e.id = latest.id "
+        "LEFT JOIN undos u ON u.query_id = q.id WHERE q.run_id = ? ORDER BY q.id",
+        (run_id, run_id, run_id),
+    )
+    columns = [d[0] for d in cur.description]
+    return [dict(zip(columns, row)) for row in cur]
+
+
 def sweep_media(media_dir: Path, con: sqlite3.Connection) -> tuple[int, int]:
     """Make the media folder agree with the database after a crash: a clip whose row was committed but whose file
     was not yet renamed into place is completed; files no row points at are removed. Returns (completed, removed)."""
@@ -266,13 +318,13 @@ def create_app(
     max_request_mb: float = 64.0,
     allowed_hosts: list[str] | None = None,
 ) -> Flask:
-    """The Flask app over `<data_dir>/feedback.sqlite3` and `<data_dir>/media/` (both created when missing).
+    """The Flask app over `<data_dir>/feedback.sqlite3` (DB_FILE) and `<data_dir>/media/` (both created when missing).
 
     `allowed_hosts`: the Host names requests may be addressed to; None: loopback names only; ["*"]: any."""
     data_dir = Path(data_dir).resolve()
     media_dir = data_dir / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
-    db_path = str(data_dir / "feedback.sqlite3")
+    db_path = str(data_dir / DB_FILE)
     con = connect(db_path)
     try:
         con.executescript(SCHEMA)
@@ -601,12 +653,19 @@ def create_app(
         if not ROW_ID.match(since):
             raise ApiError(400, f"'since' must be a non-negative integer below 2^63, got {since[:40]!r}")
         rows = con.execute(
-            "SELECT id, key, kind, choice, label, labeler, time FROM events WHERE run_id = ? AND id > ? "
+            "SELECT id, key, kind, choice, label, labeler, client, response_ms, time FROM events "
+            "WHERE run_id = ? AND id > ? "
             "ORDER BY id LIMIT 1000",
             (run_id, int(since)),
         ).fetchall()
         cursor = rows[-1]["id"] if rows else int(since)
         return jsonify(events=[dict(r) for r in rows], cursor=cursor)
+
+    @app.get("/api/runs/<run_id>/answers")
+    def answers(run_id: str):
+        con = db()
+        get_run(con, run_id)
+        return jsonify(answers=answer_rows(con, run_id))
 
     @app.post("/api/runs/<run_id>/close")
     def close(run_id: str):
@@ -714,6 +773,9 @@ def create_app(
         choice = field(body, "choice", str)
         if choice not in CHOICES:
             raise ApiError(400, f"choice {choice!r} is not one of {sorted(CHOICES)}")
+        response_ms = field(body, "response_ms", float, required=False)
+        if response_ms is not None and not 0 <= response_ms <= MAX_RESPONSE_MS:
+            raise ApiError(400, f"field 'response_ms' must be from 0 to {MAX_RESPONSE_MS} (milliseconds)")
         now = time.time()
         with Transaction(db()) as con:
             row = con.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
@@ -735,13 +797,13 @@ def create_app(
             label = CHOICES[choice]
             con.execute(
                 "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
-                "lease_client = NULL, lease_until = NULL WHERE id = ?",
-                (choice, label, labeler, now, query_id),
+                "response_ms = ?, lease_client = NULL, lease_until = NULL WHERE id = ?",
+                (choice, label, labeler, now, response_ms, query_id),
             )
             con.execute(
-                "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, time) "
-                "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?)",
-                (row["run_id"], query_id, row["key"], choice, label, labeler, client, now),
+                "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, response_ms, time) "
+                "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?, ?)",
+                (row["run_id"], query_id, row["key"], choice, label, labeler, client, response_ms, now),
             )
             con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, row["run_id"]))
             return jsonify(ok=True, duplicate=False, progress=progress(con, row["run_id"], row["session"]))
@@ -766,7 +828,7 @@ def create_app(
                 raise ApiError(409, "that answer was already used by the trainer and cannot be undone")
             con.execute(
                 "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
-                "answered_at = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
+                "answered_at = NULL, response_ms = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
                 (client, now + lease_seconds, row["id"]),
             )
             con.execute(

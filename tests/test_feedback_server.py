@@ -12,7 +12,9 @@ import time
 import pytest
 import requests
 
-from feedback_helpers import FAKE_MP4, SERVER, Server, api, make_run
+from feedback_helpers import FAKE_MP4, ROOT, SERVER, Server, api, make_run
+
+EXPORT = ROOT / "humanFeedback" / "export.py"
 
 
 @pytest.fixture
@@ -33,9 +35,12 @@ def lease(server, run_id, client, exclude=()):
     return r.json()["query"]
 
 
-def answer(server, qid, choice, client="alice"):
+def answer(server, qid, choice, client="alice", **extra):
     return api(
-        server, "POST", f"/api/queries/{qid}/answer", json={"client": client, "labeler": client, "choice": choice}
+        server,
+        "POST",
+        f"/api/queries/{qid}/answer",
+        json={"client": client, "labeler": client, "choice": choice, **extra},
     )
 
 
@@ -375,6 +380,7 @@ def raw(server, method, path, body: str | bytes | None = None, headers=None):
         ("POST", "/api/runs/run-1/lease", b'{"client": "\xff\xfe"}'),
         ("PUT", "/api/runs/run-1/status", f'{{"state": "training", "sessions_done": {2**63}}}'),
         ("PUT", "/api/runs/run-1/status", '{"state": "training", "next_in_s": NaN}'),
+        ("PUT", "/api/runs/run-1/status", f'{{"state": "training", "next_in_s": {10**400}}}'),
         ("PUT", "/api/runs/run-1/status", '{"state": "\\ud800"}'),
     ],
 )
@@ -417,10 +423,11 @@ def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server)
         ("PUT", "/api/runs/{run}/status", ["state", "sessions_done", "sessions_total", "next_in_s", "labels_given"]),
         ("POST", "/api/runs/{run}/lease", ["client", "labeler", "exclude"]),
         ("POST", "/api/leases/renew", ["client", "ids"]),
-        ("POST", "/api/queries/{qid}/answer", ["client", "labeler", "choice"]),
+        ("POST", "/api/queries/{qid}/answer", ["client", "labeler", "choice", "response_ms"]),
         ("POST", "/api/runs/{run}/undo", ["client", "labeler"]),
         ("POST", "/api/runs/{run}/close", ["keys"]),
         ("GET", "/api/runs/{run}/events", []),
+        ("GET", "/api/runs/{run}/answers", []),
         ("GET", "/api/runs/{run}", []),
         ("GET", "/api/runs", []),
         ("GET", "/api/runs/{run}/queries", []),
@@ -439,6 +446,7 @@ def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server)
         "exclude": [1],
         "ids": [1, 2],
         "choice": "left",
+        "response_ms": 1234.5,
         "keys": keys[:2],
     }
     statuses = []
@@ -617,7 +625,8 @@ def test_trainer_status_clip_ends_and_who_holds_what_reach_the_page(server):
 
 
 def test_an_older_database_file_is_upgraded_in_place(tmp_path):
-    """A data folder written before clip ends and trainer status existed keeps its answers and gains the columns."""
+    """A data folder written before clip ends, trainer status and response times existed keeps its answers and gains
+    the columns; export.py reads it read-only before the upgrade (no response times) and after."""
     data = tmp_path / "data"
     (data / "media").mkdir(parents=True)
     with sqlite3.connect(data / "feedback.sqlite3") as con:
@@ -628,7 +637,12 @@ def test_an_older_database_file_is_upgraded_in_place(tmp_path):
                 key TEXT NOT NULL, session INTEGER NOT NULL, left_clip TEXT NOT NULL, right_clip TEXT NOT NULL,
                 created REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending', choice TEXT, label REAL, labeler TEXT,
                 answered_at REAL, lease_client TEXT, lease_until REAL, UNIQUE (run_id, key));
-            INSERT INTO runs VALUES ('old', 'Hopper-v5', 'Which?', 0, 0);""")
+            CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, query_id INTEGER NOT NULL,
+                key TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('answer', 'undo')), choice TEXT, label REAL,
+                labeler TEXT, client TEXT, time REAL NOT NULL);
+            INSERT INTO runs VALUES ('old', 'Hopper-v5', 'Which?', 0, 0);
+            INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, time)
+                VALUES ('old', 1, 'k0', 'answer', 'left', 0.0, 'ann', 'old-tab', 5);""")
         for i in range(2):
             con.execute(
                 "INSERT INTO queries (run_id, key, session, left_clip, right_clip, created, status, choice, label) "
@@ -644,6 +658,13 @@ def test_an_older_database_file_is_upgraded_in_place(tmp_path):
             )
     for name in ["0" * 32, "1" * 32, "2" * 32, "3" * 32]:
         (data / "media" / f"{name}.mp4").write_bytes(FAKE_MP4)
+    before = export(data, "--out", str(tmp_path / "before.jsonl"))
+    assert before.returncode == 0, before.stderr
+    rows = [json.loads(line) for line in (tmp_path / "before.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["answer"], r["labeler_session"], r["response_time_s"]) for r in rows] == [
+        ("k0", "left", "old-tab", None),
+        ("k1", None, None, None),
+    ]
     s = Server(data).start()
     try:
         queries = api(s, "GET", "/api/runs/old/queries").json()["queries"]
@@ -654,8 +675,22 @@ def test_an_older_database_file_is_upgraded_in_place(tmp_path):
         q = lease(s, "old", "a")
         assert q["key"] == "k1" and q["left_valid"] == 1.0
         assert len(list((data / "media").iterdir())) == 4
+        assert answer(s, q["id"], "right", client="a", response_ms=700).ok
+        events = api(s, "GET", "/api/runs/old/events").json()["events"]
+        assert [(e["key"], e["client"], e["response_ms"]) for e in events] == [
+            ("k0", "old-tab", None),
+            ("k1", "a", 700),
+        ]
+        rows = api(s, "GET", "/api/runs/old/answers").json()["answers"]
+        assert [(r["key"], r["labeler_session"], r["response_time_s"]) for r in rows] == [
+            ("k0", "old-tab", None),
+            ("k1", "a", 0.7),
+        ]
     finally:
         s.stop()
+    with sqlite3.connect(data / "feedback.sqlite3") as con:
+        for table in ("queries", "events"):
+            assert "response_ms" in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
 def test_stalled_clients_do_not_hold_up_the_others(server):
@@ -682,3 +717,200 @@ def test_stalled_clients_do_not_hold_up_the_others(server):
     finally:
         for sock in stalled:
             sock.close()
+
+
+# ---------------------------------------------------------------------------------------- response times and export
+def export(data_dir, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python humanFeedback/export.py --data-dir <data_dir> args...`"""
+    return subprocess.run(
+        [sys.executable, str(EXPORT), "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_the_response_time_and_the_tab_of_an_answer_are_stored_and_returned(server):
+    make_run(server, n=3)
+    first = lease(server, "run-1", "tab-a")
+    assert answer(server, first["id"], "left", client="tab-a", response_ms=1234.5).ok
+    second = lease(server, "run-1", "tab-b")
+    assert answer(server, second["id"], "right", client="tab-b").ok  # no response time: unknown
+    third = lease(server, "run-1", "tab-b")
+    assert answer(server, third["id"], "equal", client="tab-b", response_ms=None).ok
+    events = api(server, "GET", "/api/runs/run-1/events").json()["events"]
+    assert [(e["key"], e["client"], e["response_ms"]) for e in events] == [
+        (first["key"], "tab-a", 1234.5),
+        (second["key"], "tab-b", None),
+        (third["key"], "tab-b", None),
+    ]
+    rows = {r["key"]: r for r in api(server, "GET", "/api/runs/run-1/answers").json()["answers"]}
+    assert rows[first["key"]]["response_time_s"] == 1.2345 and rows[first["key"]]["labeler_session"] == "tab-a"
+    assert rows[second["key"]]["response_time_s"] is None
+    # a retried request with another response time stores nothing new
+    assert answer(server, first["id"], "left", client="tab-a", response_ms=99).json()["duplicate"] is True
+    assert api(server, "GET", "/api/runs/run-1/answers").json()["answers"][0]["response_time_s"] == 1.2345
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["true", '"1200"', "-1", "-0.5", "86400001", "1e400", str(10**400), "NaN", "Infinity", "[]", "{}"],
+)
+def test_a_bad_response_time_is_a_400_and_stores_nothing(server, value):
+    make_run(server, n=1)
+    q = lease(server, "run-1", "alice")
+    body = f'{{"client": "alice", "labeler": "alice", "choice": "left", "response_ms": {value}}}'
+    r = raw(server, "POST", f"/api/queries/{q['id']}/answer", body)
+    assert r.status_code == 400, (value, r.text)
+    assert "response_ms" in r.json()["error"] and "\n" not in r.json()["error"]
+    assert api(server, "GET", "/api/runs/run-1/events").json()["events"] == []
+    assert api(server, "GET", "/api/runs/run-1/queries").json()["queries"][0]["status"] == "pending"
+
+
+@pytest.mark.parametrize("value", [0, 86_400_000, 350, 12.25])
+def test_response_times_within_a_day_are_accepted(server, value):
+    make_run(server, n=1)
+    q = lease(server, "run-1", "alice")
+    assert answer(server, q["id"], "left", response_ms=value).ok
+    assert api(server, "GET", "/api/runs/run-1/events").json()["events"][0]["response_ms"] == value
+
+
+def answer_every_way(server) -> tuple[list[str], dict]:
+    """Six queries of run-1 left in every state: used, answered, skipped, answered again after an undo, undone, and
+    withdrawn. Returns the keys and {key: (status, answer, label, labeler, labeler_session, response_time_s, undos)}."""
+    keys = make_run(server, n=6)
+    ids = []
+    for client in ["alice", "bob", "alice", "alice", "carol", "alice"]:  # each holds the pair it answers
+        ids.append(lease(server, "run-1", client, exclude=ids)["id"])
+    assert answer(server, ids[0], "left", response_ms=500).ok
+    assert answer(server, ids[1], "right", client="bob", response_ms=1500).ok
+    assert answer(server, ids[2], "skip", response_ms=800).ok
+    assert answer(server, ids[3], "equal", response_ms=400).ok
+    assert api(server, "POST", "/api/runs/run-1/undo", json={"client": "alice", "labeler": "alice"}).ok
+    assert answer(server, ids[3], "right", response_ms=900).ok
+    assert answer(server, ids[4], "left", client="carol", response_ms=300).ok
+    assert api(server, "POST", "/api/runs/run-1/undo", json={"client": "carol", "labeler": "carol"}).ok
+    assert api(server, "POST", "/api/runs/run-1/close", json={"keys": [keys[0], keys[5]]}).ok
+    return keys, {
+        keys[0]: ("used", "left", 0.0, "alice", "alice", 0.5, 0),
+        keys[1]: ("answered", "right", 1.0, "bob", "bob", 1.5, 0),
+        keys[2]: ("answered", "skip", None, "alice", "alice", 0.8, 0),
+        keys[3]: ("answered", "right", 1.0, "alice", "alice", 0.9, 1),
+        keys[4]: ("pending", None, None, None, None, None, 1),
+        keys[5]: ("withdrawn", None, None, None, None, None, 0),
+    }
+
+
+ANSWER_COLUMNS = [
+    "key",
+    "feedback_session",
+    "status",
+    "answer",
+    "label",
+    "labeler",
+    "labeler_session",
+    "asked_at",
+    "answered_at",
+    "response_time_s",
+    "undos",
+]
+
+
+def test_the_answers_endpoint_gives_one_row_per_query_in_every_state(server):
+    start = time.time()
+    keys, expected = answer_every_way(server)
+    rows = api(server, "GET", "/api/runs/run-1/answers").json()["answers"]
+    assert [list(r) for r in rows] == [ANSWER_COLUMNS] * 6
+    assert [r["key"] for r in rows] == keys  # in query order
+    assert {
+        r["key"]: (
+            r["status"],
+            r["answer"],
+            r["label"],
+            r["labeler"],
+            r["labeler_session"],
+            r["response_time_s"],
+            r["undos"],
+        )
+        for r in rows
+    } == expected
+    for r in rows:
+        assert r["feedback_session"] == 0 and start - 1 < r["asked_at"] < time.time() + 1
+        assert (r["answered_at"] is None) == (r["answer"] is None)
+        assert r["answered_at"] is None or r["answered_at"] >= r["asked_at"]
+    statuses = {q["key"]: q["status"] for q in api(server, "GET", "/api/runs/run-1/queries").json()["queries"]}
+    assert statuses == {r["key"]: r["status"] for r in rows}
+    assert api(server, "GET", "/api/runs/nope/answers").status_code == 404
+    assert api(server, "GET", "/api/runs/bad%20id/answers").status_code == 400
+    make_run(server, "empty")
+    assert api(server, "GET", "/api/runs/empty/answers").json() == {"answers": []}
+
+
+def test_the_answers_endpoint_needs_the_token_off_loopback(tmp_path):
+    s = Server(tmp_path / "data", host="0.0.0.0", token="s3cret").start()
+    try:
+        make_run(s, n=1)
+        assert requests.get(s.url + "/api/runs/run-1/answers", timeout=5).status_code == 401
+        assert len(api(s, "GET", "/api/runs/run-1/answers").json()["answers"]) == 1
+    finally:
+        s.stop()
+
+
+def test_export_writes_the_endpoints_rows_as_parquet_csv_and_jsonl(server, tmp_path):
+    import csv
+
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+    answer_every_way(server)
+    rows = api(server, "GET", "/api/runs/run-1/answers").json()["answers"]
+    done = export(server.data_dir, "--run", "run-1", "--out", str(tmp_path / "answers.parquet"))  # server running
+    assert done.returncode == 0 and done.stderr == "" and "6 rows of run run-1" in done.stdout, done.stderr
+    table = pyarrow_parquet.read_table(tmp_path / "answers.parquet")
+    assert table.column_names == ANSWER_COLUMNS and table.to_pylist() == rows
+    assert str(table.schema.field("feedback_session").type) == "int64"
+    server.stop()
+    done = export(server.data_dir, "--out", str(tmp_path / "answers.csv"))  # the only run, the server gone
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "answers.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+    assert export(server.data_dir, "--out", str(tmp_path / "answers.jsonl")).returncode == 0
+    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    listed = export(server.data_dir, "--list")
+    assert listed.returncode == 0 and listed.stdout.split() == ["run-1", "Hopper-v5", "4", "of", "6", "answered"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".", "answers"))) == [
+        "answers.csv",
+        "answers.jsonl",
+        "answers.parquet",
+    ]
+
+
+def test_export_refuses_bad_input_in_one_line(server, tmp_path):
+    make_run(server, n=1)
+    out = str(tmp_path / "a.csv")
+    cases = [
+        (tmp_path / "missing", ["--out", out], "no data folder"),
+        (tmp_path, ["--out", out], "no feedback.sqlite3"),
+        (server.data_dir, ["--run", "nope", "--out", out], "no run 'nope'"),
+        (server.data_dir, ["--out", str(tmp_path / "a.xlsx")], "must end in"),
+        (server.data_dir, ["--out", str(tmp_path / "nowhere" / "a.csv")], "no folder"),
+        (server.data_dir, [], "--out"),
+        (server.data_dir, ["--bogus"], "unrecognized"),
+    ]
+    make_run(server, "run-2")
+    cases.append((server.data_dir, ["--out", out], "2 runs: choose one with --run"))
+    for data_dir, args, words in cases:
+        r = export(data_dir, *args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "a.csv").exists()
+    # without pyarrow, parquet is refused with the way out; csv still works
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "pyarrow.py").write_text("raise ImportError('hidden')\n")
+    no_arrow = export(
+        server.data_dir, "--run", "run-1", "--out", str(tmp_path / "a.parquet"), env={"PYTHONPATH": str(hide)}
+    )
+    assert no_arrow.returncode == 2 and no_arrow.stderr.count("\n") == 1 and "pip install pyarrow" in no_arrow.stderr
+    assert not (tmp_path / "a.parquet").exists()
+    assert export(server.data_dir, "--run", "run-1", "--out", out, env={"PYTHONPATH": str(hide)}).returncode == 0

@@ -218,7 +218,7 @@ def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(t
                 server,
                 "POST",
                 f"/api/queries/{lease['id']}/answer",
-                json={"client": "p", "labeler": "person", "choice": "left"},
+                json={"client": "p", "labeler": "person", "choice": "left", "response_ms": 1234},
             ).ok
         labeler = ApiLabeler(server.url, choose=lambda q: "right")
         labeler.start()
@@ -245,8 +245,15 @@ def test_trainer_killed_while_waiting_resumes_with_the_answers_given_meanwhile(t
     assert summary["labels_used"] == 18 and summary["labels_stored"] == 18
     from framework.preferences import read_preferences
 
-    labels = read_preferences(str(runs_dir / run)).pairs()["labels"]
-    assert sorted(labels.tolist()) == [0.0] * 6 + [1.0] * 12  # the person's answers, then the labeler's
+    data = read_preferences(str(runs_dir / run))
+    assert sorted(data.pairs()["labels"].tolist()) == [0.0] * 6 + [1.0] * 12  # the person's answers, then the labeler's
+    # the dataset says who answered the first session, in which tab, how fast, and when
+    rows = [i for i, key in enumerate(data.table["key"]) if key in first_keys]
+    assert len(rows) == 6 and data.meta["teacher"]["kind"] == "human"
+    for column, expected in [("answer", "left"), ("labeler", "person"), ("labeler_session", "p")]:
+        assert [data.table[column][i] for i in rows] == [expected] * 6, column
+    assert [data.table["response_time_s"][i] for i in rows] == [1.234] * 6
+    assert sorted(data.table["answered_at"][i] for i in rows) == sorted(r["time"] for r in given_meanwhile)
 
 
 def test_pref_ppo_human_mode_with_an_autostarted_server(tmp_path, runs_dir):

@@ -257,6 +257,7 @@ def test_two_tabs_answer_through_server_restarts_and_every_answer_lands_once_und
             answer(0), answer(1)  # the server is up
             for page in tabs:
                 page.wait_for_function(preloaded)
+                page.wait_for_function(ALL_SENT)  # those answers landed: the 4 below are the only ones waiting
             server.kill9()
             answer(0), answer(1)  # the preloaded pair shows although the server is gone
             answer(0), answer(1)  # and that one is answered too: nothing is left to show
@@ -554,6 +555,8 @@ def test_a_double_press_counts_once_and_the_chosen_button_flashes(context, serve
     page.wait_for_function(ALL_SENT)
     queries, events = stored_answers(server.data_dir)
     assert [e[0] for e in events] == [qid] and queries[second][0] == "pending"
+    fed = api(server, "GET", "/api/runs/double/events").json()["events"]
+    assert 300 <= fed[0]["response_ms"] < 60_000 and fed[0]["client"] == client_of(page)  # on screen until the press
     assert len(page.evaluate("window.prefrlLatencies")) == 1
     page.click('#buttons [data-choice="skip"]')  # a click, once the pair has been on screen long enough
     page.wait_for_function("(q) => document.getElementById('pair').dataset.query !== q", arg=str(second))
@@ -614,14 +617,21 @@ def test_an_answer_left_behind_by_a_closed_tab_is_sent_by_another_under_the_clos
         server.kill9()
         a.keyboard.press("ArrowRight")
         a.wait_for_function(f"() => {QUEUED}.length === 1")
+        looked = a.evaluate(QUEUED)[0]["response_ms"]  # measured at the press, sent later with the answer
         a.close()  # the answer stays in this browser, under tab a's id
         b.wait_for_function("() => document.getElementById('offline').innerText.includes('1 answer saved')")
         server.start()
         b.wait_for_function(ALL_SENT, timeout=20_000)
         queries, events = stored_answers(tmp_path / "data")
+        fed = api(server, "GET", "/api/runs/orphan/events").json()["events"]
     finally:
         server.stop()
     assert queries[qa][:2] == ("answered", "right") and [(e[1], e[2]) for e in events] == [("right", client_a)]
+    assert (
+        isinstance(looked, int)
+        and looked >= 300
+        and [(e["client"], e["response_ms"]) for e in fed] == [(client_a, looked)]
+    )
 
 
 def test_clips_that_failed_to_load_are_loaded_again(context, server, clips):
