@@ -157,3 +157,52 @@ def test_single_run_template(slurm_cluster, tmp_path):
     assert wait_for_states([job], timeout=120) == ["COMPLETED"], (tmp_path / "run.out").read_text()[-3000:]
     summary = json.loads((tmp_path / "runs" / "one" / "summary.json").read_text())
     assert summary["total_timesteps"] >= 512 and summary["algorithm"] == "ppo"
+
+
+def test_preempted_and_time_limited_jobs_continue_their_runs(slurm_cluster, tmp_path):
+    """run.sbatch's jobs survive the batch system: one requeued (as preemption does: SIGTERM, then the job starts
+    again) and one warned of its time limit (USR1 to the batch script, as --signal=B:USR1@180 sends: it stops the run
+    and requeues itself) both continue their run from its checkpoint to the end of its budget."""
+    import os
+
+    env = {**os.environ, "PREFRL_ROOT": str(ROOT), "PREFRL_PYTHON": sys.executable}
+    flags = [*TINY_RLHF, "--total-timesteps", "6000", "--total-labels", "50", "--eval-frequency", "1000"]
+    flags += ["--feedback-frequency", "500", "--checkpoint-frequency", "500", "--runs-dir", str(tmp_path / "runs")]
+    jobs = {
+        how: sbatch(
+            f"--output={tmp_path}/{how}.out",
+            str(ROOT / "slurm" / "run.sbatch"),
+            "framework/sac_rlhf.py",
+            *flags,
+            env=env,
+        )  # fmt: skip
+        for how in ("requeued", "time_limit")
+    }
+    interrupt = {
+        "requeued": ["scontrol", "requeue", jobs["requeued"]],
+        "time_limit": ["scancel", "--batch", "--signal=USR1", jobs["time_limit"]],
+    }
+    for how in jobs:
+        deadline = time.time() + 120
+        out = tmp_path / f"{how}.out"
+        while not (out.exists() and "saved checkpoint" in out.read_text()):
+            assert time.time() < deadline, out.read_text() if out.exists() else "no output"
+            time.sleep(0.5)
+        assert subprocess.run(interrupt[how], capture_output=True, text=True).returncode == 0
+    for job in jobs.values():  # a requeued job waits a while before it may start again; no need to here
+        deadline = time.time() + 60
+        while "Restarts=1" not in (info := subprocess.run(["scontrol", "show", "job", job], capture_output=True,
+                                                          text=True).stdout):  # fmt: skip
+            assert time.time() < deadline, info
+            time.sleep(0.5)
+        if "JobState=PENDING" in info:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    states = wait_for_states(list(jobs.values()), timeout=240)
+    logs = {how: (tmp_path / f"{how}.out").read_text() for how in jobs}
+    assert states == ["COMPLETED", "COMPLETED"], logs
+    assert "time limit near: stopping the run and requeueing the job" in logs["time_limit"]
+    for how, job in jobs.items():
+        assert "interrupted at step" in logs[how] and f"restart 1 of job {job}: continuing" in logs[how], logs[how]
+        summary = json.loads((tmp_path / "runs" / f"sac_rlhf__job{job}" / "summary.json").read_text())
+        assert summary["total_timesteps"] == 6000 and summary["labels_used"] == 50
+        assert [step for step, _ in summary["eval_history"]] == [1000, 2000, 3000, 4000, 5000, 6000]
