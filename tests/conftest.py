@@ -47,6 +47,19 @@ def kill_at_checkpoint(script: str, *args: str, when=lambda step: True) -> int:
     return step
 
 
+def terminate_at(script: str, *args: str, when=lambda line: True) -> tuple[int, str]:
+    """Run `python framework/<script> args...`, send it SIGTERM (a batch system's preemption) at the first line of
+    its output for which `when(line)` holds, and return its exit status and stderr."""
+    command = [sys.executable, str(ROOT / "framework" / script), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if when(line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     path = tmp_path / "runs"

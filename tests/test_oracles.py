@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import glob
 import json
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, kill_at_checkpoint, run_script
+from conftest import kill_at_checkpoint, run_script, terminate_at
 from framework.checkpoint import load_checkpoint
 from framework.networks import SACActor
 
@@ -181,19 +178,8 @@ def test_sac_resumed_after_a_kill_ends_like_a_straight_run(runs_dir):
 
 def test_sac_saves_on_sigterm_and_resumes(runs_dir):
     flags = [*SAC_TINY, "--checkpoint-frequency", "0", "--runs-dir", str(runs_dir), "--run-name", "term"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "framework" / "sac.py"), *flags],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stdout:
-        if line.startswith("step=500 "):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    returncode, stderr = terminate_at("sac.py", *flags, when=lambda line: line.startswith("step=500 "))
+    assert returncode == 130, stderr[-2000:]
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     assert load_checkpoint(str(runs_dir / "term" / "checkpoint.pt"))["state"]["global_step"] >= 500
     resumed = run_script("sac.py", "--resume", str(runs_dir / "term"))
@@ -217,17 +203,14 @@ def test_ppo_resumed_after_a_kill_finishes_its_budget(runs_dir):
     assert summary["total_timesteps"] == 8192 and [s for s, _ in summary["eval_history"]] == [2048, 4096, 6144, 8192]
     assert summary["eval_history"][:2] == [list(r) for r in saved["state"]["evals"]["returns"]]
 
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "framework" / "ppo.py"), *flags, "--checkpoint-frequency", "0", "--run-name", "t"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, stderr = terminate_at(
+        "ppo.py",
+        *flags,
+        "--checkpoint-frequency",
+        "0",
+        "--run-name",
+        "t",
+        when=lambda line: line.startswith("step=2048 "),
     )
-    for line in proc.stdout:
-        if line.startswith("step=2048 "):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "continue with --resume" in stderr and "Traceback" not in stderr, stderr
+    assert returncode == 130 and "continue with --resume" in stderr and "Traceback" not in stderr, stderr
     assert load_checkpoint(str(runs_dir / "t" / "checkpoint.pt"))["state"]["global_step"] >= 2048

@@ -5,9 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, kill_at_checkpoint, run_script
+from conftest import kill_at_checkpoint, run_script, terminate_at
 from framework.checkpoint import load_checkpoint
 from framework.preferences import read_preferences
 
@@ -202,19 +199,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(runs_dir):
         "--run-name",
         "term",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "framework" / "sac_rlhf.py"), *flags],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in proc.stdout:
-        if "session=1" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    returncode, stderr = terminate_at("sac_rlhf.py", *flags, when=lambda line: "session=1" in line)
+    assert returncode == 130, stderr[-2000:]
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     saved = load_checkpoint(str(runs_dir / "term" / "checkpoint.pt"))
     assert saved["state"]["global_step"] >= 500 and len(saved["preferences"]["labels"]) > 0
