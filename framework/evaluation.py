@@ -1,13 +1,15 @@
 """Evaluation on the environment's TRUE reward with a deterministic policy (what every script reports), and of a saved
 agent from the command line:
 
-    python framework/evaluation.py runs/<run> [--episodes 10] [--seed S] [--video] [--gif] [--render-mode human]
+    python framework/evaluation.py runs/<run> [--episodes 10] [--seed S] [--video] [--gif] [--seconds 4]
+                                              [--render-mode human]
 
 A preference-trained agent never sees the true reward while learning; evaluation is where it is measured. When a
 user-written teacher reward is in use, its episode return is reported too (`teacher_returns`). A run folder's agent is
-its `checkpoint.pt` (the preference scripts) or `sac.pt` / `ppo.pt` (the oracles, with `--save-model`); by default the
-command runs the episodes of the run's last evaluation, so its numbers are the run's own. Films are rendered from the
-episodes' physics states with the camera that follows the body (headless), to `<run>/evaluation/`.
+its `checkpoint.pt` (every script writes one), or a `sac.pt` / `ppo.pt` (the oracles, with `--save-model`); by
+default the command runs the episodes of the run's last evaluation, so its numbers are the run's own. Films are
+rendered from the episodes' physics states with the camera that follows the body (headless), to `<run>/evaluation/`
+(`--seconds`: only the start of each).
 """
 
 from __future__ import annotations
