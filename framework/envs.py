@@ -115,31 +115,17 @@ class RecordPhysicsState(gym.Wrapper):
 def make_env(
     env_id: str,
     seed: int,
-    capture_video: bool = False,
-    video_dir: str | None = None,
-    video_prefix: str = "rl-video",
-    video_every: int = 1,
     teacher_reward: Callable | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
     """Make one seeded environment with episode statistics (and the physics state, for MuJoCo envs).
 
-    `capture_video` records every `video_every`-th episode to `video_dir` (headless; set MUJOCO_GL=egl or osmesa).
     `teacher_reward`, a function from `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at
-    every step. `render_mode="human"` shows the episodes in a window.
+    every step. `render_mode="human"` shows the episodes in a window; `"rgb_array"` renders frames (headless: set
+    MUJOCO_GL=egl or osmesa).
     """
     check_env_id(env_id)
-    env = gym.make(env_id, render_mode="rgb_array" if capture_video else render_mode)
-    if capture_video:
-        if video_dir is None:
-            raise UsageError("capture_video needs a video_dir")
-        env = gym.wrappers.RecordVideo(
-            env,
-            video_dir,
-            episode_trigger=lambda episode: episode % video_every == 0,
-            name_prefix=video_prefix,
-            disable_logger=True,
-        )
+    env = gym.make(env_id, render_mode=render_mode)
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if is_mujoco(env):
         env = RecordPhysicsState(env)

@@ -100,7 +100,8 @@ class EvalHistory:
 class Evaluator:
     """Runs `episodes` episodes of a policy per call on one env kept for the whole run.
 
-    With `capture_video`, the first episode of every evaluation is recorded to `video_dir` (headless rendering).
+    With `capture_video`, the first episode of every evaluation is recorded to `video_dir` as
+    `eval-<evaluation>.mp4` (the env's own rgb_array rendering, headless; encoded like the feedback clips).
     """
 
     def __init__(
@@ -113,19 +114,14 @@ class Evaluator:
         teacher_reward: Callable | None = None,
         render_mode: str | None = None,
     ):
+        if capture_video and video_dir is None:
+            raise UsageError("capture_video needs a video_dir")
         self.episodes = episodes
         self.seed = seed
         self.calls = 0
-        self.env = make_env(
-            env_id,
-            seed,
-            capture_video=capture_video,
-            video_dir=video_dir,
-            video_prefix="eval",
-            video_every=episodes,
-            teacher_reward=teacher_reward,
-            render_mode=render_mode,
-        )
+        self.video_dir = video_dir if capture_video else None
+        mode = "rgb_array" if capture_video else render_mode
+        self.env = make_env(env_id, seed, teacher_reward=teacher_reward, render_mode=mode)
 
     def __call__(self, policy: Callable[[np.ndarray], np.ndarray], film: int = 0) -> EvalResult:
         """`policy` maps one observation `(obs_dim,)` to one action `(action_dim,)`. The physics states of the first
@@ -135,6 +131,7 @@ class Evaluator:
         for episode in range(self.episodes):
             obs, info = self.env.reset(seed=self.seed + 1000 * self.calls + episode)
             states = [info["physics_state"]] if episode < film and "physics_state" in info else None
+            frames = [self.env.render()] if self.video_dir is not None and episode == 0 else None
             done, teacher_return = False, 0.0
             while not done:
                 obs, _, terminated, truncated, info = self.env.step(policy(obs))
@@ -142,6 +139,10 @@ class Evaluator:
                 done = terminated or truncated
                 if states is not None:
                     states.append(info["physics_state"])
+                if frames is not None:
+                    frames.append(self.env.render())
+            if frames is not None:
+                self.record(frames)
             if states is not None:
                 self.films.append(np.stack(states))
             result.returns.append(float(info["episode"]["r"]))
@@ -150,6 +151,16 @@ class Evaluator:
                 result.teacher_returns.append(teacher_return)
         self.calls += 1
         return result
+
+    def record(self, frames: list[np.ndarray]) -> None:
+        """`<video_dir>/eval-<evaluation>.mp4` of an episode's frames (cropped to even sizes for H.264)."""
+        from framework.checkpoint import atomic_write_bytes
+        from framework.clips import encode_mp4
+
+        video = np.stack(frames)
+        video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+        fps = self.env.metadata.get("render_fps") or 30
+        atomic_write_bytes(os.path.join(self.video_dir, f"eval-{self.calls}.mp4"), encode_mp4(video, fps))
 
     def state_dict(self) -> dict:
         return {"calls": self.calls}  # evaluation episodes are seeded by call: a resumed run evaluates the same ones
