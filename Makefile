@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch; installed before the project so pip never resolves a CUDA build.
+# torch, installed before the project (pip takes a local wheel first, else PyPI's build for this platform); for the
+# CPU build anywhere: make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 APT_PACKAGES ?= libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglfw3
 # what only the tests need: the browser of the end-to-end labeling test
