@@ -338,7 +338,12 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
     return result
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `prefrl-evaluate` command."""
     from framework.runtime import run_cli
 
     run_cli(EvalArgs, evaluate_saved)
+
+
+if __name__ == "__main__":
+    cli()

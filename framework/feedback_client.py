@@ -48,7 +48,18 @@ from framework.runtime import UsageError
 from framework.teacher import QueryBatch, query_keys
 
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
-SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "humanFeedback" / "feedback_server.py"
+
+
+def server_script() -> Path:
+    """humanFeedback/feedback_server.py beside `framework/` in a checkout, or the installed `humanFeedback`'s."""
+    import importlib.util
+
+    beside = Path(__file__).resolve().parent.parent / "humanFeedback" / "feedback_server.py"
+    spec = None if beside.is_file() else importlib.util.find_spec("humanFeedback")
+    return Path(spec.origin).parent / "feedback_server.py" if spec and spec.origin else beside
+
+
+SERVER_SCRIPT = server_script()
 
 
 @dataclass

@@ -99,11 +99,27 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------------- the YAML
+def shipped_config(name: str) -> str | None:
+    """sweep_config/<name> of the checkout this file is in, or the copy installed with the package (a wheel)."""
+    beside = os.path.join(ROOT, "sweep_config", name)
+    if os.path.isfile(beside):
+        return beside
+    try:
+        from importlib.resources import files
+
+        installed = files("framework.sweep_config") / name
+    except ModuleNotFoundError:
+        return None
+    return str(installed) if installed.is_file() else None
+
+
 def load_sweep_config(path: str) -> dict:
     """Read and validate a W&B sweep YAML with the `sweeps` engine's schema; problems become `UsageError`s."""
     import jsonschema
     from sweeps import SweepConfig
 
+    if not os.path.isfile(path) and os.path.dirname(path) in ("sweep_config", ""):
+        path = shipped_config(os.path.basename(path)) or path
     if not os.path.isfile(path):
         raise UsageError(f"--config-filename {path!r}: no such file (the sweep definitions are in sweep_config/)")
     try:
@@ -631,5 +647,10 @@ def main(args: Args) -> list[Trial]:
     return trials
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `prefrl-sweep` command."""
     run_cli(Args, main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,7 @@
 """The feedback server: trainers post pairs of clips, people answer which clip is better on a web page.
 
     python humanFeedback/feedback_server.py                        # http://127.0.0.1:5001, data in humanFeedback/data
+    prefrl-feedback-server                                         # installed from a wheel: data in ~/.prefrl/feedback
     python humanFeedback/feedback_server.py --host 0.0.0.0 --token s3cret   # reachable from other machines
 
 Everything lives in one SQLite file (WAL, synchronous=FULL) and a media folder beside it, so killing the server at any
@@ -74,7 +75,10 @@ from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA_DIR = Path(os.environ.get("PREFRL_FEEDBACK_DATA_DIR") or HERE / "data")
+# beside this file in a checkout; in the user's home when installed from a wheel (never inside site-packages)
+IN_CHECKOUT = (HERE.parent / "pyproject.toml").is_file()
+DATA_DIR_HERE = HERE / "data" if IN_CHECKOUT else Path.home() / ".prefrl" / "feedback"
+DEFAULT_DATA_DIR = Path(os.environ.get("PREFRL_FEEDBACK_DATA_DIR") or DATA_DIR_HERE)
 DB_FILE = "feedback.sqlite3"  # in the data folder, beside media/
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 CHOICES = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
