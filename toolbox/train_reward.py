@@ -87,6 +87,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     if "pearson" in rows[0]:
         ax.plot(counts, [r["pearson"] for r in rows], "s--", label="Pearson with the teacher's reward")
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(counts, [str(c) for c in counts])
     ax.set_xlabel("labels used")
     ax.set_ylim(min(0.0, *(r.get("pearson", 0.0) for r in rows)), 1.0)
     ax.set_title(title, fontsize=9)
