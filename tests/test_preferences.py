@@ -17,7 +17,6 @@ from framework.preferences import (
     COLUMNS,
     FORMAT,
     PreferenceDataset,
-    Preferences,
     from_imitation,
     read_preferences,
     to_imitation,
@@ -177,7 +176,6 @@ def test_not_a_dataset_is_one_line(run, tmp_path):
         [sys.executable, str(ROOT / "toolbox" / "train_reward.py"), str(bad)], capture_output=True, text=True
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "version 99" in out.stderr, out.stderr
-    assert isinstance(Preferences({"physics_size": 0}).table, dict)
 
 
 def test_a_run_seeded_from_a_dataset_keeps_those_pairs_in_its_own(run, tmp_path):
