@@ -481,7 +481,9 @@ def first_use_lock(spec: str) -> Iterator[None]:
         return
     import fcntl
 
-    with open(os.path.abspath(spec[len("sqlite:///") :]) + ".lock", "a") as lock:
+    path = os.path.abspath(spec[len("sqlite:///") :])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -81,4 +81,17 @@ def test_a_wheel_installed_outside_the_checkout_serves_the_page_and_trains(tmp_p
     assert summary["total_timesteps"] == 400 and summary["labels_used"] == 20
     evaluated = run(site / "bin" / "prefrl-evaluate", work / "runs" / "w", "--episodes", "1", cwd=work, env=env)
     assert "mean return" in evaluated.stdout
-    assert "usage" in run(site / "bin" / "prefrl-sweep", "--help", cwd=work, env=env).stdout.lower()
+    # a local sweep from its console command: trials run the installed scripts, in the user's folder
+    (work / "tiny.yaml").write_text(
+        "method: grid\nmetric: {name: final_eval_return, goal: maximize}\nparameters:\n"
+        "  env_id: {value: InvertedPendulum-v5}\n  total_timesteps: {value: 300}\n  learning_starts: {value: 100}\n"
+        "  eval_frequency: {value: 300}\n  eval_episodes: {value: 1}\n  hidden_size: {value: 32}\n"
+        "  seed: {values: [1, 2]}\n"
+    )
+    swept = run(site / "bin" / "prefrl-sweep", "--config-filename", "tiny.yaml", "--algorithm", "sac", "--mode",
+                "local", "--launcher", "local", "--sweep-dir", "sweeps/tiny", "--poll-seconds", "0.3", cwd=work,
+                env=env)  # fmt: skip
+    assert swept.stdout.count(": finished final_eval_return=") == 2, swept.stdout[-2000:]
+    assert (work / "sweeps" / "tiny" / "study.db").is_file() and (work / "sweeps" / "tiny" / "results.md").is_file()
+    for trial in ("trial-000", "trial-001"):
+        assert json.loads((work / "sweeps" / "tiny" / "runs" / trial / "summary.json").read_text())["seed"] in (1, 2)
