@@ -800,6 +800,8 @@ def run_local_sweep(args: Args, config: dict, sweep_dir: str) -> list[Trial]:
                 launcher.stop(trial)
             trial.state, trial.detail = "cancelled", "the sweep worker was interrupted"
             finish(study, handle, trial, metric)
+        save_results(study_trials(study), config, sweep_dir)
+        print(f"interrupted; the sweep so far is in {os.path.join(sweep_dir, 'results.md')}", flush=True)
         raise
     return study_trials(study)
 

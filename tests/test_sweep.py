@@ -317,6 +317,7 @@ def test_an_interrupted_worker_leaves_no_trial_running_and_the_sweep_goes_on(tmp
     study = study_of(tmp_path / "sweep")
     assert [t.state.name for t in study.trials] == ["FAIL"]
     assert study.trials[0].user_attrs["detail"] == "the sweep worker was interrupted"
+    assert [r[1:3] for r in table_rows(tmp_path / "sweep")] == [["trial-000", "cancelled"]]  # the table so far
     assert (tmp_path / "sweep" / "runs" / "trial-000" / "checkpoint.pt").is_file()  # the trial itself saved on SIGTERM
     short = write_yaml(tmp_path / "random.yaml", "random", {"gamma": {"min": 0.8, "max": 0.99}})
     mismatch = subprocess.run(
