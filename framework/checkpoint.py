@@ -90,14 +90,29 @@ def resume_args(args: T) -> tuple[T, dict | None]:
     return args, checkpoint
 
 
-def rng_states(device: torch.device, **generators: np.random.Generator | dict) -> dict:
+def generator_state(generator: np.random.Generator | np.random.RandomState) -> dict | tuple:
+    """A NumPy generator's state: a new-style `Generator`'s, or a legacy `RandomState`'s (dm_control's tasks draw
+    from one)."""
+    if isinstance(generator, np.random.RandomState):
+        return generator.get_state()
+    return dict(generator.bit_generator.state)
+
+
+def set_generator_state(generator: np.random.Generator | np.random.RandomState, state: dict | tuple) -> None:
+    if isinstance(generator, np.random.RandomState):
+        generator.set_state(state)
+    else:
+        generator.bit_generator.state = state
+
+
+def rng_states(device: torch.device, **generators: np.random.Generator | dict | tuple) -> dict:
     """Every random state a run draws from: Python's, torch's (CUDA's on a GPU) and the named NumPy generators (a
-    dict is taken as a state already captured, such as an env's RNG before its last reset)."""
+    dict or tuple is taken as a state already captured, such as an env's RNG before its last reset)."""
     return {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-        "numpy": {k: g if isinstance(g, dict) else g.bit_generator.state for k, g in generators.items()},
+        "numpy": {k: g if isinstance(g, (dict, tuple)) else generator_state(g) for k, g in generators.items()},
     }
 
 
@@ -108,7 +123,7 @@ def restore_rng_states(saved: dict, device: torch.device, **generators: np.rando
     if device.type == "cuda" and saved.get("cuda") is not None:
         torch.cuda.set_rng_state_all(saved["cuda"])
     for name, generator in generators.items():
-        generator.bit_generator.state = saved["numpy"][name]
+        set_generator_state(generator, saved["numpy"][name])
 
 
 class Checkpointer:

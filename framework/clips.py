@@ -6,8 +6,10 @@ keeps (`info["physics_state"]`, laid out by `framework.envs`); training never re
 that render and are garbage-collected cannot blank it. Quality is set for speed: no shadows, no reflections, no
 multisampling (about 75 frames/s at 480x480 and 140 at 256x256 on a 2-core CPU, against 10-15 at the default quality).
 
-The camera follows the body: the model's `track` camera when it has one (Hopper, Walker2d, HalfCheetah, Ant, Swimmer;
-Hopper-v5's default view is fixed and the robot walks out of frame), otherwise the env's default view.
+The camera is the family's (`framework.envs.clip_camera`): it follows the body with the model's `track` camera when it
+has one (Hopper, Walker2d, HalfCheetah, Ant, Swimmer; Hopper-v5's default view is fixed and the robot walks out of
+frame) and dm_control's body-tracking camera (walker, cheetah, quadruped); Meta-World gets a fixed view of the table
+that shows the arm, the object and the goal, upright; otherwise the env's default view.
 
 Both clips of a pair get the same number of frames and frame rate: steps after an episode ended inside a segment
 (mask 0) repeat the last frame, darkened, so the viewer sees that the episode was over.
@@ -25,7 +27,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from framework.envs import check_env_id, physics_state_size, write_physics_state
+from framework.envs import (
+    check_env_id,
+    clip_camera,
+    control_timestep,
+    mujoco_model_data,
+    physics_state_size,
+    write_physics_state,
+)
 from framework.runtime import UsageError, setup_headless_rendering
 
 _RENDERERS: dict[tuple[str, int, int], ClipRenderer] = {}
@@ -40,14 +49,14 @@ class ClipRenderer:
         setup_headless_rendering()
         check_env_id(env_id)
         env = gym.make(env_id)
-        base = env.unwrapped
-        if not hasattr(base, "model") or not hasattr(base, "data"):
+        model, _ = mujoco_model_data(env)
+        if model is None:
             env.close()
             raise UsageError(f"clips can be rendered only for MuJoCo environments; {env_id!r} is not one")
         self.env_id, self.size = env_id, size
-        self.model = base.model
-        self.fps = int(round(1.0 / base.dt)) if hasattr(base, "dt") else 30
-        cam_config = dict(getattr(getattr(base, "mujoco_renderer", None), "default_cam_config", None) or {})
+        self.model = model
+        self.fps = int(round(1.0 / control_timestep(env)))
+        cam_config = dict(getattr(getattr(env.unwrapped, "mujoco_renderer", None), "default_cam_config", None) or {})
         env.close()
 
         self.model.vis.quality.offsamples = 0  # no multisampling
@@ -59,9 +68,11 @@ class ClipRenderer:
         self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
 
-        track = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
-        if track >= 0:
-            self.camera: int | mujoco.MjvCamera = track
+        camera = clip_camera(env_id, self.model)
+        if isinstance(camera, dict):  # a family's fixed view
+            cam_config, camera = camera, None
+        if camera is not None:
+            self.camera: int | mujoco.MjvCamera = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         else:
             cam = mujoco.MjvCamera()
             mujoco.mjv_defaultFreeCamera(self.model, cam)

@@ -4,8 +4,15 @@
 - rl-teacher's "Short" variants are registered for the locomotion tasks: the same task with a shorter time limit
   (200 steps instead of 1000; ShortReacher-v5: 20 instead of 50), which makes episodes, and so evaluation and
   labeling sessions, cheaper. The reward and dynamics are unchanged.
-- Every MuJoCo env records its physics state (qpos then qvel, flattened) in `info["physics_state"]` after `reset`
-  and every `step`, so query clips can be rendered later from stored states with `set_physics_state`.
+- DeepMind Control Suite tasks by shimmy's ids, `dm_control/<domain>-<task>-v0` (`dm_control/walker-walk-v0`): their
+  dict observations are flattened in Gymnasium's Dict order (keys sorted alphabetically, each array flattened in C
+  order: walker-walk is height (1), orientations (14), velocity (9)); episodes are 1000 steps, rewards in [0, 1].
+- Meta-World v3 tasks as `metaworld/<task>-v3` (`metaworld/door-open-v3`): Meta-World's MT1 setting (a new object and
+  goal position from the task's 50 variations at every reset), 500-step episodes, `info["success"]` at every step
+  (evaluations report the success rate), no early end on success.
+- Every MuJoCo env of any family records its physics state (qpos then qvel, flattened) in `info["physics_state"]`
+  after `reset` and every `step`, so query clips can be rendered later from stored states; `mujoco_model_data` is the
+  one adapter that finds a family's MuJoCo model and data.
 - An unknown id is a `UsageError` naming the closest registered ids.
 """
 
@@ -43,8 +50,55 @@ def _register_short_variants() -> None:
 _register_short_variants()
 
 
+FAMILIES = {"dm_control/": ("dm_control", "shimmy", "dmc"), "metaworld/": ("metaworld", "metaworld", "metaworld")}
+"""id prefix -> (family, the module that registers its ids, the pip extra that installs it)"""
+DMC_EPISODE_STEPS = 1000
+METAWORLD_EPISODE_STEPS = 500
+
+
+def family(env_id: str) -> str:
+    """`dm_control`, `metaworld` or `gymnasium` (everything else, MuJoCo v5 tasks included)."""
+    return next((name for prefix, (name, _, _) in FAMILIES.items() if env_id.startswith(prefix)), "gymnasium")
+
+
+def _register_family(env_id: str) -> None:
+    """Import what registers a family's ids, on first use (importing dm_control and Meta-World takes seconds)."""
+    for prefix, (name, module, extra) in FAMILIES.items():
+        if not env_id.startswith(prefix):
+            continue
+        try:
+            imported = __import__(module)
+        except ImportError as err:
+            raise UsageError(
+                f"{env_id!r} needs the {name} package ({err}); install it with pip install -e '.[{extra}]'"
+            ) from None
+        if name == "metaworld":
+            for task in imported.ALL_V3_ENVIRONMENTS:
+                if f"metaworld/{task}" not in gym.registry:
+                    gym.register(id=f"metaworld/{task}", entry_point=_metaworld_task, kwargs={"task": task},
+                                 max_episode_steps=None)  # fmt: skip
+
+
+def _metaworld_task(task: str, render_mode: str | None = None) -> gym.Env:
+    """One Meta-World v3 task in the MT1 setting, without ending episodes on success (as PEBBLE trains)."""
+    import metaworld
+
+    env = metaworld.make_mt_envs(task, terminate_on_success=False, render_mode=render_mode)
+    return SeededTaskChoice(env)
+
+
+class SeededTaskChoice(gym.Wrapper):
+    """`reset(seed=s)` also seeds which of the task's variations comes next (Meta-World draws it before seeding)."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.env.unwrapped.np_random = np.random.default_rng(seed)
+        return self.env.reset(seed=seed, options=options)
+
+
 def check_env_id(env_id: str) -> None:
     """Raise a `UsageError` with close matches when `env_id` is not registered."""
+    _register_family(env_id)
     if env_id in gym.registry:
         return
     known = list(gym.registry.keys())
@@ -55,47 +109,107 @@ def check_env_id(env_id: str) -> None:
     raise UsageError(f"unknown environment id {env_id!r}{hint}")
 
 
-def is_mujoco(env: gym.Env) -> bool:
-    """True for environments simulated by MuJoCo (they expose `data.qpos` / `data.qvel` and `set_state`)."""
+def mujoco_model_data(env: gym.Env):
+    """The raw `mujoco.MjModel` and `MjData` of `env` for every family (None, None for envs without MuJoCo)."""
     base = env.unwrapped
-    return hasattr(base, "data") and hasattr(base.data, "qpos") and hasattr(base, "set_state")
+    physics = getattr(base, "physics", None)
+    if physics is not None and hasattr(physics, "model"):  # dm_control, through shimmy
+        return physics.model.ptr, physics.data.ptr
+    model, data = getattr(base, "model", None), getattr(base, "data", None)
+    if model is None or not hasattr(data, "qpos"):
+        return None, None
+    return model, data
 
 
-# The physics-state layout of MuJoCo envs, known only here: one flat float64 vector, qpos followed by qvel. Replay
-# buffers store these vectors, clips render from them (`write_physics_state`) and user rewards read qpos and qvel.
+def is_mujoco(env: gym.Env) -> bool:
+    """True for environments simulated by MuJoCo, of any family."""
+    return mujoco_model_data(env)[1] is not None
+
+
+DMC_CAMERAS = {"walker": "side", "cheetah": "side", "quadruped": "y"}
+"""dm_control's cameras that follow the body and frame it well; other domains: their first body-tracking camera"""
+METAWORLD_VIEW = {"lookat": (0.0, 0.6, 0.1), "distance": 1.9, "azimuth": 160.0, "elevation": -30.0}
+"""Meta-World's clips: a fixed free camera on the table, arm, object and goal in view, upright (the model's own fixed
+cameras, `corner` and the like, render upside down)"""
+
+
+def clip_camera(env_id: str, model) -> str | dict | None:
+    """The view of a family's clips: a camera name (Gymnasium's `track`, the dm_control camera of `DMC_CAMERAS` or the
+    domain's first body-tracking one), free-camera settings (Meta-World), or None (the env's default view)."""
+    import mujoco
+
+    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+    kind = family(env_id)
+    if kind == "metaworld":
+        return dict(METAWORLD_VIEW)
+    if kind == "dm_control":
+        domain = env_id.split("/")[1].split("-")[0]
+        if DMC_CAMERAS.get(domain) in names:
+            return DMC_CAMERAS[domain]
+        tracking = (mujoco.mjtCamLight.mjCAMLIGHT_TRACK, mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM)
+        return next((n for i, n in enumerate(names) if model.cam_mode[i] in tracking), names[0] if names else None)
+    return "track" if "track" in names else None
+
+
+# The physics-state layout of MuJoCo envs, known only here: one flat float64 vector, qpos, qvel, then the actuator
+# activations (act; none in the Gymnasium and Meta-World tasks, so there it is qpos and qvel). Replay buffers store
+# these vectors, clips render from them (`write_physics_state`) and user rewards read qpos and qvel.
 def physics_state_size(model) -> int:
     """Length of a MuJoCo model's physics-state vector."""
-    return model.nq + model.nv
+    return model.nq + model.nv + model.na
 
 
 def read_physics_state(data) -> np.ndarray:
     """The state of a MuJoCo `MjData` as one flat float64 vector."""
-    return np.concatenate([data.qpos, data.qvel])
+    return np.concatenate([data.qpos, data.qvel, data.act])
 
 
 def write_physics_state(model, data, state: np.ndarray) -> None:
     """Put a state vector from `read_physics_state` into `data` (call `mujoco.mj_forward` before rendering it)."""
     data.qpos[:] = state[: model.nq]
-    data.qvel[:] = state[model.nq :]
+    data.qvel[:] = state[model.nq : model.nq + model.nv]
+    if model.na:
+        data.act[:] = state[model.nq + model.nv :]
 
 
 def qpos_qvel(env: gym.Env) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Copies of the MuJoCo generalised positions and velocities of `env` (None, None for other envs)."""
-    data = getattr(env.unwrapped, "data", None)
+    data = mujoco_model_data(env)[1]
     return (None, None) if data is None else (data.qpos.copy(), data.qvel.copy())
 
 
 def get_physics_state(env: gym.Env) -> np.ndarray:
     """The full MuJoCo state of `env` as one flat float64 vector."""
-    return read_physics_state(env.unwrapped.data)
+    return read_physics_state(mujoco_model_data(env)[1])
 
 
 def set_physics_state(env: gym.Env, state: np.ndarray) -> np.ndarray:
-    """Put `env` into a state from `get_physics_state` and return the observation the env gives in that state."""
+    """Put `env` into a state from `get_physics_state` and return the (flat) observation the env gives in that state.
+    Meta-World's observation also holds the previous step's, which a state does not: that part stays as it was."""
+    import mujoco
+
+    model, data = mujoco_model_data(env)
+    write_physics_state(model, data, np.asarray(state, dtype=np.float64))
+    mujoco.mj_forward(model, data)
     base = env.unwrapped
-    nq = base.model.nq
-    base.set_state(np.asarray(state[:nq]), np.asarray(state[nq:]))
+    if family_of_env(env) == "dm_control":
+        observation = base._env.task.get_observation(base.physics)
+        space = base.observation_space
+        return gym.spaces.flatten(space, {k: np.asarray(observation[k]).reshape(space[k].shape) for k in space})
     return base._get_obs()
+
+
+def control_timestep(env: gym.Env) -> float:
+    """Seconds of simulated time per env step (clips play at 1 / this frames per second)."""
+    base = env.unwrapped
+    if family_of_env(env) == "dm_control":
+        return float(base._env.control_timestep())
+    return float(getattr(base, "dt", 1 / 30))
+
+
+def family_of_env(env: gym.Env) -> str:
+    spec = env.unwrapped.spec
+    return family(spec.id) if spec is not None else "gymnasium"
 
 
 class RecordPhysicsState(gym.Wrapper):
@@ -125,8 +239,12 @@ def make_env(
     MUJOCO_GL=egl or osmesa).
     """
     check_env_id(env_id)
-    env = gym.make(env_id, render_mode=render_mode)
-    env = gym.wrappers.RecordEpisodeStatistics(env)
+    # (Meta-World's declared observation bounds are narrower than what its envs return: no checker warnings for them)
+    env = gym.make(env_id, render_mode=render_mode, disable_env_checker=family(env_id) == "metaworld")
+    if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: one flat vector, in the Dict's key order
+        env = gym.wrappers.FlattenObservation(env)
+    if not has_wrapper(env, gym.wrappers.RecordEpisodeStatistics):  # Meta-World's envs come with their own
+        env = gym.wrappers.RecordEpisodeStatistics(env)
     if is_mujoco(env):
         env = RecordPhysicsState(env)
     if teacher_reward is not None:
@@ -136,6 +254,14 @@ def make_env(
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env
+
+
+def has_wrapper(env: gym.Env, kind: type) -> bool:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, kind):
+            return True
+        env = env.env
+    return False
 
 
 def require_continuous_actions(space: gym.Space, env_id: str, script: str) -> None:
@@ -150,4 +276,6 @@ def require_continuous_actions(space: gym.Space, env_id: str, script: str) -> No
 def max_episode_steps(env_id: str) -> int | None:
     """The registered time limit of `env_id` (None when it has none)."""
     check_env_id(env_id)
-    return gym.spec(env_id).max_episode_steps
+    return {"dm_control": DMC_EPISODE_STEPS, "metaworld": METAWORLD_EPISODE_STEPS}.get(
+        family(env_id), gym.spec(env_id).max_episode_steps
+    )

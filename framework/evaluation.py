@@ -32,6 +32,11 @@ class EvalResult:
     returns: list[float]
     lengths: list[int]
     teacher_returns: list[float] = field(default_factory=list)
+    successes: list[float] = field(default_factory=list)  # Meta-World: 1 when info["success"] was ever 1
+
+    @property
+    def success_rate(self) -> float | None:
+        return float(np.mean(self.successes)) if self.successes else None
 
     @property
     def mean_return(self) -> float:
@@ -42,7 +47,8 @@ class EvalResult:
         return float(np.std(self.returns))
 
     def __str__(self) -> str:
-        return f"eval_return={self.mean_return:.1f} +- {self.std_return:.1f}"
+        success = f" success={self.success_rate:.2f}" if self.successes else ""
+        return f"eval_return={self.mean_return:.1f} +- {self.std_return:.1f}{success}"
 
     def as_scalars(self, prefix: str = "eval") -> dict[str, float]:
         out = {
@@ -52,6 +58,8 @@ class EvalResult:
         }
         if self.teacher_returns:
             out[f"{prefix}/teacher_return"] = float(np.mean(self.teacher_returns))
+        if self.successes:
+            out[f"{prefix}/success_rate"] = self.success_rate
         return out
 
 
@@ -64,12 +72,15 @@ class EvalHistory:
     best: float = -math.inf
     since_best: int = 0  # evaluations since the best one
     teacher_returns: list[tuple[int, float]] = field(default_factory=list)  # with a user-written teacher reward
+    success_rates: list[tuple[int, float]] = field(default_factory=list)  # Meta-World
 
     def add(self, step: int, result: EvalResult) -> None:
         mean_return = result.mean_return
         self.returns.append((step, mean_return))
         if result.teacher_returns:
             self.teacher_returns.append((step, float(np.mean(result.teacher_returns))))
+        if result.successes:
+            self.success_rates.append((step, result.success_rate))
         if mean_return > self.best:
             self.best, self.since_best = mean_return, 0
         else:
@@ -80,11 +91,14 @@ class EvalHistory:
         return self.returns[-1][1] if self.returns else float("nan")
 
     def summary(self) -> dict:
-        """The summary.json keys of the evaluations: final_eval_return, best_eval_return, eval_history, and with a
-        user-written teacher reward final_teacher_return and teacher_history."""
+        """The summary.json keys of the evaluations: final_eval_return, best_eval_return, eval_history; with a
+        user-written teacher reward final_teacher_return and teacher_history; on Meta-World final_success_rate and
+        success_history."""
         out = {"final_eval_return": self.final, "best_eval_return": self.best, "eval_history": self.returns}
         if self.teacher_returns:
             out |= {"final_teacher_return": self.teacher_returns[-1][1], "teacher_history": self.teacher_returns}
+        if self.success_rates:  # a sweep can maximise final_success_rate
+            out |= {"final_success_rate": self.success_rates[-1][1], "success_history": self.success_rates}
         return out
 
     def stop_reason(self, early_stop_return: float | None, patience: int) -> str | None:
@@ -132,10 +146,11 @@ class Evaluator:
             obs, info = self.env.reset(seed=self.seed + 1000 * self.calls + episode)
             states = [info["physics_state"]] if episode < film and "physics_state" in info else None
             frames = [self.env.render()] if self.video_dir is not None and episode == 0 else None
-            done, teacher_return = False, 0.0
+            done, teacher_return, success = False, 0.0, 0.0
             while not done:
                 obs, _, terminated, truncated, info = self.env.step(policy(obs))
                 teacher_return += info.get("teacher_reward", 0.0)
+                success = max(success, float(info.get("success", 0.0)))
                 done = terminated or truncated
                 if states is not None:
                     states.append(info["physics_state"])
@@ -149,6 +164,8 @@ class Evaluator:
             result.lengths.append(int(info["episode"]["l"]))
             if "teacher_reward" in info:
                 result.teacher_returns.append(teacher_return)
+            if "success" in info:
+                result.successes.append(success)
         self.calls += 1
         return result
 

@@ -20,6 +20,7 @@ import torch.optim as optim
 from framework.checkpoint import (
     Checkpointer,
     OracleProgress,
+    generator_state,
     restore_rng_states,
     resume_args,
     rng_states,
@@ -187,7 +188,7 @@ def main(args: Args) -> dict:
     parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
     parts |= {"replay_buffer": rb, "evaluator": evaluator, "state": progress}
     obs, _ = env.reset(seed=args.seed)
-    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+    env_rng_before_reset = generator_state(env.unwrapped.np_random)
 
     def snapshot() -> dict:
         rngs = rng_states(device, numpy=rng, env=env_rng_before_reset, action_space=env.action_space.np_random)
@@ -235,7 +236,7 @@ def main(args: Args) -> dict:
                 global_step,
             )
             # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
-            env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+            env_rng_before_reset = generator_state(env.unwrapped.np_random)
             obs, _ = env.reset()
 
         # learn

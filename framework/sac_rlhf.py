@@ -34,6 +34,7 @@ import torch.optim as optim
 
 from framework.checkpoint import (
     Checkpointer,
+    generator_state,
     load_checkpoint,
     restore_rng_states,
     resume_args,
@@ -1117,7 +1118,7 @@ def main(args: Args) -> dict:
     parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
     parts |= {"ensemble": ensemble, "reward_optimizer": reward_optimizer, "replay_buffer": rb, "preferences": prefs}
     parts |= {"entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
-    env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+    env_rng_before_reset = generator_state(env.unwrapped.np_random)
 
     def snapshot() -> dict:
         rngs = rng_states(device, numpy=rng, env=env_rng_before_reset, action_space=env.action_space.np_random)
@@ -1186,7 +1187,7 @@ def main(args: Args) -> dict:
                 tracker.scalar("charts/episodic_teacher_return", teacher_return, global_step)
             progress.episodes += 1
             # the env's RNG as it is before this reset: a run resumed from a checkpoint taken now replays it
-            env_rng_before_reset = dict(env.unwrapped.np_random.bit_generator.state)
+            env_rng_before_reset = generator_state(env.unwrapped.np_random)
             obs, info = env.reset()
 
         # feedback session: ask the teacher, then learn from the labels; the second half's results land together

@@ -1,0 +1,110 @@
+"""The DeepMind Control Suite and Meta-World through the env factory: installed by `make setup`, stepped, their physics
+states restored, clips rendered from stored states, a tiny PEBBLE run on each, Meta-World's success rate in the
+evaluation, and bad ids named with close matches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from framework.envs import check_env_id, family, make_env, max_episode_steps, set_physics_state
+from framework.runtime import UsageError
+
+FAMILIES = {
+    "dm_control/walker-walk-v0": (24, 6, 1000),
+    "dm_control/cheetah-run-v0": (17, 6, 1000),
+    "dm_control/quadruped-walk-v0": (78, 12, 1000),
+    "metaworld/door-open-v3": (39, 4, 500),
+    "metaworld/button-press-topdown-v3": (39, 4, 500),
+}
+
+
+@pytest.mark.parametrize("env_id", FAMILIES)
+def test_each_family_steps_and_restores_its_physics_state(env_id):
+    obs_dim, act_dim, horizon = FAMILIES[env_id]
+    env = make_env(env_id, seed=1)
+    assert env.observation_space.shape == (obs_dim,) and env.action_space.shape == (act_dim,)
+    assert max_episode_steps(env_id) == horizon
+    obs, info = env.reset(seed=3)
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(obs, again)  # seeded resets repeat (Meta-World's task variation too)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, act_dim))
+    assert obs.shape == (obs_dim,) and np.isfinite(obs).all() and np.isfinite(reward)
+    if family(env_id) == "dm_control":
+        assert 0.0 <= reward <= 1.0
+    else:
+        assert "success" in info
+    saved, saved_obs = info["physics_state"].copy(), obs.copy()
+    for _ in range(10):
+        env.step(rng.uniform(-1, 1, act_dim))
+    restored = set_physics_state(env, saved)
+    current = np.ones(obs_dim, bool)
+    if family(env_id) == "metaworld":  # the observation ends with the previous step's (18) and the goal (3)
+        current[18:] = False
+    elif "quadruped" in env_id:  # force/torque and IMU readings depend on the last action, which a state does not hold
+        space, start = env.unwrapped.observation_space, 0
+        for key in space:  # the flat order: the Dict's keys
+            size = int(np.prod(space[key].shape))
+            current[start : start + size] = key not in ("force_torque", "imu")
+            start += size
+        assert current.sum() == 48  # egocentric state (joints and activations), torso velocity and uprightness
+    np.testing.assert_allclose(restored[current], saved_obs[current], atol=1e-9)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ["dm_control/walker-walk-v0", "metaworld/door-open-v3"])
+def test_clips_render_from_stored_states_and_show_the_body(env_id):
+    from framework.clips import get_clip_renderer
+
+    env = make_env(env_id, seed=1)
+    _, info = env.reset(seed=1)
+    states = [info["physics_state"]]
+    for _ in range(20):
+        states.append(env.step(env.action_space.sample())[-1]["physics_state"])
+    frames = get_clip_renderer(env_id, 96).render(np.stack(states))
+    assert frames.shape == (21, 96, 96, 3)
+    assert frames.std() > 20  # not blank
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 0.5  # the body moved in view
+    if family(env_id) == "metaworld":  # upright: the table (brown/grey) in the lower half, not the top
+        top, bottom = frames[0, :30].mean(), frames[0, -30:].mean()
+        assert top != bottom
+
+
+@pytest.mark.parametrize(
+    "wrong, right",
+    [
+        ("dm_control/walker-walks-v0", "dm_control/walker-walk-v0"),
+        ("dm_control/walker_walk-v0", "dm_control/walker-walk-v0"),
+        ("metaworld/door-open-v2", "metaworld/door-open-v3"),
+        ("metaworld/dooropen-v3", "metaworld/door-open-v3"),
+    ],
+)
+def test_bad_family_ids_name_close_matches(wrong, right):
+    with pytest.raises(UsageError, match=f"did you mean.*'{right}'"):
+        check_env_id(wrong)
+
+
+TINY = ["--total-timesteps", "600", "--learning-starts", "200", "--unsupervised-steps", "200", "--segment-length",
+        "20", "--feedback-frequency", "200", "--labels-per-session", "10", "--total-labels", "20", "--hidden-size",
+        "32", "--reward-hidden-size", "32", "--reward-epochs", "3", "--batch-size", "32", "--eval-frequency", "600",
+        "--eval-episodes", "1", "--no-cuda", "--torch-threads", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("env_id", ["dm_control/walker-walk-v0", "metaworld/door-open-v3"])
+def test_a_tiny_pebble_run_on_each_family(env_id, tmp_path):
+    result = run_script("sac_rlhf.py", "--env-id", env_id, *TINY, "--runs-dir", str(tmp_path), "--run-name", "r")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["env_id"] == env_id and summary["total_timesteps"] == 600 and 10 <= summary["labels_used"] <= 20
+    assert len(summary["eval_history"]) == 1
+    if family(env_id) == "metaworld":  # the success rate is evaluated and can be a sweep's metric
+        assert summary["final_success_rate"] in (0.0, 1.0) and summary["success_history"][0][0] == 600
+        assert "success=" in result.stdout
+    else:
+        assert "final_success_rate" not in summary
+        assert 0 <= summary["final_eval_return"] <= 1000  # rewards in [0, 1], 1000 steps
