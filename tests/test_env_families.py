@@ -108,3 +108,19 @@ def test_a_tiny_pebble_run_on_each_family(env_id, tmp_path):
     else:
         assert "final_success_rate" not in summary
         assert 0 <= summary["final_eval_return"] <= 1000  # rewards in [0, 1], 1000 steps
+
+
+PPO_TINY = ["--total-timesteps", "2048", "--num-envs", "2", "--num-steps", "256", "--num-minibatches", "4",
+            "--update-epochs", "2", "--unsupervised-steps", "512", "--segment-length", "25", "--feedback-frequency",
+            "512", "--labels-per-session", "10", "--total-labels", "20", "--reward-hidden-size", "32",
+            "--reward-epochs", "3", "--eval-frequency", "2048", "--eval-episodes", "1", "--no-cuda",
+            "--torch-threads", "1"]  # fmt: skip
+
+
+def test_a_tiny_prefppo_run_on_dm_control(tmp_path):
+    result = run_script("pref_ppo.py", "--env-id", "dm_control/cheetah-run-v0", *PPO_TINY, "--runs-dir",
+                        str(tmp_path), "--run-name", "r")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["env_id"] == "dm_control/cheetah-run-v0" and summary["labels_used"] == 20
+    assert 0 <= summary["final_eval_return"] <= 1000
