@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,11 @@ def main(args: Args) -> None:
         f"{rl_label} wall (min)",
         "oracle wall (min)",
     ]
+    if all("final_success_rate" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds):  # Meta-World
+        rates = [[results[(a, s)]["final_success_rate"] for a in (rlhf, oracle_name)] for s in args.seeds]
+        for row, rate in zip(rows, [*rates, list(np.mean(rates, axis=0))]):
+            row[3:3] = rate
+        headers[3:3] = [f"{rl_label} success rate", f"{oracle_label} success rate"]
     table = markdown_table(headers, rows)
     print(table)
     random_steps = f"{args.learning_starts} random + " if args.pair == "pebble" else ""
@@ -279,7 +285,8 @@ def main(args: Args) -> None:
         for k, v in vars(args).items()
         if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None)
     )
-    name = f"learning_{args.pair}_{args.env_id.split('-')[0].lower()}"
+    task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1]).replace("-", "_").lower()  # dm_control/walker-walk-v0
+    name = f"learning_{args.pair}_{task.split('_')[0] if '/' not in args.env_id else task}"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
