@@ -10,7 +10,7 @@
 - Meta-World v3 tasks as `metaworld/<task>-v3` (`metaworld/door-open-v3`): Meta-World's MT1 setting (a new object and
   goal position from the task's 50 variations at every reset), 500-step episodes, `info["success"]` at every step
   (evaluations report the success rate), no early end on success.
-- Every MuJoCo env of any family records its physics state (qpos then qvel, flattened) in `info["physics_state"]`
+- Every MuJoCo env of any family records its physics state (qpos, qvel, act, flattened) in `info["physics_state"]`
   after `reset` and every `step`, so query clips can be rendered later from stored states; `mujoco_model_data` is the
   one adapter that finds a family's MuJoCo model and data.
 - An unknown id is a `UsageError` naming the closest registered ids.
