@@ -6,15 +6,28 @@ gives no answer. Skipped pairs are not stored.
 
 `SimulatedTeacher` follows B-Pref (Lee et al. 2021, "B-Pref: Benchmarking Preference-Based RL"):
 1. skip: if neither segment's (undiscounted) return exceeds `skip_threshold * return_scale`, no label;
-2. equal: if the two returns differ by less than `equal_threshold * return_scale`, label 0.5;
-3. myopia: step t of a T-step segment weighs gamma^(T-1-t) (the end of a clip is remembered best);
+2. equal: if the two returns differ by less than `equal_threshold * |return_scale|`, label 0.5;
+3. myopia: the last real step of a segment weighs 1, the one before it gamma, then gamma^2, ... (the end of a clip
+   is remembered best); the padding after an episode ended inside a segment (reward 0, mask 0) weighs nothing;
 4. rationality: Bradley-Terry, P(B) = sigmoid(beta * (R_B - R_A)) on the discounted returns, sampled; beta = inf
    is a perfectly rational teacher (always the higher return);
 5. mistakes: each label (other than equal) is flipped with probability `eps_mistake`.
 
-`return_scale` is the typical return of a segment-length stretch of an episode (B-Pref: mean episode return x
-segment length / episode length); the trainer computes it from recent episodes (`segment_return_scale`) and sends it
-with each `QueryBatch`. Beta acts on raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
+`return_scale` is the typical return of a segment-length stretch of an episode: the trainer computes it from its
+last 20 episodes as their total return per step x segment length (`segment_return_scale`) and sends it with each
+`QueryBatch`. B-Pref divides the mean episode return by the longest episode instead (mean return x segment length /
+max episode length); the two agree when every episode runs to its time limit and differ when episodes end early
+(Hopper, Walker2d): there B-Pref's scale is smaller than the return a segment of the policy's actual episodes holds.
+
+Where the scale is not positive (tasks whose rewards are costs, such as Reacher and Pusher, or a policy that has earned
+nothing yet), "neither segment earned anything" has no meaning, so the skip teacher answers every pair, as B-Pref's
+does (its threshold is then not positive and it skips nothing); the equal teacher compares the difference of returns
+with the scale's magnitude, so "equally good" still means "within 10 % of a typical segment" (B-Pref's negative
+threshold would silently turn ties off). A zero scale skips and ties nothing. B-Pref's PEBBLE multiplies the
+thresholds by the coefficient a second time from its second session on (`set_teacher_thres_*`, called with the
+already scaled margin); prefrl applies it once, as in the first session and in B-Pref's paper and README.
+
+Beta acts on raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
 
 `make_teacher(args, ...)` builds a run's teacher from its flags: this simulated one, or a person on the feedback page
 (`framework.feedback_client.HumanTeacher`). Both follow the `Teacher` protocol.
@@ -184,7 +197,7 @@ class SimulatedTeacher:
         now = time.monotonic()
         self._count_idle(now)
         due = max(now, self.free_at or now)
-        for key, label in zip(keys, self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)):
+        for key, label in zip(keys, self.label_batch(queries)):
             due += self.latency_rng.exponential(self.latency) if self.latency > 0 else 0.0
             self.waiting.append((due, key, float(label)))
         self.free_at = due
@@ -227,7 +240,7 @@ class SimulatedTeacher:
     def answer(self, queries: QueryBatch) -> np.ndarray:
         """The `Teacher` interface: label a session's queries from their rewards (taking `latency` seconds per pair,
         exponentially distributed around it, when one is set)."""
-        labels = self.label(queries.rewards_a, queries.rewards_b, queries.return_scale)
+        labels = self.label_batch(queries)
         if self.latency > 0:
             self._count_idle(time.monotonic())
             time.sleep(float(self.latency_rng.exponential(self.latency, len(labels)).sum()))
@@ -238,22 +251,37 @@ class SimulatedTeacher:
         if self.free_at is not None and now > self.free_at:
             self.idle_s += now - self.free_at
 
-    def label(self, rewards_a: np.ndarray, rewards_b: np.ndarray, return_scale: float = 1.0) -> np.ndarray:
-        """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`; the skip and equal
-        thresholds are multiplied by `return_scale` (its absolute value).
+    def label_batch(self, queries: QueryBatch) -> np.ndarray:
+        """`label` on a `QueryBatch`: its rewards, masks and return scale."""
+        return self.label(queries.rewards_a, queries.rewards_b, queries.return_scale, queries.mask_a, queries.mask_b)
+
+    def label(
+        self,
+        rewards_a: np.ndarray,
+        rewards_b: np.ndarray,
+        return_scale: float = 1.0,
+        mask_a: np.ndarray | None = None,
+        mask_b: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Labels for pairs of segments given their per-step rewards, each `(n_pairs, seg_len)`, and their masks (1
+        for the steps inside the episode; default: all). The skip threshold is multiplied by `return_scale` (no skip
+        when it is not positive), the equal threshold by its magnitude.
 
         Returns a float array `(n_pairs,)` of P(B better) answers: 0, 1, 0.5 (equal) or NaN (skipped).
         """
-        scale = abs(float(return_scale))
+        scale = float(return_scale)
         rewards_a = np.asarray(rewards_a, dtype=np.float64)
         rewards_b = np.asarray(rewards_b, dtype=np.float64)
         if rewards_a.shape != rewards_b.shape or rewards_a.ndim != 2:
             raise ValueError(f"expected two (n_pairs, seg_len) arrays, got {rewards_a.shape} and {rewards_b.shape}")
         return_a, return_b = rewards_a.sum(1), rewards_b.sum(1)
 
-        seg_len = rewards_a.shape[1]
-        weights = self.gamma ** np.arange(seg_len - 1, -1, -1)  # step t weighs gamma^(T-1-t)
-        diff = rewards_b @ weights - rewards_a @ weights  # (n_pairs,) discounted R_B - R_A
+        def discounted(rewards: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+            mask = np.ones_like(rewards) if mask is None else (np.asarray(mask, dtype=np.float64) > 0).astype(float)
+            later = np.cumsum(mask[:, ::-1], 1)[:, ::-1] - mask  # real steps after each step
+            return (rewards * mask * self.gamma**later).sum(1)  # the last real step weighs 1
+
+        diff = discounted(rewards_b, mask_b) - discounted(rewards_a, mask_a)  # (n_pairs,) discounted R_B - R_A
         if math.isinf(self.beta):
             labels = (diff > 0).astype(np.float64)
         else:
@@ -263,8 +291,8 @@ class SimulatedTeacher:
         flip = self.rng.random(len(labels)) < self.eps_mistake
         labels[flip] = 1.0 - labels[flip]
 
-        labels[np.abs(return_a - return_b) < self.equal_threshold * scale] = EQUAL
-        if self.skip_threshold > 0:
+        labels[np.abs(return_a - return_b) < self.equal_threshold * abs(scale)] = EQUAL
+        if self.skip_threshold > 0 and scale > 0:
             labels[np.maximum(return_a, return_b) <= self.skip_threshold * scale] = SKIP
         return labels
 

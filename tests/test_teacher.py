@@ -60,6 +60,37 @@ def test_gamma_weighs_the_end_of_a_segment_more():
     assert SimulatedTeacher(gamma=0.99).label(a, b)[0] == 0.0
 
 
+def test_myopia_weighs_from_the_last_real_step_of_a_segment():
+    """A 20-step clip whose episode ended after 10 steps (3 per step: worth 30) against a full one worth 10, all at
+    its last step: the padding after the end is not the most recent part of the clip."""
+    a, b = np.zeros((1, 20)), np.zeros((1, 20))
+    a[0, :10], b[0, -1] = 3.0, 10.0
+    mask_a, mask_b = (np.arange(20) < 10).astype(float)[None], np.ones((1, 20))
+    myopic = SimulatedTeacher(gamma=0.9)
+    assert myopic.label(a, b, 1.0, mask_a, mask_b)[0] == 0.0  # 3 x (1 + 0.9 + ... + 0.9^9) = 19.5 > 10
+    assert myopic.label(a, b)[0] == 1.0  # without the mask the 10 padded steps would count as the latest: 6.8 < 10
+    # a segment without padding is weighed as before: step t of T by gamma^(T-1-t)
+    x, y = random_pairs(3)
+    full = np.ones((N, T))
+    np.testing.assert_array_equal(
+        myopic.label(x[:500], y[:500]), myopic.label(x[:500], y[:500], 1.0, full[:500], full[:500])
+    )
+
+
+def test_thresholds_on_tasks_whose_returns_are_negative_or_zero():
+    """Costs (Reacher, Pusher): the skip teacher answers every pair, as B-Pref's does; the equal teacher ties pairs
+    within 10 % of the scale's magnitude. A zero scale skips and ties nothing."""
+    a = np.array([[-4.0] * T, [-4.0] * T, [-1.0] * T])
+    b = np.array([[-4.2] * T, [-1.0] * T, [-1.0] * T])  # returns: -40 vs -42, -40 vs -10, -10 vs -10
+    skip = SimulatedTeacher(skip_threshold=0.1)
+    np.testing.assert_array_equal(skip.label(a, b, return_scale=-40.0), [0.0, 1.0, 0.0])  # (a tie goes to A)
+    np.testing.assert_array_equal(SimulatedTeacher(equal_threshold=0.1).label(a, b, -40.0), [EQUAL, 1.0, EQUAL])
+    for teacher in (skip, SimulatedTeacher(equal_threshold=0.1)):
+        assert set(teacher.label(a, b, 0.0)) <= {0.0, 1.0}
+    rewards = -np.abs(random_pairs(4)[0])  # on a whole distribution of negative returns
+    assert not np.isnan(SimulatedTeacher(skip_threshold=0.5).label(rewards, rewards[::-1], -8.0)).any()
+
+
 def test_skip_threshold_is_relative_to_the_return_scale():
     a = np.array([[0.1] * T, [0.1] * T, [1.0] * T])
     b = np.array([[0.2] * T, [0.9] * T, [0.1] * T])  # max returns: 2, 9, 10
