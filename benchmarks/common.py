@@ -25,12 +25,39 @@ def run_algorithm(script: str, run_name: str, runs_dir: str, *flags: str) -> dic
     return json.loads((Path(runs_dir) / run_name / "summary.json").read_text())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def code_version() -> str:
+    """The commit the benchmark ran at, `+changes` when the working tree differed from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True)  # fmt: skip
+    except OSError:
+        return "unknown commit"
+    if commit.returncode != 0:
+        return "unknown commit"
+    return f"commit {commit.stdout.strip()}" + (" +changes" if changed.stdout.strip() else "")
+
+
 def machine_description() -> str:
+    """Where and at what code a result was measured: CPU model and cores, torch, Python, commit, date (single seeds
+    differ between CPUs of one kind, so results files record which one)."""
     import torch
 
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+        f"{cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{code_version()}, {time.strftime('%Y-%m-%d')}"
     )
 
 
