@@ -55,8 +55,12 @@ from framework.runtime import Interrupted, UsageError, run_cli, run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = {"sac-rlhf": "sac_rlhf", "pref-ppo": "pref_ppo", "sac": "sac", "ppo": "ppo"}
 """--algorithm -> the script framework/<name>.py (and module framework.<name>)"""
-HISTORY_TAGS = {"final_eval_return": "eval/episodic_return"}
-"""summary.json keys whose per-evaluation history is a TensorBoard tag (read while a trial runs, for hyperband)"""
+HISTORY_TAGS = {
+    "final_eval_return": ("eval/episodic_return", "eval_history"),
+    "final_success_rate": ("eval/success_rate", "success_history"),  # Meta-World
+}
+"""summary.json keys with a per-evaluation history: its TensorBoard tag (read while a trial runs, for hyperband) and
+its summary.json key (once the trial has ended)"""
 SWEEP_KEYS_FOR_TRIALS = ("runs_dir", "run_name")
 """flags the sweep sets for every trial itself"""
 
@@ -328,11 +332,11 @@ def update_metric(trial: Trial, metric: str, live: bool) -> None:
     if summary is not None and metric in summary:
         trial.metric = float(summary[metric])
         if metric in HISTORY_TAGS:
-            trial.history = [(int(s), float(v)) for s, v in summary.get("eval_history", [])]
+            trial.history = [(int(s), float(v)) for s, v in summary.get(HISTORY_TAGS[metric][1], [])]
         return
     if summary is None and not live:
         return
-    trial.history = read_tensorboard(trial.run_dir, HISTORY_TAGS.get(metric, metric))
+    trial.history = read_tensorboard(trial.run_dir, HISTORY_TAGS.get(metric, (metric,))[0])
     trial.metric = trial.history[-1][1] if trial.history else math.nan
 
 

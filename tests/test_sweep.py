@@ -238,6 +238,34 @@ def test_hyperband_prunes_the_lagging_trial_and_the_study_records_it(tmp_path, m
     assert study.best_trial.number == 2 and study.best_value == 95.0
 
 
+HISTORIES = [
+    ("final_eval_return", "eval/episodic_return", "eval_history"),
+    ("final_success_rate", "eval/success_rate", "success_history"),
+]
+
+
+@pytest.mark.parametrize("metric, tag, key", HISTORIES)
+def test_hyperband_follows_the_metrics_own_history(tmp_path, metric, tag, key):
+    """While a trial runs its evaluations come from TensorBoard, once it ended from summary.json: the return's, or
+    Meta-World's success rate's when that is the metric."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = tmp_path / "trial"
+    writer = SummaryWriter(str(run_dir))
+    for step, value in ((100, 0.2), (200, 0.6)):
+        writer.add_scalar(tag, value, step)
+        writer.add_scalar("eval/other", 9.0, step)
+    writer.close()
+    trial = sweep.Trial("trial-000", {}, str(run_dir))
+    sweep.update_metric(trial, metric, live=True)
+    assert trial.history == [(100, pytest.approx(0.2)), (200, pytest.approx(0.6))] and trial.metric == pytest.approx(
+        0.6
+    )
+    (run_dir / "summary.json").write_text(json.dumps({metric: 0.7, key: [[100, 0.2], [200, 0.6], [300, 0.7]]}))
+    sweep.update_metric(trial, metric, live=True)
+    assert trial.history == [(100, 0.2), (200, 0.6), (300, 0.7)] and trial.metric == 0.7
+
+
 def sweep_command(config: str, sweep_dir, *extra: str) -> list[str]:
     return [
         sys.executable,
