@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -63,6 +64,8 @@ def machine_description() -> str:
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     def fmt(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "n/a"
         return f"{v:,.1f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -17,6 +17,7 @@ Steps/s measured here are under that sharing: benchmarks/speed.py compares speed
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -210,6 +211,10 @@ def main(args: Args) -> None:
 
     rlhf, oracle_name, rl_label, oracle_label = PAIRS[args.pair]
     rows = []
+
+    def wall_minutes(run: dict) -> float:  # a run finished by --resume after its last step timed no steps: n/a
+        return run["wall_time_s"] / 60 if math.isfinite(run.get("sps", math.nan)) else math.nan
+
     for seed in args.seeds:
         rl, oracle = results[(rlhf, seed)], results[(oracle_name, seed)]
         rows.append(
@@ -222,8 +227,8 @@ def main(args: Args) -> None:
                 rl["exploration_sps"],
                 rl["learning_sps"],
                 oracle["learning_sps"],
-                rl["wall_time_s"] / 60,
-                oracle["wall_time_s"] / 60,
+                wall_minutes(rl),
+                wall_minutes(oracle),
             ]
         )
     rl_mean = np.mean([r[1] for r in rows])
@@ -253,7 +258,7 @@ def main(args: Args) -> None:
     if all("final_success_rate" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds):  # Meta-World
         rates = [[results[(a, s)]["final_success_rate"] for a in (rlhf, oracle_name)] for s in args.seeds]
         for row, rate in zip(rows, [*rates, list(np.mean(rates, axis=0))]):
-            row[3:3] = rate
+            row[3:3] = [f"{r:.2f}" for r in rate]
         headers[3:3] = [f"{rl_label} success rate", f"{oracle_label} success rate"]
     table = markdown_table(headers, rows)
     print(table)
@@ -290,20 +295,24 @@ def main(args: Args) -> None:
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo, label in (
-        (rlhf, f"{rlhf}.py ({rl_label}, {args.total_labels} labels)"),
-        (oracle_name, f"{oracle_name}.py (oracle, true reward)"),
-    ):
-        histories = [results[(algo, s)]["eval_history"] for s in args.seeds]
-        steps = [s for s, _ in histories[0]]
-        values = np.array([[v for _, v in h] for h in histories])
-        ax.plot(steps, values.mean(0), label=label)
-        ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation return (true reward)")
-    ax.set_title(f"{args.env_id}, {len(args.seeds)} seed(s)")
-    ax.legend()
+    panels = [("eval_history", "evaluation return (true reward)")]
+    if all("success_history" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds):  # Meta-World
+        panels.append(("success_history", "evaluation success rate"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        for algo, label in (
+            (rlhf, f"{rlhf}.py ({rl_label}, {args.total_labels} labels)"),
+            (oracle_name, f"{oracle_name}.py (oracle, true reward)"),
+        ):
+            histories = [results[(algo, s)][key] for s in args.seeds]
+            steps = [s for s, _ in histories[0]]
+            values = np.array([[v for _, v in h] for h in histories])
+            ax.plot(steps, values.mean(0), label=label)
+            ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{args.env_id}, {len(args.seeds)} seed(s)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
