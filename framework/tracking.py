@@ -133,10 +133,11 @@ SUMMARY_KEYS = {
     "best_eval_return": "the best evaluation's mean TRUE return",
     "eval_history": "[env step, mean TRUE return] of every evaluation",
     "labels_used": "labels asked of the teacher (0 for the oracles)",
-    "sps": "env steps per second over the run, evaluation and checkpoint writing excluded",
+    "sps": "env steps per second over the run, evaluation and checkpoint writing excluded (a resumed run: over the "
+    "steps since it resumed; NaN when it resumed at its end)",
     "learning_sps": "env steps per second from the first step the agent learns from its reward to the end (after "
     "random steps and pre-exploration; feedback sessions included), evaluation and checkpoint writing excluded",
-    "wall_time_s": "seconds from the start of training to its end",
+    "wall_time_s": "seconds from the start of training (a resumed run: of the resumed invocation) to its end",
     "phase_time_s": "seconds spent in each phase (evaluation, checkpoint, query, label, reward_training, ...)",
     "run_dir": "the run folder",
 }
@@ -184,7 +185,9 @@ TENSORBOARD_TAGS = {
 
 class RunClock:
     """Wall time of a run for its summary: steps per second over the whole run and over named stretches of it
-    (`begin`), with the time of the `EXCLUDED` phases of `times` (evaluation, checkpoint writing) taken out."""
+    (`begin`), with the time of the `EXCLUDED` phases of `times` (evaluation, checkpoint writing) taken out. A resumed
+    run's clock starts at the resume (`step`): its rates are those of the steps it takes itself, on the machine it
+    runs on, which after a SLURM requeue may not be the first one's."""
 
     EXCLUDED = ("evaluation", "checkpoint")
 
