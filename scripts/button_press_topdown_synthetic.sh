@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PEBBLE on metaworld/button-press-topdown-v3 with a perfect simulated teacher, with B-Pref's Meta-World settings: 1M steps, feedback every 5k, 10000 labels in sessions of 50, SAC with 3 hidden layers of 256, batch 512 (rll-research/BPref's scripts).
-# measured: not yet on this budget (see scripts/README.md for what was measured on a 2-core CPU); evaluations report
-# the success rate.
+# measured: return 121.4, success rate 0.00 at 15k steps, 50 labels (seed 1; this launcher with --total-timesteps 15000,
+# 9 min on a 2-core CPU beside another run); the full budget not yet measured here.
 # Extra flags are passed on: scripts/button_press_topdown_synthetic.sh --seed 2 --track
 set -euo pipefail
 cd "$(dirname "$0")/.."
