@@ -743,7 +743,8 @@ class Progress:
 
     global_step: int = 0
     session: int = 0  # feedback sessions done
-    labels_used: int = 0  # labels asked of the teacher, skipped pairs included
+    labels_used: int = 0  # labels the teacher gave (a skipped pair costs none: a later session asks again)
+    pairs_skipped: int = 0  # pairs the teacher skipped
     episodes: int = 0
     evals: EvalHistory = field(default_factory=EvalHistory)
     phase_time: dict[str, float] = field(default_factory=dict)  # seconds per phase, logged as time/<phase>
@@ -851,8 +852,8 @@ def learn_from_labels(
 ) -> None:
     """The second half of a session: store the answered pairs (and every pair asked, with its answer, in
     <run>/preferences/), train the reward model on all labels (SURF: with unlabelled pairs too), put the new reward
-    where the agent reads it, log, count the session. Every pair asked counts against the label budget, skipped ones
-    too. Labels carry the step of their session."""
+    where the agent reads it, log, count the session. A skipped pair costs no label from the budget (the next session,
+    or the queue of asynchronous feedback, asks for another). Labels carry the step of their session."""
     step, labels = int(q["step"]), q["labels"]
     with timed(progress.phase_time, "label"):
         progress.pending_queries = None
@@ -866,7 +867,8 @@ def learn_from_labels(
             step,
             rng,
         )
-        progress.labels_used += len(labels)
+        progress.labels_used += int(answered.sum())
+        progress.pairs_skipped += int((~answered).sum())
         dataset.add(q, progress.session)
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
@@ -1195,7 +1197,7 @@ def main(args: Args) -> dict:
         # are exchanged between steps and learned from in batches.
         session_due = progress.session < len(sessions) and global_step >= sessions[progress.session][0]
         if session_due and not (args.feedback_async == "on" and progress.session > 0):
-            n_labels = sessions[progress.session][1]
+            n_labels = sum(n for _, n in sessions[: progress.session + 1]) - progress.labels_used  # skips: again
             q = ask_teacher(n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
                 learn_from_labels(
@@ -1291,6 +1293,7 @@ def main(args: Args) -> dict:
     export_reward_model(ensemble, run_dir, args.env_id, obs_dim, action_dim)  # <run>/reward_model.pt2 and .json
     summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
     summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
+    summary |= {"pairs_skipped": progress.pairs_skipped}  # (asked again later: they cost no label)
     summary |= progress.evals.summary()
     summary = write_summary(run_dir, summary | {"buffer_size": rb.size, "exploration_sps": exploration_sps})
     evaluator.close()

@@ -132,7 +132,7 @@ SUMMARY_KEYS = {
     "final_eval_return": "mean TRUE return of the last evaluation",
     "best_eval_return": "the best evaluation's mean TRUE return",
     "eval_history": "[env step, mean TRUE return] of every evaluation",
-    "labels_used": "labels asked of the teacher (0 for the oracles)",
+    "labels_used": "labels the teacher gave (skipped pairs cost none; 0 for the oracles)",
     "sps": "env steps per second over the run, evaluation and checkpoint writing excluded (a resumed run: over the "
     "steps since it resumed; NaN when it resumed at its end)",
     "learning_sps": "env steps per second from the first step the agent learns from its reward to the end (after "
@@ -165,12 +165,12 @@ TENSORBOARD_TAGS = {
     "losses/approx_kl": "PPO approximate KL divergence",
     "losses/clipfrac": "PPO fraction of clipped ratios",
     "losses/explained_variance": "PPO explained variance of the value function",
-    "feedback/labels_used": "labels asked so far (skipped pairs included)",
+    "feedback/labels_used": "labels given so far (skipped pairs excluded: they cost no label)",
     "feedback/labels_stored": "labelled pairs the reward model trains on",
     "feedback/skipped": "pairs the teacher skipped in the session",
     "feedback/sessions": "feedback sessions done",
     "feedback/teacher_prefers_b": "share of labels preferring the right clip (a position bias shows here)",
-    "feedback/labels_used_at_eval": "labels asked before an evaluation (plots return against labels)",
+    "feedback/labels_used_at_eval": "labels given before an evaluation (plots return against labels)",
     "feedback/answer_delay_steps": "asynchronous feedback: mean env steps the agent took between asking and learning",
     "reward/train_loss": "reward-model loss in the session's last epoch",
     "reward/train_accuracy": "reward-model accuracy on its training pairs",

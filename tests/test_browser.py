@@ -115,13 +115,15 @@ def test_a_person_labels_a_whole_run_with_the_keyboard(tmp_path, runs_dir):
     assert {e["labeler"] for e in events if e["kind"] == "answer"} == {events[0]["labeler"]}  # the page's labeler
     closed = [r for r in records if "closed" in r]
     final = [x for c in closed for x in c["labels"]]
-    assert len(final) == 18
     expected = {"ArrowLeft": 0.0, "ArrowRight": 1.0, "ArrowUp": 0.5, "ArrowDown": None}
-    assert sorted(final, key=str) == sorted([expected[k] for k in pressed[:18]], key=str)
+    assert sorted(final, key=str) == sorted([expected[k] for k in pressed[: len(final)]], key=str)
+    given = sum(x is not None for x in final)
+    # "Can't tell" costs no label: the next session asks for another pair, so sessions 2 and 3 held more than 6
+    assert len(final) > 18
     summary = json.loads((runs_dir / run / "summary.json").read_text())
-    assert summary["labels_used"] == 18
-    assert summary["labels_stored"] == sum(x is not None for x in final)  # the person's labels trained the model
-    assert "session=3 labels=18" in out
+    assert summary["labels_used"] == summary["labels_stored"] == given  # the person's labels trained the model
+    assert summary["pairs_skipped"] == len(final) - given and given <= 18
+    assert f"session=3 labels={given}" in out
 
 
 E2E_RUN = [
@@ -271,7 +273,8 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
         statuses = [r[0] for r in con.execute("SELECT status FROM queries WHERE run_id = ?", (run,))]
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     used = {qid: given[qid] for qid in stored}
-    assert answers == len(stored) == 60 and statuses == ["used"] * 60  # each stored once; every pair answered
+    pairs = len(statuses)  # "Can't tell" costs no label: the next session asks for another pair
+    assert answers == len(stored) == pairs > 60 and statuses == ["used"] * pairs  # each stored once; all answered
     assert stored == used and set(stored) <= set(given)  # under the tab that gave it, with its choice
     lost = {qid: g for qid, g in given.items() if qid not in stored}
     assert not lost, lost
@@ -282,7 +285,8 @@ def test_two_tabs_label_a_60_answer_run_through_an_autostarted_server_killed_twi
     label = {"left": 0.0, "right": 1.0, "equal": 0.5, "skip": None}
     assert sorted(closed, key=str) == sorted((label[c] for _, c in stored.values()), key=str)
     summary = json.loads((runs_dir / run / "summary.json").read_text())
-    assert summary["labels_used"] == 60 and summary["labels_stored"] == sum(x is not None for x in closed)
+    assert summary["labels_used"] == summary["labels_stored"] == sum(x is not None for x in closed) <= 60
+    assert summary["pairs_skipped"] == pairs - summary["labels_used"]
     child_log = (runs_dir / run / "feedback_server.log").read_text()  # the child's log, never a pipe
     assert child_log.count('"POST /api/') > 20
 
@@ -324,7 +328,7 @@ def test_a_person_labels_an_asynchronous_run_continuously(tmp_path, runs_dir):
             page.goto(f"{server.url}/?run={run}")
             empty_since = None
             deadline = time.monotonic() + 300
-            while len(given) < 48 and trainer.poll() is None and time.monotonic() < deadline:
+            while trainer.poll() is None and time.monotonic() < deadline:  # (skipped pairs are asked again)
                 qid = shown_query(page)
                 if qid is not None and qid not in given and videos_playing(page):
                     if empty_since is not None:
@@ -339,7 +343,7 @@ def test_a_person_labels_an_asynchronous_run_continuously(tmp_path, runs_dir):
                     status = api(server, "GET", f"/api/runs/{run}").json()["trainer"] or {}
                     trainer_said.add(status.get("state", ""))
                 time.sleep(0.05)
-            assert len(given) == 48, (tmp_path / "trainer.log").read_text()[-3000:]
+            assert len(given) > 48, (tmp_path / "trainer.log").read_text()[-3000:]
             trainer.wait(240)
             page.wait_for_function("() => document.getElementById('app').dataset.state === 'finished'", timeout=30_000)
             words = page.inner_text("#nothing")
@@ -350,9 +354,12 @@ def test_a_person_labels_an_asynchronous_run_continuously(tmp_path, runs_dir):
         server.stop()
     out = (tmp_path / "trainer.log").read_text()
     assert trainer.returncode == 0, out
-    assert "learning" in trainer_said and "48 labels" in words
     summary = json.loads((runs_dir / run / "summary.json").read_text())
-    assert summary["labels_used"] == 48 and summary["labels_stored"] == sum(x is not None for x in given.values())
+    assert "learning" in trainer_said and f"{len(given)} labels" in words  # the page counts the person's answers
+    labels = sum(x is not None for x in given.values())  # "Can't tell" costs no label: the queue asks for another
+    # (the pairs skipped among the last ones asked are not replaced: measured 45 of 48)
+    assert summary["labels_used"] == summary["labels_stored"] == labels and 40 <= labels <= 48
+    assert summary["pairs_skipped"] == len(given) - labels
     # the trainer's top-up interval: answers stand --feedback-undo-grace (1 s), the trainer looks every 100 steps,
     # renders and uploads (about 0.1 s per pair here), and the page asks again every 1.5 s
     top_up_s = 1.0 + 100 / summary["learning_sps"] + 6 * 0.1 + PAGE_POLL_S

@@ -106,8 +106,10 @@ def test_every_feature_on(runs_dir, tmp_path):
     run = runs_dir / "all"
     summary = summary_of(run)
     assert summary["total_timesteps"] == 1800 and summary["stop_reason"] == "budget"
-    assert summary["labels_used"] == 60 and summary["sessions"] == 3  # sessions at 500, 900 and 1500
-    assert 0 < summary["labels_stored"] <= 60
+    assert summary["sessions"] == 3  # sessions at 500, 900 and 1500
+    # skipped pairs cost no label: later sessions ask for them again (only the last session's are not replaced)
+    assert 0 < summary["labels_used"] == summary["labels_stored"] <= 60 < summary["labels_used"] + 30
+    assert summary["labels_used"] + summary["pairs_skipped"] >= 60
     assert summary["learning_sps"] > 0 and summary["phase_time_s"]["reward_training"] > 0
 
     labels = read_preferences(str(run)).pairs()
@@ -144,6 +146,33 @@ def test_every_feature_on(runs_dir, tmp_path):
         "losses/qf_loss",
     ]:
         assert tag in tags, tag
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_skipped_pairs_cost_no_label(runs_dir, mode):
+    """B-Pref's skip teacher with a high threshold skips many pairs of a random InvertedPendulum policy (short
+    episodes, segments mostly padding); each skipped pair is asked again, in the next session or through the queue of
+    asynchronous feedback, so the labels counted against the budget are the labels given."""
+    flags = [*TINY, "--total-timesteps", "1700", "--labels-per-session", "20", "--total-labels", "60",
+             "--teacher-eps-skip", "0.3", "--feedback-async", mode, "--feedback-pending", "10",
+             "--reward-update-every", "10", "--feedback-poll-frequency", "50", "--eval-frequency", "1700"]  # fmt: skip
+    result = run_script("sac_rlhf.py", *flags, "--runs-dir", str(runs_dir), "--run-name", "skip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(runs_dir / "skip")
+    assert summary["pairs_skipped"] >= 20  # measured: 46 in sessions
+    assert summary["labels_used"] == summary["labels_stored"] <= 60  # every label given is stored and charged
+    assert summary["labels_used"] >= 30  # measured: 38 labels from 84 pairs asked
+    asked = read_preferences(str(runs_dir / "skip")).table["label"]  # every pair asked, with its answer
+    assert len(asked) == summary["labels_used"] + summary["pairs_skipped"] > 60
+    if mode == "off":  # a session asks its own 20 and the pairs skipped before it
+        acc = EventAccumulator(str(runs_dir / "skip"), size_guidance={"scalars": 0})
+        acc.Reload()
+        used = [e.value for e in acc.Scalars("feedback/labels_used")]
+        skipped = [e.value for e in acc.Scalars("feedback/skipped")]
+        before = 0.0
+        for k, (total, skips) in enumerate(zip(used, skipped)):
+            assert total - before + skips == 20 * (k + 1) - before
+            before = total
 
 
 def test_resume_after_kill_matches_a_straight_run(runs_dir):
