@@ -255,7 +255,8 @@ def main(args: Args) -> None:
         f"{rl_label} wall (min)",
         "oracle wall (min)",
     ]
-    if all("final_success_rate" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds):  # Meta-World
+    with_success = all("success_history" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds)
+    if with_success:  # Meta-World
         rates = [[results[(a, s)]["final_success_rate"] for a in (rlhf, oracle_name)] for s in args.seeds]
         for row, rate in zip(rows, [*rates, list(np.mean(rates, axis=0))]):
             row[3:3] = [f"{r:.2f}" for r in rate]
@@ -296,7 +297,7 @@ def main(args: Args) -> None:
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
     panels = [("eval_history", "evaluation return (true reward)")]
-    if all("success_history" in results[(a, s)] for a in (rlhf, oracle_name) for s in args.seeds):  # Meta-World
+    if with_success:
         panels.append(("success_history", "evaluation success rate"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
     for ax, (key, ylabel) in zip(axes[0], panels):

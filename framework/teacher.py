@@ -277,7 +277,7 @@ class SimulatedTeacher:
         return_a, return_b = rewards_a.sum(1), rewards_b.sum(1)
 
         def discounted(rewards: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-            mask = np.ones_like(rewards) if mask is None else (np.asarray(mask, dtype=np.float64) > 0).astype(float)
+            mask = np.ones_like(rewards) if mask is None else (np.asarray(mask) > 0).astype(np.float64)
             later = np.cumsum(mask[:, ::-1], 1)[:, ::-1] - mask  # real steps after each step
             return (rewards * mask * self.gamma**later).sum(1)  # the last real step weighs 1
 
