@@ -208,6 +208,21 @@ class Args(HumanFeedbackArgs, RunArgs):
     rune_decay: float = 1e-5
     """the bonus weight decays as beta * (1 - decay)^step"""
 
+    # RIME (Cheng et al. 2024)
+    rime: bool = False
+    """robust reward learning from noisy labels: every epoch trains on the labels whose KL divergence from the
+    reward model's prediction is below an adaptive bound, flips those far above it, and leaves out the rest"""
+    rime_alpha: float = 0.5
+    """weight of rho (the running largest KL of trusted labels) in the bound -ln(rho) + alpha * rho + beta_t * sigma"""
+    rime_beta_max: float = 3.0
+    """initial weight of sigma (the running std of the trusted labels' KL) in the bound"""
+    rime_beta_min: float = 1.0
+    """final weight of sigma in the bound"""
+    rime_decay_epochs: int = 60
+    """beta_t falls linearly from --rime-beta-max to --rime-beta-min over this many reward-training epochs of the run"""
+    rime_flip_epsilon: float = 1e-3
+    """a label the reward model gives less than this probability (KL > -ln epsilon) is flipped for the epoch"""
+
     # teacher
     teacher_beta: float = math.inf
     """simulated teacher's rationality (Bradley-Terry); inf: always prefers the higher return"""
@@ -270,6 +285,7 @@ def validate(args: Args) -> None:
         "eval_episodes",
         "correlation_window",
         "surf_mu",
+        "rime_decay_epochs",
     ]:
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
@@ -282,6 +298,8 @@ def validate(args: Args) -> None:
         "surf_crop",
         "early_stop_patience",
         "rune_beta",
+        "rime_alpha",
+        "rime_beta_min",
         "reward_weight_decay",
     ]:
         if getattr(args, name) < 0:
@@ -326,6 +344,11 @@ def validate(args: Args) -> None:
         raise UsageError(f"--surf-tau must be in [0.5, 1), got {args.surf_tau}")
     if not 0 <= args.rune_decay < 1:
         raise UsageError(f"--rune-decay must be in [0, 1), got {args.rune_decay}")
+    if args.rime_beta_max < args.rime_beta_min or not 0 < args.rime_flip_epsilon < 0.5:
+        raise UsageError(
+            f"--rime-beta-max must be >= --rime-beta-min and --rime-flip-epsilon in (0, 0.5), got "
+            f"{args.rime_beta_max}, {args.rime_beta_min} and {args.rime_flip_epsilon}"
+        )
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
     if exploration_end + batch > args.total_timesteps:
         raise UsageError(
@@ -479,6 +502,7 @@ class PreferenceBuffer:
         self.steps = np.zeros(capacity, np.int64)  # env step of the feedback session that asked for the label
         self.is_val = np.zeros(capacity, bool)
         self.size = 0
+        self.rime = {"kl_max": 0.0, "kl_std": 0.0, "epochs": 0}  # RIME's running statistics of trusted labels
 
     def add(self, seg_a, mask_a, seg_b, mask_b, labels, step: int, rng: np.random.Generator) -> None:
         n = len(labels)
@@ -500,14 +524,16 @@ class PreferenceBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
-        return {
-            k: getattr(self, k)[:n].copy() for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
-        }
+        keys = ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val")
+        return {**{k: getattr(self, k)[:n].copy() for k in keys}, "rime": dict(self.rime)}
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["labels"])
         for key, value in state.items():
-            getattr(self, key)[:n] = value
+            if key == "rime":
+                self.rime = dict(value)
+            else:
+                getattr(self, key)[:n] = value
         self.size = n
 
 
@@ -553,6 +579,32 @@ def surf_pseudo_labels(probs: torch.Tensor, tau: float) -> tuple[torch.Tensor, t
 def rune_bonus(reward_std: torch.Tensor, beta0: float, decay: float, step: int) -> torch.Tensor:
     """RUNE's exploration bonus: beta_t * std of the ensemble's reward, with beta_t = beta0 * (1 - decay)^step."""
     return beta0 * (1.0 - decay) ** step * reward_std
+
+
+# ============================================================================================================== RIME
+def rime_select(probs: torch.Tensor, labels: np.ndarray, stats: dict, args: Args) -> tuple[np.ndarray, np.ndarray]:
+    """RIME's sample selection for one epoch. probs: (M, n) P(B better) of the labelled pairs; labels: (n,) 0, 0.5
+    or 1. The KL divergence of each label from the ensemble-mean prediction is compared with the lower bound
+    -ln(rho) + alpha * rho + min(beta_t * sigma, 3), rho and sigma being moving averages (rate 0.1, from 0, so the
+    first epochs trust every label) of the largest KL and of the KL's std among trusted labels; beta_t falls
+    linearly over the run's epochs. Returns the masks of trusted labels and of hard labels to flip (KL above
+    -ln(flip_epsilon)); `stats` (kl_max, kl_std, epochs) is updated in place."""
+    p = probs.mean(0).double().clamp(1e-6, 1 - 1e-6).cpu().numpy()
+    y = labels.astype(np.float64)
+    kl = np.where(y > 0, y * np.log(np.maximum(y, 1e-12) / p), 0.0) + np.where(
+        y < 1, (1 - y) * np.log(np.maximum(1 - y, 1e-12) / (1 - p)), 0.0
+    )
+    fall = (args.rime_beta_max - args.rime_beta_min) * stats["epochs"] / args.rime_decay_epochs
+    beta = max(args.rime_beta_min, args.rime_beta_max - fall)
+    rho = stats["kl_max"]
+    bound = -math.log(rho + 1e-8) + args.rime_alpha * rho + min(beta * stats["kl_std"], 3.0)
+    flipped = (kl > -math.log(args.rime_flip_epsilon)) & (y != 0.5)
+    trusted = (kl < bound) & ~flipped
+    if trusted.any():
+        stats["kl_max"] = rho + 0.1 * (float(kl[trusted].max()) - rho)
+        stats["kl_std"] += 0.1 * (float(kl[trusted].std()) - stats["kl_std"])
+    stats["epochs"] += 1
+    return trusted, flipped
 
 
 # ================================================================================================ k-NN state entropy
@@ -632,15 +684,28 @@ def train_reward_model(
 ) -> dict[str, float]:
     """Bradley-Terry training on the labelled pairs: each member sees its own shuffle of the training pairs; soft
     labels (0.5) train towards equal returns. With SURF, confident pseudo-labels on `unlabeled` pairs add a loss
-    weighted by `surf_lambda`, and every batch is temporally cropped."""
+    weighted by `surf_lambda`, and every batch is temporally cropped. With RIME, each epoch trains on the trusted
+    labels and the flipped ones only (`rime_select`)."""
     train_idx, val_idx = prefs.split()
     m, bs = ensemble.members, args.reward_batch_size
     ensemble.train()
     stats = {"reward/train_loss": float("nan"), "reward/train_accuracy": float("nan"), "reward/epochs": 0.0}
+    epoch_labels, epoch_idx = prefs.labels, train_idx
     for epoch in range(args.reward_epochs):
-        order = np.stack([rng.permutation(train_idx) for _ in range(m)])  # (M, n_train)
+        if args.rime:
+            pairs = (prefs.seg_a, prefs.mask_a, prefs.seg_b, prefs.mask_b)
+            probs = preference_probabilities(ensemble, *(torch.from_numpy(a[train_idx]).to(device) for a in pairs))
+            trusted, flipped = rime_select(probs, prefs.labels[train_idx], prefs.rime, args)
+            if not (trusted | flipped).any():  # nothing credible yet: learn from all
+                trusted[:] = True
+            epoch_labels = prefs.labels.copy()
+            epoch_labels[train_idx[flipped]] = 1.0 - epoch_labels[train_idx[flipped]]
+            epoch_idx = train_idx[trusted | flipped]
+            stats["reward/rime_trusted"] = float(trusted.mean())
+            stats["reward/rime_flipped"] = float(flipped.sum())
+        order = np.stack([rng.permutation(epoch_idx) for _ in range(m)])  # (M, n_train)
         losses, correct, counted = [], 0.0, 0.0
-        for start in range(0, len(train_idx), bs):
+        for start in range(0, len(epoch_idx), bs):
             idx = order[:, start : start + bs]  # (M, b)
             flat = idx.reshape(-1)
             seg_a, mask_a, seg_b, mask_b = prefs.seg_a[flat], prefs.mask_a[flat], prefs.seg_b[flat], prefs.mask_b[flat]
@@ -653,7 +718,7 @@ def train_reward_model(
             logits = ensemble.segment_returns(to(seg_b, shape), to(mask_b, shape[:-1])) - ensemble.segment_returns(
                 to(seg_a, shape), to(mask_a, shape[:-1])
             )  # (M, b)
-            labels = torch.from_numpy(prefs.labels[idx]).to(device)  # (M, b)
+            labels = torch.from_numpy(epoch_labels[idx]).to(device)  # (M, b)
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum()
 
             if args.surf and unlabeled is not None:
@@ -684,7 +749,7 @@ def train_reward_model(
             correct += ((logits > 0).float() == labels)[hard].float().sum().item()
             counted += hard.sum().item()
         accuracy = correct / max(counted, 1.0)
-        stats = {
+        stats |= {
             "reward/train_loss": float(np.mean(losses)) if losses else float("nan"),
             "reward/train_accuracy": accuracy,
             "reward/epochs": float(epoch + 1),

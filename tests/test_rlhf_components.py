@@ -554,3 +554,67 @@ def test_correlations():
     assert stats["reward/spearman"] == pytest.approx(1.0) and 0.8 < stats["reward/pearson"] < 1.0
     assert reward_correlations(np.ones(10), x[:10]) == {}
     assert math.isclose(reward_correlations(x, -x)["reward/pearson"], -1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------- RIME
+def test_rime_trusts_labels_the_model_agrees_with_and_flips_confident_contradictions(algo):
+    args = algo.Args(rime=True)
+    p = torch.tensor([[0.9, 0.6, 0.4, 0.05, 1e-4, 1e-4]])  # P(B better), one member
+    labels = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.5], np.float32)
+    stats = {"kl_max": 0.5, "kl_std": 0.1, "epochs": 1000}  # late in a run: beta_t = beta_min
+    trusted, flipped = algo.rime_select(p, labels, stats, args)
+    # bound = -ln 0.5 + 0.5 * 0.5 + 1 * 0.1 = 1.04: KL -ln 0.9, -ln 0.6, -ln 0.4 are in, -ln 0.05 = 3.0 is out
+    assert trusted.tolist() == [True, True, True, False, False, False]
+    assert flipped.tolist() == [False, False, False, False, True, False], "a tie is never flipped"
+    assert stats["epochs"] == 1001 and stats["kl_max"] == pytest.approx(0.5 + 0.1 * (-math.log(0.4) - 0.5))
+    fresh = {"kl_max": 0.0, "kl_std": 0.0, "epochs": 0}  # the first epoch of a run trusts every label it cannot flip
+    trusted, flipped = algo.rime_select(p, labels, fresh, args)
+    assert trusted.tolist() == [True, True, True, True, False, True] and flipped.sum() == 1
+
+
+def test_rime_statistics_travel_with_the_labels(algo):
+    prefs = algo.PreferenceBuffer(10, 4, 3)
+    seg, mask = np.ones((2, 4, 3), np.float32), np.ones((2, 4), np.float32)
+    prefs.add(seg, mask, seg, mask, np.array([0, 1.0]), 7, np.random.default_rng(0))
+    prefs.rime.update(kl_max=0.7, kl_std=0.2, epochs=12)
+    copy = algo.PreferenceBuffer(10, 4, 3)
+    copy.load_state_dict(prefs.state_dict())
+    assert copy.rime == {"kl_max": 0.7, "kl_std": 0.2, "epochs": 12} and copy.size == 2
+
+
+def test_rime_ranks_held_out_pairs_better_than_plain_learning_when_30_percent_of_labels_are_flipped():
+    """Synthetic pairs of 20-step segments of 8 features, the true reward tanh(w . x) per step, 500 training labels
+    of which 30 % are flipped, 2,000 clean held-out pairs; the reward model as the scripts build it (one session).
+    Measured over seeds 0-2: 0.70-0.72 held-out accuracy plain, 0.78-0.88 with RIME (0.95 and 0.94 with clean labels).
+    The copies in both scripts are the same source (test above), so one is enough."""
+    module = importlib.import_module(SCRIPTS[0])
+    w = np.random.default_rng(100).normal(size=8)
+
+    def pairs(rng, n):
+        x = rng.normal(size=(2, n, 20, 8)).astype(np.float32)
+        returns = np.tanh(x @ w).sum(-1)
+        return x, (returns[1] > returns[0]).astype(np.float32)
+
+    accuracy = {}
+    for rime in (False, True):
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            torch.manual_seed(seed)
+            x, labels = pairs(rng, 500)
+            flip = rng.random(500) < 0.3
+            labels[flip] = 1 - labels[flip]
+            held_x, held_labels = pairs(rng, 2000)
+            args = module.Args(rime=rime, reward_val_fraction=0.0, segment_length=20)
+            prefs = module.PreferenceBuffer(500, 20, 8)
+            mask = np.ones((500, 20), np.float32)
+            prefs.add(x[0], mask, x[1], mask, labels, 0, rng)
+            ens = module.RewardEnsemble(8, 3, 128, 3)
+            stats = module.train_reward_model(ens, torch.optim.Adam(ens.parameters(), lr=3e-4), prefs, args, rng, CPU)
+            if rime:
+                assert 0.6 < stats["reward/rime_trusted"] < 0.9, stats  # it sets aside about the flipped share
+            held_mask = torch.ones(2000, 20)
+            t = torch.from_numpy
+            probs = module.preference_probabilities(ens, t(held_x[0]), held_mask, t(held_x[1]), held_mask).mean(0)
+            accuracy[rime, seed] = float(((probs.numpy() > 0.5) == held_labels).mean())
+    plain, robust = (np.array([accuracy[r, s] for s in range(3)]) for r in (False, True))
+    assert (robust > plain + 0.04).all() and robust.mean() > plain.mean() + 0.08, (plain, robust)

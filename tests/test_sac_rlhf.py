@@ -73,6 +73,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "600",
         "--surf",
         "--rune",
+        "--rime",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -136,6 +137,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "charts/SPS",
         "feedback/labels_used",
         "reward/train_accuracy",
+        "reward/rime_trusted",
         "reward/val_accuracy",
         "reward/pearson",
         "reward/spearman",
@@ -176,9 +178,13 @@ def test_skipped_pairs_cost_no_label(runs_dir, mode):
 
 
 def test_resume_after_kill_matches_a_straight_run(runs_dir):
-    """A run SIGKILLed after a checkpoint and resumed ends exactly like one run straight through."""
+    """A run SIGKILLed after a checkpoint and resumed ends exactly like one run straight through (RIME's running
+    statistics of a noisy teacher's labels included)."""
     flags = [
         *TINY,
+        "--rime",
+        "--teacher-eps-mistake",
+        "0.2",
         "--total-timesteps",
         "2400",
         "--eval-frequency",
@@ -342,6 +348,7 @@ def test_early_stopping(runs_dir):
         (["--labels-per-session", "200", "--total-labels", "100"], "is more than the whole label budget"),
         (["--total-timesteps", "400"], "leave no training steps"),
         (["--surf-crop", "30"], "--surf-crop (30) must be shorter than --segment-length (20)"),
+        (["--rime-flip-epsilon", "0.7"], "--rime-flip-epsilon in (0, 0.5), got 3.0, 1.0 and 0.7"),
         (["--teacher-beta", "0"], "teacher beta must be > 0"),
         (["--teacher-reward", "nowhere/missing.py:f"], "teacher reward file 'nowhere/missing.py' does not exist"),
         (["--resume", "/nonexistent/run"], "no checkpoint.pt in that folder"),
