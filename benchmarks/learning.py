@@ -2,8 +2,9 @@
 
 Runs `sac_rlhf.py` against the oracle `sac.py` (`--pair pebble`), or `pref_ppo.py` against `ppo.py`
 (`--pair prefppo`), on the same env, budget, network sizes and seeds, and prints a table: final evaluation return of
-each, the ratio to the oracle, labels used, steps/s of each phase, wall time. Saves it to
-benchmarks/results/learning_<pair>_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
+each, the ratio to the oracle, labels used, steps/s of each phase, wall time, and the interquartile mean over seeds of
+both returns and of their ratio with 95 % bootstrap intervals (single seeds differ a lot at these budgets: use 5).
+Saves it to benchmarks/results/learning_<pair>_<env>.md with a learning-curve plot (mean +- std over seeds) beside it.
 
     python benchmarks/learning.py                             # PEBBLE, HalfCheetah-v5, 50k steps, 3 seeds, 500 labels
     python benchmarks/learning.py --pair prefppo              # PrefPPO against ppo.py, the same settings
@@ -36,6 +37,9 @@ import numpy as np
 import tyro
 
 from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
+
+sys.path.insert(0, str(ROOT))
+from toolbox.compare_runs import iqm  # noqa: E402
 
 PAIRS = {  # preference-based script, its oracle, and how the table names them
     "pebble": ("sac_rlhf", "sac", "PEBBLE", "oracle SAC"),
@@ -204,6 +208,18 @@ def run_all(
     return results
 
 
+def iqm_intervals(rl: np.ndarray, oracle: np.ndarray, reps: int = 10_000, seed: int = 0) -> list[str]:
+    """Interquartile mean over seeds of the preference-based returns, the oracle's and their ratio, each with its 95 %
+    percentile-bootstrap interval (the seeds resampled as pairs, so the ratio's interval keeps each seed's pairing)."""
+    index = np.random.default_rng(seed).integers(0, len(rl), (reps, len(rl)))
+    a, b = iqm(rl[index], axis=1), iqm(oracle[index], axis=1)
+    cells = []
+    for point, samples, fmt in ((iqm(rl), a, ",.0f"), (iqm(oracle), b, ",.0f"), (iqm(rl) / iqm(oracle), a / b, ".2f")):
+        low, high = np.percentile(samples, [2.5, 97.5])
+        cells.append(f"{point:{fmt}} [{low:{fmt}}, {high:{fmt}}]")
+    return cells
+
+
 def main(args: Args) -> None:
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-learning-")
     os.makedirs(runs_dir, exist_ok=True)
@@ -243,6 +259,8 @@ def main(args: Args) -> None:
             *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)],
         ]
     )
+    returns = np.array([[results[(a, s)]["final_eval_return"] for a in (rlhf, oracle_name)] for s in args.seeds])
+    rows.append(["IQM [95% CI]", *iqm_intervals(returns[:, 0], returns[:, 1]), "", "", "", "", "", ""])
     headers = [
         "seed",
         f"{rl_label} return",
@@ -260,6 +278,7 @@ def main(args: Args) -> None:
         rates = [[results[(a, s)]["final_success_rate"] for a in (rlhf, oracle_name)] for s in args.seeds]
         for row, rate in zip(rows, [*rates, list(np.mean(rates, axis=0))]):
             row[3:3] = [f"{r:.2f}" for r in rate]
+        rows[-1][3:3] = ["", ""]  # the IQM row
         headers[3:3] = [f"{rl_label} success rate", f"{oracle_label} success rate"]
     table = markdown_table(headers, rows)
     print(table)
