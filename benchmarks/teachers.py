@@ -1,0 +1,161 @@
+"""B-Pref's six simulated teachers: how PEBBLE learns when the teacher is noisy, short-sighted, skips or ties.
+
+Runs `sac_rlhf.py` with each of B-Pref's teachers (Lee et al. 2021) on the same env, budget and seeds, and
+prints a table: final evaluation return (true reward) per seed and its mean, the ratio to the perfect ("oracle")
+teacher's mean, labels given and pairs skipped. Saves it to benchmarks/results/teachers_pebble_<env>.md with a plot.
+
+    python benchmarks/teachers.py                                       # HalfCheetah-v5, 50k steps, 3 seeds
+    python benchmarks/teachers.py --teachers oracle mistake --seeds 1   # some of them
+
+| teacher | B-Pref's setting | prefrl flags |
+|---|---|---|
+| oracle | perfectly rational | (none) |
+| stoch | Bradley-Terry with beta = 1 | --teacher-beta 1 |
+| mistake | 10 % of answers flipped | --teacher-eps-mistake 0.1 |
+| skip | skips pairs whose returns are both under 0.1 of the scale | --teacher-eps-skip 0.1 |
+| myopic | step weights gamma = 0.9 towards the clip's end | --teacher-gamma 0.9 |
+| equal | ties returns within 0.1 of the scale | --teacher-eps-equal 0.1 |
+
+Every other setting is `learning.py`'s (two runs at a time, one torch thread each); `--runs-dir D --reuse-finished`
+continues an interrupted invocation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import tyro
+
+from common import RESULTS, machine_description, markdown_table, save_markdown
+from learning import Args as LearningArgs
+from learning import commands, run_all
+
+TEACHERS = {
+    "oracle": "",
+    "stoch": "--teacher-beta 1",
+    "mistake": "--teacher-eps-mistake 0.1",
+    "skip": "--teacher-eps-skip 0.1",
+    "myopic": "--teacher-gamma 0.9",
+    "equal": "--teacher-eps-equal 0.1",
+}
+
+
+@dataclass
+class Args:
+    teachers: tuple[str, ...] = tuple(TEACHERS)
+    """which of B-Pref's teachers to run (oracle is needed for the ratio)"""
+    env_id: str = "HalfCheetah-v5"
+    """the environment"""
+    total_timesteps: int = 50_000
+    """env steps per run, pre-exploration included"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds of every teacher"""
+    total_labels: int = 500
+    """label budget of each run"""
+    parallel: int = 2
+    """runs at a time"""
+    runs_dir: str | None = None
+    """where the runs go (default: a new temporary folder)"""
+    reuse_finished: bool = False
+    """reuse the runs in --runs-dir that already wrote their summary.json"""
+    learning: LearningArgs = field(default_factory=LearningArgs)
+    """the rest of learning.py's settings (label sessions, pre-exploration, evaluation)"""
+
+
+def jobs(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
+    """The PEBBLE runs of `learning.py`, one set per teacher, each named sac_rlhf_<teacher>_<seed>."""
+    out = []
+    for teacher in args.teachers:
+        settings = replace(
+            args.learning,
+            env_id=args.env_id,
+            total_timesteps=args.total_timesteps,
+            seeds=args.seeds,
+            total_labels=args.total_labels,
+            extra_rlhf_flags=f"{args.learning.extra_rlhf_flags} {TEACHERS[teacher]}",
+        )
+        for algo, seed, cmd in commands(settings, runs_dir):
+            if algo == "sac_rlhf":
+                cmd[cmd.index("--run-name") + 1] = f"sac_rlhf_{teacher}_{seed}"
+                out.append((f"sac_rlhf_{teacher}", seed, cmd))
+    return out
+
+
+def main(args: Args) -> None:
+    unknown = sorted(set(args.teachers) - set(TEACHERS))
+    if unknown:
+        raise SystemExit(f"unknown teacher(s) {unknown}; choose from {', '.join(TEACHERS)}")
+    runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-teachers-")
+    os.makedirs(runs_dir, exist_ok=True)
+    results = run_all(jobs(args, runs_dir), args.parallel, runs_dir, args.reuse_finished)
+
+    def returns(teacher: str) -> list[float]:
+        return [results[(f"sac_rlhf_{teacher}", s)]["final_eval_return"] for s in args.seeds]
+
+    base = float(np.mean(returns("oracle"))) if "oracle" in args.teachers else float("nan")
+    rows = []
+    for teacher in args.teachers:
+        runs = [results[(f"sac_rlhf_{teacher}", s)] for s in args.seeds]
+        mean = float(np.mean(returns(teacher)))
+        rows.append(
+            [
+                teacher,
+                TEACHERS[teacher] or "(perfect)",
+                *returns(teacher),
+                mean,
+                f"{mean / base:.2f}" if np.isfinite(base) else "n/a",
+                float(np.mean([r["labels_used"] for r in runs])),
+                float(np.mean([r.get("pairs_skipped", 0) for r in runs])),
+            ]
+        )
+    headers = ["teacher", "flags", *[f"seed {s}" for s in args.seeds], "mean", "ratio to oracle teacher"]
+    headers += ["labels given (mean)", "pairs skipped (mean)"]
+    table = markdown_table(headers, rows)
+    print(table)
+
+    settings = (
+        f"PEBBLE (sac_rlhf.py) on {args.env_id}, {args.total_timesteps} env steps, {args.total_labels} labels in "
+        f"{args.learning.sessions} sessions, {args.learning.query_sampling} query sampling, "
+        f"{args.learning.learning_starts} random + {args.learning.unsupervised_steps} pre-exploration steps; "
+        f"{args.parallel} runs at a time; {machine_description()}. Return: final evaluation on the true reward. A "
+        "skipped pair costs no label (a later session asks again), so every teacher gives the whole budget but for "
+        "the last session's skips."
+    )
+    command = "python benchmarks/teachers.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in vars(args).items()
+        if k not in ("runs_dir", "learning", "reuse_finished") and v != getattr(Args, k, None)
+    )
+    overridden = {"env_id", "total_timesteps", "seeds", "total_labels", "runs_dir", "reuse_finished", "parallel"}
+    command += "".join(
+        f" --learning.{k.replace('_', '-')} {v}"
+        for k, v in vars(args.learning).items()
+        if k not in overridden and v != getattr(LearningArgs, k, None)
+    )
+    task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1]).replace("-", "_").lower()
+    name = f"teachers_pebble_{task}"
+    body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![returns per teacher]({name}.png)"
+    print(f"saved {save_markdown(name, f'B-Pref teachers: PEBBLE on {args.env_id}', body)}")
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, teacher in enumerate(args.teachers):
+        values = returns(teacher)
+        ax.bar(i, np.mean(values), color="tab:blue" if teacher == "oracle" else "tab:orange", alpha=0.7)
+        ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(args.teachers)), args.teachers)
+    ax.set_ylabel("final evaluation return (true reward)")
+    ax.set_title(f"PEBBLE, {args.env_id}, {args.total_labels} labels, {len(args.seeds)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
