@@ -312,6 +312,8 @@ def main(args: Args) -> None:
     )
     task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1]).replace("-", "_").lower()  # dm_control/walker-walk-v0
     name = f"learning_{args.pair}_{task.split('_')[0] if '/' not in args.env_id else task}"
+    if args.total_labels != Args.total_labels:  # another budget: its own file
+        name += f"_{args.total_labels}_labels"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 
