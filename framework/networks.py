@@ -39,6 +39,41 @@ class SoftQNetwork(nn.Module):
         return self.net(torch.cat([obs, action], 1))
 
 
+class TwinQNetwork(nn.Module):
+    """SAC's two critics as one network: each layer's weights of both are stacked on a leading axis, so a forward pass
+    is one batched matmul per layer for the pair (what LeanRL gets from vmap over two critics). Built from two
+    `SoftQNetwork`s (their initialisation, hence the same random draws as two separate critics); returns (2, batch)."""
+
+    def __init__(self, first: SoftQNetwork, second: SoftQNetwork):
+        super().__init__()
+        pairs = [(a, b) for a, b in zip(first.net, second.net) if isinstance(a, nn.Linear) and isinstance(b, nn.Linear)]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.stack([a.weight.detach().T, b.weight.detach().T]).clone()) for a, b in pairs]
+        )  # (2, in, out)
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.stack([a.bias.detach(), b.bias.detach()])[:, None, :].clone()) for a, b in pairs]
+        )  # (2, 1, out)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], 1).expand(len(self.weights[0]), -1, -1)
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias, x, weight)
+            if i < last:
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+    @staticmethod
+    def state_from_pair(first: dict, second: dict) -> dict:
+        """The state dict of a twin built from two `SoftQNetwork` state dicts (checkpoints that saved two critics)."""
+        names = sorted({k.rsplit(".", 1)[0] for k in first}, key=lambda n: int(n.split(".")[1]))
+        state = {}
+        for i, name in enumerate(names):
+            state[f"weights.{i}"] = torch.stack([first[f"{name}.weight"].T, second[f"{name}.weight"].T])
+            state[f"biases.{i}"] = torch.stack([first[f"{name}.bias"], second[f"{name}.bias"]])[:, None, :]
+        return state
+
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
@@ -122,4 +157,13 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-__all__ = ["mlp", "hidden_layers", "SoftQNetwork", "SACActor", "PPOAgent", "layer_init", "polyak_update"]
+__all__ = [
+    "mlp",
+    "hidden_layers",
+    "SoftQNetwork",
+    "TwinQNetwork",
+    "SACActor",
+    "PPOAgent",
+    "layer_init",
+    "polyak_update",
+]

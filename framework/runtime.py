@@ -159,6 +159,20 @@ def pick_device(cuda: bool) -> torch.device:
     return torch.device("cpu")
 
 
+def compile_steps(args, device: torch.device, *steps):
+    """The per-step functions of a run as its flags ask: unchanged; torch.compile'd (`--compile`); or compiled to
+    replay as CUDA graphs (`--cudagraphs`, CUDA only: on the CPU it says so and compiles without them)."""
+    cudagraphs = getattr(args, "cudagraphs", False)
+    if cudagraphs and device.type != "cuda":
+        print("CUDA graphs need a GPU; compiling without them on the CPU.", file=sys.stderr)
+        cudagraphs = False
+    if cudagraphs:
+        return [torch.compile(step, mode="reduce-overhead") for step in steps]
+    if getattr(args, "compile", False) or getattr(args, "cudagraphs", False):
+        return [torch.compile(step) for step in steps]
+    return list(steps)
+
+
 def default_run_name(env_id: str, exp_name: str, seed: int) -> str:
     """`<env>__<exp>__<seed>__<unix time>`, CleanRL's run naming (unique per launch, sortable)."""
     import time

@@ -28,9 +28,17 @@ from framework.checkpoint import (
 )
 from framework.envs import make_env, require_continuous_actions
 from framework.evaluation import Evaluator
-from framework.networks import SACActor, SoftQNetwork, polyak_update
+from framework.networks import SACActor, SoftQNetwork, TwinQNetwork, polyak_update
 from framework.reward_model import LearnedReward
-from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
+from framework.runtime import (
+    RunArgs,
+    UsageError,
+    compile_steps,
+    default_run_name,
+    run_cli,
+    setup_headless_rendering,
+    setup_torch,
+)
 from framework.tracking import RunClock, Tracker, timed, write_summary
 
 
@@ -84,6 +92,10 @@ class Args(RunArgs):
     reward_model: str | None = None
     """train on a saved learned reward instead of the env's (a preference run's folder, or its reward_model.pt2);
     evaluation stays on the true reward"""
+    compile: bool = False
+    """torch.compile the acting and update steps (same results; faster on a GPU once compiled)"""
+    cudagraphs: bool = False
+    """replay the compiled update steps as CUDA graphs (GPU only; implies --compile)"""
 
 
 def validate(args: Args) -> None:
@@ -148,6 +160,46 @@ class ReplayBuffer:
         self.pos, self.size = state["pos"], n
 
 
+def sac_update_steps(actor, qf, qf_target, optimizers, log_alpha, alpha, target_entropy, args):
+    """SAC's per-step functions, to run plain or compiled (`--compile`): a gradient step of both critics, one of the
+    actor (and of the entropy coefficient when autotuned), and acting. `alpha` is read by reference: the loop
+    updates it in place."""
+    q_optimizer, actor_optimizer, a_optimizer = optimizers
+
+    def update_critics(b_obs, b_next_obs, b_actions, b_rewards, b_dones):
+        """One gradient step of both critics on a batch; returns (loss, first critic's mean Q) for logging."""
+        with torch.no_grad():
+            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+            min_q_next = qf_target(b_next_obs, next_actions).min(0).values - alpha * next_log_pi.view(-1)
+            next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next
+        q_values = qf(b_obs, b_actions)  # (2, batch)
+        qf_loss = F.mse_loss(q_values, next_q_value.expand_as(q_values), reduction="none").mean(1).sum()
+        q_optimizer.zero_grad()
+        qf_loss.backward()
+        q_optimizer.step()
+        return qf_loss.detach(), q_values[0].detach().mean()
+
+    def update_actor(b_obs):
+        """One gradient step of the actor (and of the entropy coefficient when autotuned); returns the actor loss."""
+        pi, log_pi, _ = actor.get_action(b_obs)
+        actor_loss = (alpha * log_pi.view(-1) - qf(b_obs, pi).min(0).values).mean()
+        actor_optimizer.zero_grad()
+        actor_loss.backward()
+        actor_optimizer.step()
+        if args.autotune:
+            alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+            a_optimizer.zero_grad()
+            alpha_loss.backward()
+            a_optimizer.step()
+        return actor_loss.detach()
+
+    def act(o: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return actor.get_action(o)[0]
+
+    return update_critics, update_actor, act
+
+
 def main(args: Args) -> dict:
     args, checkpoint = resume_args(args)  # with --resume, the run's saved flags
     validate(args)
@@ -168,14 +220,13 @@ def main(args: Args) -> dict:
     obs_dim = int(np.prod(env.observation_space.shape))
     action_dim = int(np.prod(env.action_space.shape))
     actor = SACActor(obs_dim, env.action_space.low, env.action_space.high, args.hidden_size, args.depth).to(device)
-    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
-    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    critic = lambda: SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth)
+    qf = TwinQNetwork(critic(), critic()).to(device)  # the two critics, batched
+    qf_target = TwinQNetwork(critic(), critic()).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    fused = not (args.compile or args.cudagraphs)  # compiled steps fuse the optimizers themselves
+    q_optimizer = optim.Adam(qf.parameters(), lr=args.q_lr, fused=fused)
+    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=fused)
 
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
@@ -184,7 +235,7 @@ def main(args: Args) -> dict:
 
     # checkpoints: what they hold, resume
     progress = OracleProgress()
-    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
+    parts = {"actor": actor, "qf": qf, "qf_target": qf_target}
     parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
     parts |= {"replay_buffer": rb, "evaluator": evaluator, "state": progress}
     obs, _ = env.reset(seed=args.seed)
@@ -196,6 +247,10 @@ def main(args: Args) -> dict:
         return {"args": asdict(args), "log_alpha": log_alpha.detach().cpu(), "rng": rngs, **states}
 
     if checkpoint is not None:
+        for name in ("qf", "qf_target"):  # a checkpoint of two separate critics
+            if name not in checkpoint:
+                pair = [checkpoint.pop(name.replace("qf", f"qf{i}")) for i in (1, 2)]
+                checkpoint[name] = TwinQNetwork.state_from_pair(*pair)
         for name, part in parts.items():
             part.load_state_dict(checkpoint[name])
         log_alpha.data.copy_(checkpoint["log_alpha"])
@@ -206,7 +261,11 @@ def main(args: Args) -> dict:
         # starts the same episode the uninterrupted run started (an interrupted one starts a fresh episode)
         obs, _ = env.reset()
         print(f"resumed {run_dir} at step {progress.global_step}", flush=True)
-    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor([args.alpha], device=device)
+
+    optimizers = (q_optimizer, actor_optimizer, a_optimizer)
+    steps = sac_update_steps(actor, qf, qf_target, optimizers, log_alpha, alpha, target_entropy, args)
+    update_critics, update_actor, act = compile_steps(args, device, *steps)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 
@@ -222,9 +281,7 @@ def main(args: Args) -> dict:
         if global_step <= args.learning_starts:
             action = env.action_space.sample()
         else:
-            with torch.no_grad():
-                action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
-            action = action[0].cpu().numpy()
+            action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
 
         next_obs, reward, terminated, truncated, info = env.step(action)
         rb.add(obs, next_obs, action, reward, terminated)
@@ -243,41 +300,20 @@ def main(args: Args) -> dict:
         if global_step > args.learning_starts:
             clock.begin("learning", global_step - 1)
             b_obs, b_next_obs, b_actions, b_rewards, b_dones = rb.sample(args.batch_size, rng)
-            with torch.no_grad():
-                next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
-                min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                min_q_next = min_q_next - alpha * next_log_pi
-                next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
-            qf1_values = qf1(b_obs, b_actions).view(-1)
-            qf2_values = qf2(b_obs, b_actions).view(-1)
-            qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
-            q_optimizer.zero_grad()
-            qf_loss.backward()
-            q_optimizer.step()
-
+            qf_loss, qf1_value = update_critics(b_obs, b_next_obs, b_actions, b_rewards, b_dones)
             if global_step % args.policy_frequency == 0:
                 for _ in range(args.policy_frequency):
-                    pi, log_pi, _ = actor.get_action(b_obs)
-                    min_q_pi = torch.min(qf1(b_obs, pi), qf2(b_obs, pi))
-                    actor_loss = (alpha * log_pi - min_q_pi).mean()
-                    actor_optimizer.zero_grad()
-                    actor_loss.backward()
-                    actor_optimizer.step()
+                    actor_loss = update_actor(b_obs)
                     if args.autotune:
-                        alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                        a_optimizer.zero_grad()
-                        alpha_loss.backward()
-                        a_optimizer.step()
-                        alpha = log_alpha.exp().detach()
+                        alpha.copy_(log_alpha.detach().exp())  # in place: the compiled steps hold this tensor
 
             if global_step % args.target_network_frequency == 0:
-                polyak_update(qf1_target, qf1, args.tau)
-                polyak_update(qf2_target, qf2, args.tau)
+                polyak_update(qf_target, qf, args.tau)
 
             if global_step % args.log_frequency == 0:
                 tracker.scalars(
                     {
-                        "losses/qf1_values": qf1_values.mean().item(),
+                        "losses/qf1_values": qf1_value.item(),
                         "losses/qf_loss": qf_loss.item() / 2.0,
                         "losses/actor_loss": actor_loss.item(),
                         "losses/alpha": alpha.item(),
@@ -302,7 +338,7 @@ def main(args: Args) -> dict:
     summary = write_summary(run_dir, summary)
     if args.save_model:
         save_checkpoint(
-            {"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(), "args": asdict(args)},
+            {"actor": actor.state_dict(), "qf": qf.state_dict(), "args": asdict(args)},
             os.path.join(run_dir, "sac.pt"),
         )
     evaluator.close()

@@ -50,13 +50,14 @@ from framework.labels import (
     reward_correlations,
     save_asked,
 )
-from framework.networks import SACActor, SoftQNetwork, polyak_update
+from framework.networks import SACActor, SoftQNetwork, TwinQNetwork, polyak_update
 from framework.normalization import RunningMeanStd
 from framework.preferences import PreferenceDataset, Preferences, dataset_metadata, given_preferences
 from framework.reward_model import export_reward_model
 from framework.runtime import (
     RunArgs,
     UsageError,
+    compile_steps,
     default_run_name,
     interrupts_held,
     run_cli,
@@ -114,6 +115,10 @@ class Args(HumanFeedbackArgs, RunArgs):
     """units per hidden layer of actor and critics"""
     depth: int = 2
     """hidden layers of actor and critics"""
+    compile: bool = False
+    """torch.compile the acting and update steps (same results; faster on a GPU once compiled)"""
+    cudagraphs: bool = False
+    """replay the compiled update steps as CUDA graphs (GPU only; implies --compile)"""
 
     # unsupervised pre-exploration (PEBBLE)
     unsupervised_exploration: bool = True
@@ -1083,14 +1088,52 @@ def learned_and_true_rewards(
     return rb.learned_rewards[window], rb.true_rewards[window]
 
 
-def reset_critics(critics: list[tuple[nn.Module, nn.Module]], q_optimizer: optim.Optimizer) -> None:
-    """PEBBLE: after pre-exploration the critics have learned the exploration reward; start them afresh."""
-    for critic, target in critics:
-        for layer in critic.modules():
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
-        target.load_state_dict(critic.state_dict())
+def reset_critics(qf: TwinQNetwork, qf_target: TwinQNetwork, fresh: TwinQNetwork, q_optimizer: optim.Optimizer) -> None:
+    """PEBBLE: after pre-exploration the critics have learned the exploration reward; start them afresh (from `fresh`,
+    newly initialised critics, copied in place so that compiled steps keep their parameters)."""
+    qf.load_state_dict(fresh.state_dict())
+    qf_target.load_state_dict(fresh.state_dict())
     q_optimizer.state.clear()
+
+
+def sac_update_steps(actor, qf, qf_target, optimizers, log_alpha, alpha, target_entropy, args):
+    """SAC's per-step functions, to run plain or compiled (`--compile`): a gradient step of both critics, one of the
+    actor (and of the entropy coefficient when autotuned), and acting. `alpha` is read by reference: the loop
+    updates it in place."""
+    q_optimizer, actor_optimizer, a_optimizer = optimizers
+
+    def update_critics(b_obs, b_next_obs, b_actions, b_rewards, b_dones):
+        """One gradient step of both critics on a batch; returns (loss, first critic's mean Q) for logging."""
+        with torch.no_grad():
+            next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
+            min_q_next = qf_target(b_next_obs, next_actions).min(0).values - alpha * next_log_pi.view(-1)
+            next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next
+        q_values = qf(b_obs, b_actions)  # (2, batch)
+        qf_loss = F.mse_loss(q_values, next_q_value.expand_as(q_values), reduction="none").mean(1).sum()
+        q_optimizer.zero_grad()
+        qf_loss.backward()
+        q_optimizer.step()
+        return qf_loss.detach(), q_values[0].detach().mean()
+
+    def update_actor(b_obs):
+        """One gradient step of the actor (and of the entropy coefficient when autotuned); returns the actor loss."""
+        pi, log_pi, _ = actor.get_action(b_obs)
+        actor_loss = (alpha * log_pi.view(-1) - qf(b_obs, pi).min(0).values).mean()
+        actor_optimizer.zero_grad()
+        actor_loss.backward()
+        actor_optimizer.step()
+        if args.autotune:
+            alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+            a_optimizer.zero_grad()
+            alpha_loss.backward()
+            a_optimizer.step()
+        return actor_loss.detach()
+
+    def act(o: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return actor.get_action(o)[0]
+
+    return update_critics, update_actor, act
 
 
 def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: int) -> dict:
@@ -1137,14 +1180,13 @@ def main(args: Args) -> dict:
 
     # ---------------------------------------------------------------- SAC networks (as in sac.py)
     actor = SACActor(obs_dim, env.action_space.low, env.action_space.high, args.hidden_size, args.depth).to(device)
-    qf1 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf2 = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf1_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf2_target = SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
-    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
+    critic = lambda: SoftQNetwork(obs_dim, action_dim, args.hidden_size, args.depth)
+    qf = TwinQNetwork(critic(), critic()).to(device)  # the two critics, batched
+    qf_target = TwinQNetwork(critic(), critic()).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    fused = not (args.compile or args.cudagraphs)  # compiled steps fuse the optimizers themselves
+    q_optimizer = optim.Adam(qf.parameters(), lr=args.q_lr, fused=fused)
+    actor_optimizer = optim.Adam(actor.parameters(), lr=args.policy_lr, fused=fused)
     target_entropy = -float(action_dim)
     log_alpha = torch.tensor([np.log(args.alpha)], dtype=torch.float32, device=device, requires_grad=True)
     a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
@@ -1181,7 +1223,7 @@ def main(args: Args) -> dict:
 
     # ---------------------------------------------------------------- checkpoints: what they hold, resume
     progress = Progress()
-    parts = {"actor": actor, "qf1": qf1, "qf2": qf2, "qf1_target": qf1_target, "qf2_target": qf2_target}
+    parts = {"actor": actor, "qf": qf, "qf_target": qf_target}
     parts |= {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "a_optimizer": a_optimizer}
     parts |= {"ensemble": ensemble, "reward_optimizer": reward_optimizer, "replay_buffer": rb, "preferences": prefs}
     parts |= {"entropy_stats": entropy_stats, "teacher": teacher, "evaluator": evaluator, "state": progress}
@@ -1194,6 +1236,9 @@ def main(args: Args) -> dict:
 
     if checkpoint is not None or args.exploration_load is not None:
         saved = checkpoint or load_exploration(args.exploration_load, args.env_id, obs_dim, exploration_end)
+        for name in ("qf", "qf_target"):  # saved with two separate critics
+            if name not in saved:
+                saved[name] = TwinQNetwork.state_from_pair(*[saved.pop(name.replace("qf", f"qf{i}")) for i in (1, 2)])
         for name, part in parts.items():  # a saved pre-exploration keeps this run's teacher, evaluator and progress
             if checkpoint is not None or name not in ("teacher", "evaluator", "state"):
                 part.load_state_dict(saved[name])
@@ -1211,7 +1256,10 @@ def main(args: Args) -> dict:
         dataset.resume(progress.session)
     elif args.exploration_load is not None:
         obs, info = env.reset(seed=args.seed + 1)
-    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.alpha, device=device)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor([args.alpha], device=device)
+    optimizers = (q_optimizer, actor_optimizer, a_optimizer)
+    steps = sac_update_steps(actor, qf, qf_target, optimizers, log_alpha, alpha, target_entropy, args)
+    update_critics, update_actor, act = compile_steps(args, device, *steps)
     if given is not None and checkpoint is None:  # --labels-from: what people answered before is not wasted
         start_from_labels(given, ensemble, reward_optimizer, prefs, dataset, args, rng, device)
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
@@ -1235,9 +1283,7 @@ def main(args: Args) -> dict:
         if global_step <= args.learning_starts:
             action = env.action_space.sample()
         else:
-            with torch.no_grad():
-                action = actor.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
-            action = action[0].cpu().numpy()
+            action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0].cpu().numpy()
         physics = info.get("physics_state")
         next_obs, reward, terminated, truncated, info = env.step(action)
         teacher_r = info.get("teacher_reward", reward)
@@ -1269,7 +1315,7 @@ def main(args: Args) -> dict:
                     q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
                 )
                 if not progress.critic_reset_done and args.unsupervised_exploration:
-                    reset_critics([(qf1, qf1_target), (qf2, qf2_target)], q_optimizer)
+                    reset_critics(qf, qf_target, TwinQNetwork(critic(), critic()).to(device), q_optimizer)
                 progress.critic_reset_done = True
         elif args.feedback_async == "on" and progress.session > 0 and global_step % args.feedback_poll_frequency == 0:
             q = exchange_with_teacher(rb, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir)
@@ -1296,39 +1342,19 @@ def main(args: Args) -> dict:
                     b_rewards, b_std = rb.tensors(idx, "learned_rewards", "reward_std")
                     if args.rune:
                         b_rewards = b_rewards + rune_bonus(b_std, args.rune_beta, args.rune_decay, global_step)
-                with torch.no_grad():
-                    next_actions, next_log_pi, _ = actor.get_action(b_next_obs)
-                    min_q_next = torch.min(qf1_target(b_next_obs, next_actions), qf2_target(b_next_obs, next_actions))
-                    min_q_next = min_q_next - alpha * next_log_pi
-                    next_q_value = b_rewards + (1 - b_dones) * args.gamma * min_q_next.view(-1)
-                qf1_values = qf1(b_obs, b_actions).view(-1)
-                qf2_values = qf2(b_obs, b_actions).view(-1)
-                qf_loss = F.mse_loss(qf1_values, next_q_value) + F.mse_loss(qf2_values, next_q_value)
-                q_optimizer.zero_grad()
-                qf_loss.backward()
-                q_optimizer.step()
-
+                qf_loss, qf1_value = update_critics(b_obs, b_next_obs, b_actions, b_rewards, b_dones)
                 if global_step % args.policy_frequency == 0:
                     for _ in range(args.policy_frequency):
-                        pi, log_pi, _ = actor.get_action(b_obs)
-                        actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi), qf2(b_obs, pi))).mean()
-                        actor_optimizer.zero_grad()
-                        actor_loss.backward()
-                        actor_optimizer.step()
+                        actor_loss = update_actor(b_obs)
                         if args.autotune:
-                            alpha_loss = (-log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
-                            a_optimizer.zero_grad()
-                            alpha_loss.backward()
-                            a_optimizer.step()
-                            alpha = log_alpha.exp().detach()
+                            alpha.copy_(log_alpha.detach().exp())  # in place: the compiled steps hold this tensor
                 if global_step % args.target_network_frequency == 0:
-                    polyak_update(qf1_target, qf1, args.tau)
-                    polyak_update(qf2_target, qf2, args.tau)
+                    polyak_update(qf_target, qf, args.tau)
 
             if global_step % args.log_frequency == 0:
                 actor_loss = actor_loss if global_step % args.policy_frequency == 0 else torch.tensor(math.nan)
                 logged = {"losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item()}
-                logged |= {"losses/qf1_values": qf1_values.mean().item(), "losses/alpha": alpha.item()}
+                logged |= {"losses/qf1_values": qf1_value.item(), "losses/alpha": alpha.item()}
                 tracker.scalars(logged | {"charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
         if exploring and global_step == exploration_end:  # --exploration-load reuses this in other runs
