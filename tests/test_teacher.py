@@ -210,3 +210,63 @@ def test_simulated_teacher_answers_query_batches():
     queries = QueryBatch("Hopper-v5", 100, a, b, mask, mask, physics, physics)
     assert len(queries) == N
     np.testing.assert_array_equal(SimulatedTeacher().answer(queries), (b.sum(1) > a.sum(1)).astype(float))
+
+
+def bpref_get_label(r_1, r_2, beta, gamma, eps_mistake, thres_skip, thres_equal, rng):
+    """B-Pref's `RewardModel.get_label` (rll-research/BPref, reward_model.py) restated on per-step rewards (n, T):
+    labels of the pairs it keeps (1: the second segment better, 0: the first, -1: equally preferable) and which pairs
+    it keeps. beta <= 0 is B-Pref's perfectly rational teacher."""
+    sum_1, sum_2 = r_1.sum(1), r_2.sum(1)
+    kept = np.ones(len(r_1), bool)
+    if thres_skip > 0:
+        kept = np.maximum(sum_1, sum_2) > thres_skip
+        r_1, r_2, sum_1, sum_2 = r_1[kept], r_2[kept], sum_1[kept], sum_2[kept]
+    margin = np.abs(sum_1 - sum_2) < thres_equal
+    weighted_1, weighted_2 = r_1.copy(), r_2.copy()
+    for index in range(r_1.shape[1] - 1):  # the first index + 1 steps shrink once more each time
+        weighted_1[:, : index + 1] *= gamma
+        weighted_2[:, : index + 1] *= gamma
+    sum_1, sum_2 = weighted_1.sum(1), weighted_2.sum(1)
+    if beta > 0:
+        p_second = 1.0 / (1.0 + np.exp(-beta * (sum_2 - sum_1)))
+        labels = (rng.random(len(sum_1)) < p_second).astype(int)
+    else:
+        labels = (sum_1 < sum_2).astype(int)
+    noise = rng.random(len(labels)) <= eps_mistake
+    labels[noise] = 1 - labels[noise]
+    labels[margin] = -1
+    return labels, kept
+
+
+@pytest.mark.parametrize(
+    "name, ours, theirs",
+    [
+        ("oracle", {}, {}),
+        ("myopic", {"gamma": 0.9}, {"gamma": 0.9}),
+        ("equal", {"equal_threshold": 0.1}, {"thres_equal": 0.1 * 5.0}),
+        ("skip", {"skip_threshold": 1.0}, {"thres_skip": 1.0 * 5.0}),  # a coefficient that skips a quarter
+        ("stoch", {"beta": 1.0}, {"beta": 1.0}),
+        ("mistake", {"eps_mistake": 0.1}, {"eps_mistake": 0.1}),
+    ],
+)
+def test_labels_match_bprefs_get_label_on_20000_pairs(name, ours, theirs):
+    """B-Pref's six teachers on the same 20,000 pairs (positive typical return 5 per segment: B-Pref's thresholds are
+    its coefficient times that scale): identical labels for the deterministic ones, the same label distribution for
+    the random ones (agreement with the rational label, share of pairs the second segment wins, within 1 %)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.5, 1.0, size=(N, T)), rng.normal(0.5, 1.0, size=(N, T))
+    mine = SimulatedTeacher(**ours, seed=4).label(a, b, return_scale=5.0)
+    settings = {"beta": -1.0, "gamma": 1.0, "eps_mistake": 0.0, "thres_skip": 0.0, "thres_equal": 0.0} | theirs
+    reference, kept = bpref_get_label(a, b, **settings, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(~np.isnan(mine), kept)  # skipped: the same pairs
+    mine = np.where(mine[kept] == EQUAL, -1, mine[kept]).astype(int)
+    if name in ("stoch", "mistake"):
+        rational = (b.sum(1) > a.sum(1))[kept].astype(int)
+        assert abs(np.mean(mine == rational) - np.mean(reference == rational)) < 0.01
+        assert abs(np.mean(mine == 1) - np.mean(reference == 1)) < 0.01
+    else:
+        np.testing.assert_array_equal(mine, reference)
+    if name == "skip":
+        assert 0.2 < 1 - kept.mean() < 0.3
+    if name == "equal":
+        assert 0.01 < np.mean(mine == -1) < 0.2
