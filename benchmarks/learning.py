@@ -310,6 +310,8 @@ def main(args: Args) -> None:
         for k, v in vars(args).items()
         if k not in ("runs_dir", "extra_rlhf_flags") and v != getattr(Args, k, None)
     )
+    if args.extra_rlhf_flags.strip():  # (with "=": its value starts with "--")
+        command += f' --extra-rlhf-flags="{args.extra_rlhf_flags.strip()}"'
     task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1]).replace("-", "_").lower()  # dm_control/walker-walk-v0
     name = f"learning_{args.pair}_{task.split('_')[0] if '/' not in args.env_id else task}"
     if args.total_labels != Args.total_labels:  # another budget: its own file
