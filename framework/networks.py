@@ -73,6 +73,14 @@ class TwinQNetwork(nn.Module):
             state[f"biases.{i}"] = torch.stack([first[f"{name}.bias"], second[f"{name}.bias"]])[:, None, :]
         return state
 
+    @staticmethod
+    def upgrade_checkpoint(saved: dict) -> None:
+        """A checkpoint that saved two separate critics (`qf1`, `qf2`, `qf1_target`, `qf2_target`) gets the twins'
+        entries `qf` and `qf_target` instead, in place; a checkpoint that has them is left as it is."""
+        for name in ("qf", "qf_target"):
+            if name not in saved:
+                saved[name] = TwinQNetwork.state_from_pair(*[saved.pop(name.replace("qf", f"qf{i}")) for i in (1, 2)])
+
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 

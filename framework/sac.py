@@ -247,10 +247,7 @@ def main(args: Args) -> dict:
         return {"args": asdict(args), "log_alpha": log_alpha.detach().cpu(), "rng": rngs, **states}
 
     if checkpoint is not None:
-        for name in ("qf", "qf_target"):  # a checkpoint of two separate critics
-            if name not in checkpoint:
-                pair = [checkpoint.pop(name.replace("qf", f"qf{i}")) for i in (1, 2)]
-                checkpoint[name] = TwinQNetwork.state_from_pair(*pair)
+        TwinQNetwork.upgrade_checkpoint(checkpoint)  # saved with two separate critics
         for name, part in parts.items():
             part.load_state_dict(checkpoint[name])
         log_alpha.data.copy_(checkpoint["log_alpha"])

@@ -1236,9 +1236,7 @@ def main(args: Args) -> dict:
 
     if checkpoint is not None or args.exploration_load is not None:
         saved = checkpoint or load_exploration(args.exploration_load, args.env_id, obs_dim, exploration_end)
-        for name in ("qf", "qf_target"):  # saved with two separate critics
-            if name not in saved:
-                saved[name] = TwinQNetwork.state_from_pair(*[saved.pop(name.replace("qf", f"qf{i}")) for i in (1, 2)])
+        TwinQNetwork.upgrade_checkpoint(saved)  # saved with two separate critics
         for name, part in parts.items():  # a saved pre-exploration keeps this run's teacher, evaluator and progress
             if checkpoint is not None or name not in ("teacher", "evaluator", "state"):
                 part.load_state_dict(saved[name])
