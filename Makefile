@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,dmc,metaworld]"
+	$(PY) -m pip install -q -e ".[dev,dmc,metaworld,atari]"
 	touch $@
 
 system-deps test-deps: PACKAGES = $(if $(filter test-deps,$@),$(APT_TEST_PACKAGES),$(APT_PACKAGES))

@@ -11,6 +11,10 @@ has one (Hopper, Walker2d, HalfCheetah, Ant, Swimmer; Hopper-v5's default view i
 frame) and dm_control's body-tracking camera (walker, cheetah, quadruped); Meta-World gets a fixed view of the table
 that shows the arm, the object and the goal, upright; otherwise the env's default view.
 
+Atari games are not rendered: their clips are the colour frames the ALE showed (`info["screen"]`, 210x160), kept
+with the segment and scaled up by a whole factor without smoothing (pixel art stays sharp), at 15 frames/s (one frame
+per env step of 4 emulator frames).
+
 Both clips of a pair get the same number of frames and frame rate: steps after an episode ended inside a segment
 (mask 0) repeat the last frame, darkened, so the viewer sees that the episode was over.
 """
@@ -28,9 +32,11 @@ import mujoco
 import numpy as np
 
 from framework.envs import (
+    ATARI_FRAME_SKIP,
     check_env_id,
     clip_camera,
     control_timestep,
+    family,
     mujoco_model_data,
     physics_state_size,
     write_physics_state,
@@ -113,10 +119,39 @@ class ClipRenderer:
         return frames
 
 
-def get_clip_renderer(env_id: str, size: int = 320) -> ClipRenderer:
+class ScreenClips:
+    """Clips of an Atari game from its stored colour frames (T, 210, 160, 3): scaled by the whole factor that brings
+    the width nearest to `size` (at least 1), nearest-neighbour; the same interface as `ClipRenderer`."""
+
+    SCREEN = (210, 160)
+
+    def __init__(self, env_id: str, size: int = 320):
+        if size < 16 or size % 2:
+            raise UsageError(f"clip size must be an even number of pixels >= 16, got {size}")
+        self.env_id, self.size = env_id, size
+        self.scale = max(1, round(size / self.SCREEN[1]))
+        self.fps = int(round(60 / ATARI_FRAME_SKIP))
+        self.physics_dim = self.SCREEN[0] * self.SCREEN[1] * 3  # what one step keeps for its clip
+
+    def render(self, screens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """(T, 210, 160, 3) colour frames -> (T, 210 k, 160 k, 3) uint8; masked steps repeat the last live frame,
+        darkened."""
+        screens = np.asarray(screens, dtype=np.uint8)
+        if screens.ndim != 4 or screens.shape[1:] != (*self.SCREEN, 3):
+            raise ValueError(f"expected screens of shape (T, 210, 160, 3) for {self.env_id}, got {screens.shape}")
+        mask = np.ones(len(screens), bool) if mask is None else np.asarray(mask) > 0
+        live = np.maximum.accumulate(np.where(mask, np.arange(len(mask)), 0))  # the last live step at or before t
+        shown = screens[live]
+        shown[~mask] //= 2
+        return shown.repeat(self.scale, axis=1).repeat(self.scale, axis=2)
+
+
+def get_clip_renderer(env_id: str, size: int = 320) -> ClipRenderer | ScreenClips:
     """The calling thread's renderer for (env_id, size), made on first use and kept (one GL context each: a GL
     context is current in one thread at a time, and clips are rendered on a background thread while people label
     asynchronously)."""
+    if family(env_id) == "atari":
+        return ScreenClips(env_id, size)
     key = (env_id, size, threading.get_ident())
     if key not in _RENDERERS:
         _RENDERERS[key] = ClipRenderer(env_id, size)
@@ -182,7 +217,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
 
 
 def render_pair(
-    renderer: ClipRenderer,
+    renderer: ClipRenderer | ScreenClips,
     physics_a: np.ndarray,
     mask_a: np.ndarray,
     physics_b: np.ndarray,

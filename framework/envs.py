@@ -10,6 +10,12 @@
 - Meta-World v3 tasks as `metaworld/<task>-v3` (`metaworld/door-open-v3`): Meta-World's MT1 setting (a new object and
   goal position from the task's 50 variations at every reset), 500-step episodes, `info["success"]` at every step
   (evaluations report the success rate), no early end on success.
+- Atari games by the Arcade Learning Environment's ids, `ALE/<Game>-v5` (`ALE/Pong-v5`; ale-py's wheels ship the
+  ROMs): v5's sticky actions (the previous action repeats with probability 0.25), then the standard preprocessing
+  (Gymnasium's `AtariPreprocessing`: up to 30 no-ops at reset, 4 frames per step with the last two max-pooled,
+  grayscale, 84x84 uint8) and, with `frame_stack=k > 0`, the last k frames stacked, (k, 84, 84). Episodes end at the
+  game's end (not at a lost life) or after 27,000 steps (108,000 frames). Returns are the game's score. With
+  `record_screens`, `info["screen"]` holds the colour frame a person sees (210x160x3 uint8) after every step.
 - Every MuJoCo env of any family records its physics state (qpos, qvel, act, flattened) in `info["physics_state"]`
   after `reset` and every `step`, so query clips can be rendered later from stored states; `mujoco_model_data` is the
   one adapter that finds a family's MuJoCo model and data.
@@ -50,14 +56,22 @@ def _register_short_variants() -> None:
 _register_short_variants()
 
 
-FAMILIES = {"dm_control/": ("dm_control", "shimmy", "dmc"), "metaworld/": ("metaworld", "metaworld", "metaworld")}
+FAMILIES = {
+    "dm_control/": ("dm_control", "shimmy", "dmc"),
+    "metaworld/": ("metaworld", "metaworld", "metaworld"),
+    "ALE/": ("atari", "ale_py", "atari"),
+}
 """id prefix -> (family, the module that registers its ids, the pip extra that installs it)"""
 DMC_EPISODE_STEPS = 1000
 METAWORLD_EPISODE_STEPS = 500
+ATARI_FRAME_SKIP = 4
+"""emulator frames per env step of the Atari games (the last two max-pooled into the observation)"""
+ATARI_EPISODE_STEPS = 108_000 // ATARI_FRAME_SKIP
+"""the ALE's limit of 108,000 frames per episode, in env steps"""
 
 
 def family(env_id: str) -> str:
-    """`dm_control`, `metaworld` or `gymnasium` (everything else, MuJoCo v5 tasks included)."""
+    """`dm_control`, `metaworld`, `atari` or `gymnasium` (everything else, MuJoCo v5 tasks included)."""
     return next((name for prefix, (name, _, _) in FAMILIES.items() if env_id.startswith(prefix)), "gymnasium")
 
 
@@ -72,6 +86,8 @@ def _register_family(env_id: str) -> None:
             raise UsageError(
                 f"{env_id!r} needs the {name} package ({err}); install it with pip install -e '.[{extra}]'"
             ) from None
+        if name == "atari":
+            gym.register_envs(imported)
         if name == "metaworld":
             for task in imported.ALL_V3_ENVIRONMENTS:
                 if f"metaworld/{task}" not in gym.registry:
@@ -99,14 +115,34 @@ class SeededTaskChoice(gym.Wrapper):
 def check_env_id(env_id: str) -> None:
     """Raise a `UsageError` with close matches when `env_id` is not registered."""
     _register_family(env_id)
+    if env_id not in gym.registry and "ALE/" not in env_id:
+        _register_atari_quietly()  # so that a mistyped game gets its close matches
     if env_id in gym.registry:
+        spec = gym.spec(env_id)
+        if str(spec.entry_point).startswith("ale_py") and family(env_id) != "atari":
+            game = spec.kwargs.get("game", "")
+            same_game = (k for k in gym.registry if k.startswith("ALE/") and gym.spec(k).kwargs.get("game") == game)
+            v5 = next(same_game, None)
+            raise UsageError(
+                f"{env_id!r} is an older Atari id; prefrl uses the ALE's v5 ids (sticky actions)"
+                + (f": {v5!r}" if v5 else "")
+            )
         return
-    known = list(gym.registry.keys())
+    older_atari = lambda k: str(gym.spec(k).entry_point).startswith("ale_py") and not k.startswith("ALE/")
+    known = [k for k in gym.registry if not older_atari(k)]
     lowered = {k.lower(): k for k in known}
     matches = [lowered[env_id.lower()]] if env_id.lower() in lowered else []
     matches += [m for m in difflib.get_close_matches(env_id, known, n=3, cutoff=0.6) if m not in matches]
     hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else " (see gymnasium.pprint_registry())"
     raise UsageError(f"unknown environment id {env_id!r}{hint}")
+
+
+def _register_atari_quietly() -> None:
+    try:
+        import ale_py
+    except ImportError:
+        return
+    gym.register_envs(ale_py)
 
 
 def mujoco_model_data(env: gym.Env):
@@ -212,6 +248,34 @@ def family_of_env(env: gym.Env) -> str:
     return family(spec.id) if spec is not None else "gymnasium"
 
 
+class RecordScreen(gym.Wrapper):
+    """Adds `info["screen"]`: the ALE's colour frame (210x160x3 uint8) after `reset` and every `step`."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info["screen"] = self.env.unwrapped.ale.getScreenRGB()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["screen"] = self.env.unwrapped.ale.getScreenRGB()
+        return obs, reward, terminated, truncated, info
+
+
+def make_atari(env_id: str, render_mode: str | None, frame_stack: int) -> gym.Env:
+    """An ALE v5 game with sticky actions, the standard preprocessing and `frame_stack` stacked frames (0: none)."""
+    env = gym.make(env_id, frameskip=1, render_mode=render_mode)  # the preprocessing skips (and max-pools) frames
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=ATARI_FRAME_SKIP, screen_size=84)
+    if frame_stack > 0:
+        env = gym.wrappers.FrameStackObservation(env, frame_stack)
+    return env
+
+
+def is_pixels(space: gym.Space) -> bool:
+    """True for image observations (uint8 frames, stacked or not), which networks read with a CNN."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
 class RecordPhysicsState(gym.Wrapper):
     """Adds `info["physics_state"]`: the MuJoCo state that produced the returned observation."""
 
@@ -231,16 +295,26 @@ def make_env(
     seed: int,
     teacher_reward: Callable | None = None,
     render_mode: str | None = None,
+    frame_stack: int = 4,
+    record_screens: bool = False,
 ) -> gym.Env:
     """Make one seeded environment with episode statistics (and the physics state, for MuJoCo envs).
 
-    `teacher_reward`, a function from `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at
-    every step. `render_mode="human"` shows the episodes in a window; `"rgb_array"` renders frames (headless: set
-    MUJOCO_GL=egl or osmesa).
+    Atari games are preprocessed, with `frame_stack` stacked frames (0: single frames), and with `record_screens`
+    report their colour frame in `info["screen"]`. `teacher_reward`, a function from
+    `framework.teacher.load_reward_function`, adds `info["teacher_reward"]` at every step. `render_mode="human"` shows
+    the episodes in a window; `"rgb_array"` renders frames (headless: set MUJOCO_GL=egl or osmesa).
     """
     check_env_id(env_id)
-    # (Meta-World's declared observation bounds are narrower than what its envs return: no checker warnings for them)
-    env = gym.make(env_id, render_mode=render_mode, disable_env_checker=family(env_id) == "metaworld")
+    if frame_stack < 0:
+        raise UsageError(f"--frame-stack must be >= 0 (0: no stacking), got {frame_stack}")
+    if family(env_id) == "atari":
+        env = make_atari(env_id, render_mode, frame_stack)
+        if record_screens:
+            env = RecordScreen(env)
+    else:
+        # (Meta-World's declared observation bounds are narrower than its envs' observations: no checker warnings)
+        env = gym.make(env_id, render_mode=render_mode, disable_env_checker=family(env_id) == "metaworld")
     if isinstance(env.observation_space, gym.spaces.Dict):  # dm_control: one flat vector, in the Dict's key order
         env = gym.wrappers.FlattenObservation(env)
     if not has_wrapper(env, gym.wrappers.RecordEpisodeStatistics):  # Meta-World's envs come with their own
@@ -273,9 +347,23 @@ def require_continuous_actions(space: gym.Space, env_id: str, script: str) -> No
         )
 
 
+def action_size(space: gym.Space) -> int:
+    """How many numbers a reward model reads for one action: the flattened Box, or a one-hot of a Discrete space."""
+    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+
+
+def action_features(space: gym.Space, actions: np.ndarray) -> np.ndarray:
+    """Actions `(..., *space.shape)` as a reward model reads them, `(..., action_size(space))` float32: discrete
+    actions one-hot, continuous ones flattened."""
+    actions = np.asarray(actions)
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(int(space.n), dtype=np.float32)[actions.astype(np.int64) - int(space.start)]
+    return actions.reshape(*actions.shape[: actions.ndim - len(space.shape)], -1).astype(np.float32)
+
+
 def max_episode_steps(env_id: str) -> int | None:
     """The registered time limit of `env_id` (None when it has none)."""
     check_env_id(env_id)
-    return {"dm_control": DMC_EPISODE_STEPS, "metaworld": METAWORLD_EPISODE_STEPS}.get(
+    return {"dm_control": DMC_EPISODE_STEPS, "metaworld": METAWORLD_EPISODE_STEPS, "atari": ATARI_EPISODE_STEPS}.get(
         family(env_id), gym.spec(env_id).max_episode_steps
     )

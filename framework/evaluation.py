@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from framework.envs import make_env
+from framework.envs import family, make_env
 from framework.runtime import UsageError
 
 
@@ -127,6 +127,7 @@ class Evaluator:
         video_dir: str | None = None,
         teacher_reward: Callable | None = None,
         render_mode: str | None = None,
+        frame_stack: int = 4,
     ):
         if capture_video and video_dir is None:
             raise UsageError("capture_video needs a video_dir")
@@ -135,16 +136,20 @@ class Evaluator:
         self.calls = 0
         self.video_dir = video_dir if capture_video else None
         mode = "rgb_array" if capture_video else render_mode
-        self.env = make_env(env_id, seed, teacher_reward=teacher_reward, render_mode=mode)
+        self.env = make_env(
+            env_id, seed, teacher_reward, mode, frame_stack, record_screens=family(env_id) == "atari"
+        )  # (an Atari game's colour frames are what its films show)
 
     def __call__(self, policy: Callable[[np.ndarray], np.ndarray], film: int = 0) -> EvalResult:
         """`policy` maps one observation `(obs_dim,)` to one action `(action_dim,)`. The physics states of the first
-        `film` episodes (MuJoCo envs) are kept in `self.films`, one `(T + 1, state size)` array each."""
+        `film` episodes are kept in `self.films`, one `(T + 1, state size)` array each (MuJoCo envs), or their colour
+        frames, `(T + 1, 210, 160, 3)` (Atari)."""
         result = EvalResult([], [])
         self.films = []
         for episode in range(self.episodes):
             obs, info = self.env.reset(seed=self.seed + 1000 * self.calls + episode)
-            states = [info["physics_state"]] if episode < film and "physics_state" in info else None
+            kept = "physics_state" if "physics_state" in info else "screen"
+            states = [info[kept]] if episode < film and kept in info else None
             frames = [self.env.render()] if self.video_dir is not None and episode == 0 else None
             done, teacher_return, success = False, 0.0, 0.0
             while not done:
@@ -153,7 +158,7 @@ class Evaluator:
                 success = max(success, float(info.get("success", 0.0)))
                 done = terminated or truncated
                 if states is not None:
-                    states.append(info["physics_state"])
+                    states.append(info[kept])
                 if frames is not None:
                     frames.append(self.env.render())
             if frames is not None:
@@ -242,24 +247,31 @@ def load_policy(saved: dict, env) -> Callable[[np.ndarray], np.ndarray]:
     run evaluated it."""
     import torch
 
-    from framework.networks import PPOAgent, SACActor
+    from framework.envs import is_pixels
+    from framework.networks import SACActor, make_ppo_agent
     from framework.normalization import ObservationNormalizer
 
     args = saved["args"]
     obs_dim = int(np.prod(env.observation_space.shape))
-    low, high = env.action_space.low, env.action_space.high
+    low, high = getattr(env.action_space, "low", None), getattr(env.action_space, "high", None)
     try:
         if "actor" in saved:
             net = SACActor(obs_dim, low, high, args["hidden_size"], args["depth"])
             net.load_state_dict(saved["actor"])
             act = lambda o: net.get_action(torch.as_tensor(o, dtype=torch.float32)[None])[2][0]
         elif "agent" in saved:
-            net = PPOAgent(obs_dim, len(low), args["hidden_size"], args["depth"])
+            try:
+                net = make_ppo_agent(env.observation_space, env.action_space, args["hidden_size"], args["depth"])
+            except ValueError as err:
+                raise UsageError(f"the saved agent does not fit {env.spec.id}: {err}") from None
             net.load_state_dict(saved["agent"])
             norm = ObservationNormalizer(env.observation_space.shape)
             norm.load_state_dict(saved["obs_norm"])
-            normalize = norm.normalize if args.get("norm_obs", True) else lambda o: o.astype(np.float32)
-            act = lambda o: np.clip(net.act_deterministic(torch.as_tensor(normalize(o[None])))[0], low, high)
+            if is_pixels(env.observation_space):
+                act = lambda o: net.act_deterministic(torch.as_tensor(o[None]))[0]
+            else:
+                normalize = norm.normalize if args.get("norm_obs", True) else lambda o: o.astype(np.float32)
+                act = lambda o: np.clip(net.act_deterministic(torch.as_tensor(normalize(o[None])))[0], low, high)
         else:
             raise UsageError("the file holds no agent (an SAC actor or a PPO agent)")
     except RuntimeError as err:  # shapes that do not fit the env
@@ -268,7 +280,8 @@ def load_policy(saved: dict, env) -> Callable[[np.ndarray], np.ndarray]:
 
     def policy(o: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return np.asarray(act(o), dtype=np.float32)
+            action = np.asarray(act(o))
+        return action if action.dtype.kind in "iu" else action.astype(np.float32)
 
     return policy
 
@@ -294,7 +307,7 @@ def film_episodes(
             written.append(path)
         if gif:
             step = max(1, round(renderer.fps / 15))
-            images = [Image.fromarray(f).resize((size // 2, size // 2)) for f in frames[::step]]
+            images = [Image.fromarray(f).resize((f.shape[1] // 2, f.shape[0] // 2)) for f in frames[::step]]
             path = os.path.join(out, f"episode-{i}.gif")
             duration = int(1000 * step / renderer.fps)
             images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=True)
@@ -333,7 +346,14 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
         teacher_reward = load_reward_function(run_args["teacher_reward"])
     seed = run_args["seed"] + 10_000 if args.seed is None else args.seed
     render_mode = "human" if args.render_mode == "human" else None
-    evaluator = Evaluator(env_id, seed, args.episodes, teacher_reward=teacher_reward, render_mode=render_mode)
+    evaluator = Evaluator(
+        env_id,
+        seed,
+        args.episodes,
+        teacher_reward=teacher_reward,
+        render_mode=render_mode,
+        frame_stack=run_args.get("frame_stack", 4),
+    )
     if args.seed is None and "evaluator" in saved:  # the episodes of the run's last evaluation
         evaluator.calls = max(saved["evaluator"]["calls"] - 1, 0)
     policy = load_policy(saved, evaluator.env)
@@ -348,7 +368,7 @@ def evaluate_saved(args: EvalArgs) -> EvalResult:
     print(f"mean return {result.mean_return:.1f} +- {result.std_return:.1f}")
     if args.video or args.gif:
         if not evaluator.films:
-            raise UsageError(f"{env_id} is not a MuJoCo environment: it cannot be filmed")
+            raise UsageError(f"{env_id} is neither a MuJoCo environment nor an Atari game: it cannot be filmed")
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)), "evaluation")
         for written in film_episodes(env_id, evaluator.films, out, args.video, args.gif, args.size, args.seconds):
             print(f"wrote {written}")

@@ -129,10 +129,12 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.
 
 
 class PPOAgent(nn.Module):
-    """Separate actor (Gaussian, state-independent log-std) and critic MLPs with tanh activations."""
+    """Separate actor and critic MLPs with tanh activations. Continuous actions: a Gaussian policy with a
+    state-independent log-std; `discrete`: a categorical policy over `action_dim` actions."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int = 64, depth: int = 2):
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int = 64, depth: int = 2, discrete: bool = False):
         super().__init__()
+        self.discrete = discrete
         self.critic = mlp(obs_dim, 1, hidden_size, depth, nn.Tanh)
         self.actor_mean = mlp(obs_dim, action_dim, hidden_size, depth, nn.Tanh)
         linears = lambda net: [m for m in net if isinstance(m, nn.Linear)]
@@ -141,22 +143,92 @@ class PPOAgent(nn.Module):
             for layer in hidden:
                 layer_init(layer)
             layer_init(last, std=out_std)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+        if not discrete:
+            self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs)
 
     def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None):
         """Sampled (or given) action, its log-probability, the policy entropy and the state value."""
-        mean = self.actor_mean(obs)
-        std = self.actor_logstd.expand_as(mean).exp()
-        dist = torch.distributions.Normal(mean, std)
+        out = self.actor_mean(obs)
+        if self.discrete:
+            dist = torch.distributions.Categorical(logits=out)
+            if action is None:
+                action = dist.sample()
+            return action, dist.log_prob(action.long()), dist.entropy(), self.critic(obs)
+        dist = torch.distributions.Normal(out, self.actor_logstd.expand_as(out).exp())
         if action is None:
             action = dist.sample()
         return action, dist.log_prob(action).sum(1), dist.entropy().sum(1), self.critic(obs)
 
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor_mean(obs)
+        out = self.actor_mean(obs)
+        return out.argmax(-1) if self.discrete else out
+
+
+class NatureCNN(nn.Module):
+    """The DQN paper's convolutional torso (Mnih et al. 2015): uint8 frames (C, 84, 84), or (84, 84), scaled to [0, 1],
+    -> 512 features. C is the number of stacked frames."""
+
+    def __init__(self, channels: int, out_dim: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            layer_init(nn.Conv2d(channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, out_dim)),
+            nn.ReLU(),
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.float() / 255.0
+        return self.net(x if x.dim() == 4 else x.unsqueeze(1))
+
+
+class AtariPPOAgent(nn.Module):
+    """CleanRL's `ppo_atari.py` agent: a shared Nature CNN, a categorical policy head and a value head."""
+
+    def __init__(self, frame_shape: tuple[int, ...], n_actions: int):
+        super().__init__()
+        self.network = NatureCNN(frame_shape[0] if len(frame_shape) == 3 else 1)
+        self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.network(obs))
+
+    def get_action_and_value(self, obs: torch.Tensor, action: torch.Tensor | None = None):
+        """Sampled (or given) action, its log-probability, the policy entropy and the state value."""
+        hidden = self.network(obs)
+        dist = torch.distributions.Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = dist.sample()
+        return action, dist.log_prob(action.long()), dist.entropy(), self.critic(hidden)
+
+    def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.network(obs)).argmax(-1)
+
+
+def make_ppo_agent(observation_space, action_space, hidden_size: int = 64, depth: int = 2) -> nn.Module:
+    """The PPO agent for a pair of spaces: `AtariPPOAgent` for uint8 frames with discrete actions, `PPOAgent` (MLPs of
+    `hidden_size` x `depth`) for vectors, with continuous or discrete actions."""
+    import gymnasium as gym
+
+    pixels = observation_space.dtype == np.uint8 and len(observation_space.shape) in (2, 3)
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if pixels:
+        if not discrete:
+            raise ValueError(f"image observations are supported with discrete actions only, not {action_space}")
+        return AtariPPOAgent(observation_space.shape, int(action_space.n))
+    if not discrete and not isinstance(action_space, gym.spaces.Box):
+        raise ValueError(f"actions must be continuous (Box) or discrete, not {action_space}")
+    action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
+    return PPOAgent(int(np.prod(observation_space.shape)), action_dim, hidden_size, depth, discrete)
 
 
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
@@ -172,6 +244,9 @@ __all__ = [
     "TwinQNetwork",
     "SACActor",
     "PPOAgent",
+    "NatureCNN",
+    "AtariPPOAgent",
+    "make_ppo_agent",
     "layer_init",
     "polyak_update",
 ]

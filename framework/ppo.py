@@ -2,9 +2,12 @@
 
 CleanRL's `ppo_continuous_action.py` with prefrl's env factory, network size flags and evaluation. Observation and
 reward normalisers live beside the policy (saved with it, used by evaluation), and time-limit truncations bootstrap
-from the value of the final observation.
+from the value of the final observation. On Atari games (discrete actions, stacked 84x84 frames) the agent is
+CleanRL's `ppo_atari.py` one, a Nature-DQN CNN with a categorical policy (`scripts/ppo_atari.sh` has its settings).
 
     python framework/ppo.py --env-id Hopper-v5 --total-timesteps 200000
+    python framework/ppo.py --env-id ALE/Breakout-v5 --num-envs 8 --num-steps 128 --num-minibatches 4 \
+        --update-epochs 4 --learning-rate 2.5e-4 --clip-coef 0.1 --ent-coef 0.01
     python framework/ppo.py --resume runs/Hopper-v5__ppo__1__1790000000      # continue a stopped run
 """
 
@@ -27,9 +30,9 @@ from framework.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from framework.envs import check_env_id, make_env, require_continuous_actions
+from framework.envs import check_env_id, is_pixels, make_env
 from framework.evaluation import Evaluator
-from framework.networks import PPOAgent
+from framework.networks import make_ppo_agent
 from framework.normalization import ObservationNormalizer, RewardScaler
 from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
 from framework.tracking import RunClock, Tracker, timed, write_summary
@@ -48,6 +51,8 @@ class Args(RunArgs):
 
     env_id: str = "Hopper-v5"
     """the Gymnasium environment id"""
+    frame_stack: int = 4
+    """Atari games: observe the last this many frames (0: single frames)"""
     total_timesteps: int = 1_000_000
     """total environment steps (over all parallel envs)"""
     learning_rate: float = 3e-4
@@ -81,7 +86,7 @@ class Args(RunArgs):
     target_kl: float | None = None
     """stop an update early when the approximate KL exceeds this"""
     norm_obs: bool = True
-    """normalise observations with running statistics"""
+    """normalise vector observations with running statistics (frames are scaled to [0, 1] by the network)"""
     norm_reward: bool = True
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
@@ -134,36 +139,51 @@ def main(args: Args) -> dict:
     num_iterations = args.total_timesteps // batch_size
 
     envs = gym.vector.SyncVectorEnv(
-        [lambda i=i: make_env(args.env_id, args.seed + i) for i in range(args.num_envs)],
+        [lambda i=i: make_env(args.env_id, args.seed + i, frame_stack=args.frame_stack) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    require_continuous_actions(envs.single_action_space, args.env_id, "ppo.py")
+    pixels = is_pixels(envs.single_observation_space)
+    discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
+    try:
+        agent = make_ppo_agent(envs.single_observation_space, envs.single_action_space, args.hidden_size, args.depth)
+    except ValueError as err:
+        raise UsageError(f"ppo.py cannot learn {args.env_id}: {err}") from None
     device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
     evaluator = Evaluator(
-        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, os.path.join(run_dir, "videos")
+        args.env_id,
+        args.seed + 10_000,
+        args.eval_episodes,
+        args.capture_video,
+        os.path.join(run_dir, "videos"),
+        frame_stack=args.frame_stack,
     )
 
     obs_shape = envs.single_observation_space.shape
-    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
-    agent = PPOAgent(
-        int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape)), args.hidden_size, args.depth
-    ).to(device)
+    agent = agent.to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)
     reward_scaler = RewardScaler(args.num_envs, args.gamma)
 
+    normalize_obs = args.norm_obs and not pixels  # frames stay uint8 (4x smaller rollouts); the CNN scales them
+
     def normalize(o: np.ndarray) -> np.ndarray:
-        return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
+        if pixels:
+            return o
+        return obs_norm.normalize(o) if normalize_obs else o.astype(np.float32)
+
+    def to_env(action: torch.Tensor) -> np.ndarray:
+        a = action.cpu().numpy()
+        return a if discrete else np.clip(a, envs.single_action_space.low, envs.single_action_space.high)
 
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation; same normalisation as training
         with torch.no_grad():
-            mean = agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device))
-        return np.clip(mean[0].cpu().numpy(), action_low, action_high)
+            return to_env(agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device)))[0]
 
     # rollout storage, (num_steps, num_envs, ...)
-    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, device=device)
+    obs_dtype = torch.uint8 if pixels else torch.float32
+    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=obs_dtype, device=device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, device=device)
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
@@ -193,7 +213,7 @@ def main(args: Args) -> dict:
     global_step, next_eval = progress.global_step, args.eval_frequency * (len(progress.evals.returns) + 1)
     clock = RunClock(progress.phase_time, global_step)
     clock.begin("learning", global_step)  # PPO learns from its first rollout
-    if args.norm_obs:
+    if normalize_obs:
         obs_norm.update(raw_obs)
     next_obs = torch.as_tensor(normalize(raw_obs), device=device)
     next_done = torch.zeros(args.num_envs, device=device)
@@ -212,11 +232,9 @@ def main(args: Args) -> dict:
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
             values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
 
-            raw_obs, reward, terminated, truncated, info = envs.step(
-                np.clip(action.cpu().numpy(), action_low, action_high)
-            )
+            raw_obs, reward, terminated, truncated, info = envs.step(to_env(action))
             done = np.logical_or(terminated, truncated)
-            if args.norm_obs:
+            if normalize_obs:
                 obs_norm.update(raw_obs)
             reward = reward_scaler.scale(reward, done) if args.norm_reward else reward.astype(np.float32)
             if truncated.any():  # a time limit is not a terminal state: bootstrap from the final observation

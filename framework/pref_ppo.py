@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 
 from framework.checkpoint import Checkpointer, restore_rng_states, resume_args, rng_states
-from framework.envs import check_env_id, make_env, require_continuous_actions
+from framework.envs import action_features, action_size, check_env_id, is_pixels, make_env
 from framework.evaluation import EvalHistory, Evaluator
 from framework.feedback_client import HumanFeedbackArgs
 from framework.labels import (
@@ -43,7 +43,7 @@ from framework.labels import (
     reward_correlations,
     save_asked,
 )
-from framework.networks import PPOAgent
+from framework.networks import make_ppo_agent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.preferences import PreferenceDataset, Preferences, dataset_metadata, given_preferences
 from framework.reward_model import export_reward_model
@@ -79,6 +79,8 @@ class Args(HumanFeedbackArgs, RunArgs):
     # environment and PPO (same meaning and defaults as ppo.py)
     env_id: str = "Hopper-v5"
     """the Gymnasium environment id"""
+    frame_stack: int = 4
+    """Atari games: observe the last this many frames (0: single frames)"""
     total_timesteps: int = 1_000_000
     """total environment steps (over all parallel envs), pre-exploration included"""
     learning_rate: float = 3e-4
@@ -1066,26 +1068,41 @@ def main(args: Args) -> dict:
     num_iterations = args.total_timesteps // batch_size
     teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
     envs = gym.vector.SyncVectorEnv(
-        [lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward=teacher_reward) for i in range(args.num_envs)],
+        [
+            lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward, frame_stack=args.frame_stack)
+            for i in range(args.num_envs)
+        ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    require_continuous_actions(envs.single_action_space, args.env_id, "pref_ppo.py")
+    action_space = envs.single_action_space
+    if is_pixels(envs.single_observation_space):
+        raise UsageError(f"pref_ppo.py learns from vector observations; {args.env_id!r} observes frames")
+    try:
+        agent = make_ppo_agent(envs.single_observation_space, action_space, args.hidden_size, args.depth)
+    except ValueError as err:
+        raise UsageError(f"pref_ppo.py cannot learn {args.env_id}: {err}") from None
+    discrete = isinstance(action_space, gym.spaces.Discrete)
     device = setup_torch(args)  # seeds, threads, device
     tracker = Tracker(run_name, args, args.runs_dir, args.track, args.wandb_project_name, args.wandb_entity)
     run_dir = tracker.run_dir
     evaluator = Evaluator(
-        args.env_id, args.seed + 10_000, args.eval_episodes, args.capture_video, f"{run_dir}/videos", teacher_reward
+        args.env_id,
+        args.seed + 10_000,
+        args.eval_episodes,
+        args.capture_video,
+        f"{run_dir}/videos",
+        teacher_reward,
+        frame_stack=args.frame_stack,
     )
     rng = np.random.default_rng(args.seed)
     teacher = make_teacher(args, run_name, run_dir)
     obs_shape = envs.single_observation_space.shape
-    obs_dim, action_dim = int(np.prod(obs_shape)), int(np.prod(envs.single_action_space.shape))
-    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
+    obs_dim, action_dim = int(np.prod(obs_shape)), action_size(action_space)  # the reward model's: discrete one-hot
     raw_obs, info = envs.reset(seed=args.seed)
     physics_dim = info["physics_state"].shape[1] if "physics_state" in info else 1
 
     # ---------------------------------------------------------------- agent, normalisers, reward model, stores
-    agent = PPOAgent(obs_dim, action_dim, args.hidden_size, args.depth).to(device)
+    agent = agent.to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)
     reward_scaler = RewardScaler(args.num_envs, args.gamma)
@@ -1147,14 +1164,17 @@ def main(args: Args) -> dict:
     def normalize(o: np.ndarray) -> np.ndarray:
         return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
 
+    def to_env(action: torch.Tensor) -> np.ndarray:
+        a = action.cpu().numpy()
+        return a if discrete else np.clip(a, action_space.low, action_space.high)
+
     def policy(o: np.ndarray) -> np.ndarray:  # deterministic, for evaluation; the same normalisation as training
         with torch.no_grad():
-            mean = agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device))
-        return np.clip(mean[0].cpu().numpy(), action_low, action_high)
+            return to_env(agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device)))[0]
 
     # rollout storage, (num_steps, num_envs, ...)
     obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs) + action_space.shape, device=device)
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
@@ -1192,9 +1212,7 @@ def main(args: Args) -> dict:
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                 values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
 
-                raw_obs, reward, terminated, truncated, info = envs.step(
-                    np.clip(action.cpu().numpy(), action_low, action_high)
-                )
+                raw_obs, reward, terminated, truncated, info = envs.step(to_env(action))
                 done = np.logical_or(terminated, truncated)
                 final = info.get("final_info", {})
                 teacher_r = np.array(info.get("teacher_reward", reward), dtype=np.float32)
@@ -1220,9 +1238,8 @@ def main(args: Args) -> dict:
                         {"charts/episodic_return": final["episode"]["r"][i], "charts/episodic_length": length},
                         progress.global_step,
                     )
-            store.add_rollout(
-                raw_obs_buf, actions.cpu().numpy(), teacher_rewards, true_rewards, episode_ends, physics_buf
-            )
+            action_feats = action_features(action_space, actions.cpu().numpy())  # what the reward model reads
+            store.add_rollout(raw_obs_buf, action_feats, teacher_rewards, true_rewards, episode_ends, physics_buf)
         global_step = progress.global_step
 
         # feedback sessions: ask the teacher, then learn from the labels; the second half's results land together
@@ -1259,7 +1276,8 @@ def main(args: Args) -> dict:
                 entropy_stats.update(r.double())
                 r = r / entropy_stats.var.float().sqrt().clamp_min(1e-8)
             else:
-                r, r_std = ensemble.predict(torch.cat([flat_obs, actions.reshape(-1, action_dim)], 1))
+                flat_actions = torch.from_numpy(action_feats.reshape(-1, action_dim)).to(device)
+                r, r_std = ensemble.predict(torch.cat([flat_obs, flat_actions], 1))
                 if args.rune:
                     r = r + rune_bonus(r_std, args.rune_beta, args.rune_decay, global_step)
             r = r.reshape(args.num_steps, args.num_envs).cpu().numpy()
@@ -1284,7 +1302,7 @@ def main(args: Args) -> dict:
                 returns = advantages + values
 
             b_obs, b_logprobs = obs.reshape((-1,) + obs_shape), logprobs.reshape(-1)
-            b_actions = actions.reshape(-1, action_dim)
+            b_actions = actions.reshape((-1,) + action_space.shape)
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
             b_inds = np.arange(batch_size)
             clipfracs = []

@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from framework.checkpoint import atomic_write_bytes
+from framework.envs import action_size
 from framework.runtime import UsageError
 
 FORMAT = "prefrl-preferences"
@@ -118,7 +119,7 @@ def dataset_metadata(args, observation_space, action_space, physics_size: int, a
         "observation_space": space(observation_space),
         "action_space": space(action_space),
         "obs_size": int(np.prod(observation_space.shape)),
-        "action_size": int(np.prod(action_space.shape)),
+        "action_size": action_size(action_space),  # a discrete action: one-hot
         "physics_size": physics_size,
         "label_convention": LABEL_CONVENTION,
         "teacher": teacher_settings(args),

@@ -4,7 +4,8 @@ Every preference-based run writes its final reward model next to its checkpoint:
 
 - `<run>/reward_model.pt2`: a `torch.export` program, loadable with plain PyTorch (no prefrl code):
   `torch.export.load(path).module()(x)` takes a float32 batch `(N, obs_dim + action_dim)` of observations and actions
-  side by side and returns `(mean, std)`, the ensemble-mean reward of each row and the members' spread, `(N,)` each;
+  side by side (a discrete action as a one-hot of the action count) and returns `(mean, std)`, the ensemble-mean
+  reward of each row and the members' spread, `(N,)` each;
 - `<run>/reward_model.json`: what the input is (env id, observation and action sizes, in that order), the ensemble
   size, the output range, and the label convention the model was trained with.
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from framework.envs import action_features, action_size
 from framework.runtime import UsageError
 
 FORMAT_VERSION = 1
@@ -99,7 +101,7 @@ class LearnedReward(gym.Wrapper):
         super().__init__(env)
         self.model, self.meta = load_reward_model(path)
         obs_dim = int(np.prod(env.observation_space.shape))
-        action_dim = int(np.prod(env.action_space.shape))
+        action_dim = action_size(env.action_space)
         wanted = (self.meta["input"]["obs_dim"], self.meta["input"]["action_dim"])
         if (obs_dim, action_dim) != wanted:
             raise UsageError(
@@ -114,7 +116,8 @@ class LearnedReward(gym.Wrapper):
         return obs, info
 
     def step(self, action):
-        x = np.concatenate([np.ravel(self._obs), np.ravel(action)]).astype(np.float32)[None]
+        features = action_features(self.env.action_space, action)
+        x = np.concatenate([np.ravel(self._obs), features]).astype(np.float32)[None]
         obs, reward, terminated, truncated, info = self.env.step(action)
         with torch.no_grad():
             learned = float(self.model(torch.from_numpy(x))[0][0])

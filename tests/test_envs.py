@@ -69,9 +69,9 @@ def test_cli_unknown_env_is_one_line_error(script, runs_dir):
     assert len(lines) == 1 and lines[0].startswith("error: unknown environment id 'Hoper-v5'; did you mean 'Hopper-v5'")
 
 
-@pytest.mark.parametrize("script", ["sac.py", "ppo.py"])
+@pytest.mark.parametrize("script", ["sac.py", "sac_rlhf.py"])
 def test_cli_discrete_env_says_continuous_only(script, runs_dir):
-    result = run_script(script, "--env-id", "CartPole-v1", "--runs-dir", str(runs_dir), "--total-timesteps", "4096")
+    result = run_script(script, "--env-id", "CartPole-v1", "--runs-dir", str(runs_dir))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "needs continuous (Box) actions" in result.stderr and "Discrete(2)" in result.stderr
 

@@ -206,9 +206,40 @@ def test_bad_input_is_one_line(runs_dir, flags, message):
     assert "Traceback" not in result.stderr and message in result.stderr
 
 
-def test_discrete_env_is_refused(runs_dir):
-    result = run_script("pref_ppo.py", "--env-id", "CartPole-v1", "--runs-dir", str(runs_dir))
-    assert result.returncode == 2 and "needs continuous (Box) actions" in result.stderr
+def test_frames_are_refused_in_one_line(runs_dir):
+    result = run_script("pref_ppo.py", "--env-id", "ALE/Pong-v5", "--runs-dir", str(runs_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pref_ppo.py learns from vector observations; 'ALE/Pong-v5' observes frames" in result.stderr
+
+
+def test_pref_ppo_learns_a_discrete_task_from_preferences(runs_dir):
+    """CartPole-v1 (a categorical policy; the reward model reads actions one-hot) from 60 labels of a perfect teacher.
+    Measured (2-core CPU, seeds 1-3): best evaluation 230-298 by 15k steps; a random policy scores about 22."""
+    result = run_script(
+        "pref_ppo.py",
+        "--env-id", "CartPole-v1",
+        "--total-timesteps", "15360",
+        "--num-envs", "4",
+        "--num-steps", "128",
+        "--num-minibatches", "4",
+        "--update-epochs", "4",
+        "--learning-rate", "2.5e-4",
+        "--ent-coef", "0.01",
+        "--eval-frequency", "5120",
+        "--eval-episodes", "5",
+        "--unsupervised-steps", "2048",
+        "--total-labels", "60",
+        "--feedback-frequency", "2048",
+        "--labels-per-session", "20",
+        "--segment-length", "25",
+        "--runs-dir", str(runs_dir),
+        "--run-name", "cartpole",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((runs_dir / "cartpole" / "summary.json").read_text())
+    assert summary["labels_used"] == 60 and summary["best_eval_return"] >= 120
+    meta = json.loads((runs_dir / "cartpole" / "preferences" / "dataset.json").read_text())
+    assert meta["action_size"] == 2  # one-hot
 
 
 @pytest.mark.slow
