@@ -18,6 +18,12 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
+CARTPOLE_PPO = (
+    ["--env-id", "CartPole-v1", "--num-envs", "4", "--num-steps", "128", "--num-minibatches", "4"]
+    + ["--update-epochs", "4", "--learning-rate", "2.5e-4", "--ent-coef", "0.01"]
+    + ["--eval-frequency", "5120", "--eval-episodes", "5"]
+)
+"""CleanRL's `ppo.py` settings for CartPole-v1, evaluated every 5k steps: the discrete-action learning tests"""
 
 
 def run_script(script: str, *args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import CARTPOLE_PPO, run_script
 from framework.clips import ScreenClips, encode_mp4, get_clip_renderer
 from framework.envs import check_env_id, family, is_pixels, make_env, max_episode_steps
 from framework.networks import AtariPPOAgent, PPOAgent, make_ppo_agent
@@ -162,16 +162,8 @@ def test_ppo_learns_a_discrete_vector_task(tmp_path):
     145-500, final 137-500 (a random policy: about 22)."""
     result = run_script(
         "ppo.py",
-        "--env-id", "CartPole-v1",
+        *CARTPOLE_PPO,
         "--total-timesteps", "20480",
-        "--num-envs", "4",
-        "--num-steps", "128",
-        "--num-minibatches", "4",
-        "--update-epochs", "4",
-        "--learning-rate", "2.5e-4",
-        "--ent-coef", "0.01",
-        "--eval-frequency", "5120",
-        "--eval-episodes", "5",
         "--runs-dir", str(tmp_path),
         "--run-name", "cartpole",
     )  # fmt: skip

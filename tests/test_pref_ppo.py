@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, kill_at_checkpoint, run_script
+from conftest import CARTPOLE_PPO, ROOT, kill_at_checkpoint, run_script
 from framework.checkpoint import load_checkpoint
 from framework.preferences import read_preferences
 
@@ -217,16 +217,8 @@ def test_pref_ppo_learns_a_discrete_task_from_preferences(runs_dir):
     Measured (2-core CPU, seeds 1-3): best evaluation 230-298 by 15k steps; a random policy scores about 22."""
     result = run_script(
         "pref_ppo.py",
-        "--env-id", "CartPole-v1",
+        *CARTPOLE_PPO,
         "--total-timesteps", "15360",
-        "--num-envs", "4",
-        "--num-steps", "128",
-        "--num-minibatches", "4",
-        "--update-epochs", "4",
-        "--learning-rate", "2.5e-4",
-        "--ent-coef", "0.01",
-        "--eval-frequency", "5120",
-        "--eval-episodes", "5",
         "--unsupervised-steps", "2048",
         "--total-labels", "60",
         "--feedback-frequency", "2048",
