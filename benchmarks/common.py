@@ -16,14 +16,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_algorithm(script: str, run_name: str, runs_dir: str, *flags: str) -> dict:
-    """Run `framework/<script>` to completion and return its `summary.json`."""
+    """Run `framework/<script>` to completion and return its `summary.json`, with `peak_rss_mib`: the most memory
+    the run's process held (its maximum resident set size, from the kernel's accounting of that child)."""
+    import tempfile
+
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     cmd = [sys.executable, str(ROOT / "framework" / script), "--runs-dir", runs_dir, "--run-name", run_name, *flags]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
-    return json.loads((Path(runs_dir) / run_name / "summary.json").read_text())
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-3000:]}")
+    summary = json.loads((Path(runs_dir) / run_name / "summary.json").read_text())
+    return summary | {"peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
 
 
 def cpu_model() -> str:

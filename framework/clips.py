@@ -137,6 +137,8 @@ class ScreenClips:
         """(T, 210, 160, 3) colour frames -> (T, 210 k, 160 k, 3) uint8; masked steps repeat the last live frame,
         darkened."""
         screens = np.asarray(screens, dtype=np.uint8)
+        if screens.ndim == 2 and screens.shape[1] == self.physics_dim:  # as segments keep them, one row per step
+            screens = screens.reshape(len(screens), *self.SCREEN, 3)
         if screens.ndim != 4 or screens.shape[1:] != (*self.SCREEN, 3):
             raise ValueError(f"expected screens of shape (T, 210, 160, 3) for {self.env_id}, got {screens.shape}")
         mask = np.ones(len(screens), bool) if mask is None else np.asarray(mask) > 0

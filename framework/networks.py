@@ -214,19 +214,25 @@ class AtariPPOAgent(nn.Module):
         return self.actor(self.network(obs)).argmax(-1)
 
 
-def make_ppo_agent(observation_space, action_space, hidden_size: int = 64, depth: int = 2) -> nn.Module:
-    """The PPO agent for a pair of spaces: `AtariPPOAgent` for uint8 frames with discrete actions, `PPOAgent` (MLPs of
-    `hidden_size` x `depth`) for vectors, with continuous or discrete actions."""
+def check_ppo_spaces(observation_space, action_space) -> tuple[bool, bool]:
+    """(image observations?, discrete actions?) for spaces a PPO agent can learn; a ValueError saying why not."""
     import gymnasium as gym
 
     pixels = observation_space.dtype == np.uint8 and len(observation_space.shape) in (2, 3)
     discrete = isinstance(action_space, gym.spaces.Discrete)
-    if pixels:
-        if not discrete:
-            raise ValueError(f"image observations are supported with discrete actions only, not {action_space}")
-        return AtariPPOAgent(observation_space.shape, int(action_space.n))
+    if pixels and not discrete:
+        raise ValueError(f"image observations are supported with discrete actions only, not {action_space}")
     if not discrete and not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"actions must be continuous (Box) or discrete, not {action_space}")
+    return pixels, discrete
+
+
+def make_ppo_agent(observation_space, action_space, hidden_size: int = 64, depth: int = 2) -> nn.Module:
+    """The PPO agent for a pair of spaces: `AtariPPOAgent` for uint8 frames with discrete actions, `PPOAgent` (MLPs of
+    `hidden_size` x `depth`) for vectors, with continuous or discrete actions."""
+    pixels, discrete = check_ppo_spaces(observation_space, action_space)
+    if pixels:
+        return AtariPPOAgent(observation_space.shape, int(action_space.n))
     action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
     return PPOAgent(int(np.prod(observation_space.shape)), action_dim, hidden_size, depth, discrete)
 
@@ -246,6 +252,7 @@ __all__ = [
     "PPOAgent",
     "NatureCNN",
     "AtariPPOAgent",
+    "check_ppo_spaces",
     "make_ppo_agent",
     "layer_init",
     "polyak_update",

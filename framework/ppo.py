@@ -32,7 +32,7 @@ from framework.checkpoint import (
 )
 from framework.envs import check_env_id, is_pixels, make_env
 from framework.evaluation import Evaluator
-from framework.networks import make_ppo_agent
+from framework.networks import check_ppo_spaces, make_ppo_agent
 from framework.normalization import ObservationNormalizer, RewardScaler
 from framework.runtime import RunArgs, UsageError, default_run_name, run_cli, setup_headless_rendering, setup_torch
 from framework.tracking import RunClock, Tracker, timed, write_summary
@@ -145,7 +145,7 @@ def main(args: Args) -> dict:
     pixels = is_pixels(envs.single_observation_space)
     discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
     try:
-        agent = make_ppo_agent(envs.single_observation_space, envs.single_action_space, args.hidden_size, args.depth)
+        check_ppo_spaces(envs.single_observation_space, envs.single_action_space)
     except ValueError as err:
         raise UsageError(f"ppo.py cannot learn {args.env_id}: {err}") from None
     device = setup_torch(args)  # seeds, threads, device
@@ -161,6 +161,7 @@ def main(args: Args) -> dict:
     )
 
     obs_shape = envs.single_observation_space.shape
+    agent = make_ppo_agent(envs.single_observation_space, envs.single_action_space, args.hidden_size, args.depth)
     agent = agent.to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)

@@ -3,7 +3,8 @@
 The agent never sees the environment's reward: PPO optimises the mean of a reward-model ensemble trained on a teacher's
 answers to "which of these two clips is better?". Queries are pairs of segments from recent rollouts, kept with their
 physics states in a bounded segment store; labelled pairs are copied into the preference buffer, so labels always
-point at the data they were given for.
+point at the data they were given for. Atari games are learned from frames: a CNN agent, a CNN reward ensemble
+(`FrameRewardEnsemble`), and segments that keep one uint8 frame per step (stacks are rebuilt by index).
 
 The file reads top to bottom:
   1. Args: every flag, with its meaning (the same names and defaults as sac_rlhf.py wherever the meaning is the same).
@@ -15,6 +16,8 @@ The file reads top to bottom:
 
     python framework/pref_ppo.py --env-id Hopper-v5
     python framework/pref_ppo.py --env-id HalfCheetah-v5 --num-envs 8 --total-labels 500 --surf
+    python framework/pref_ppo.py --env-id ALE/Pong-v5 --num-envs 8 --num-steps 128 --segment-length 25 \
+        --reward-batch-size 16
     python framework/pref_ppo.py --resume runs/HalfCheetah-v5__pref_ppo__1__1790000000
 """
 
@@ -43,7 +46,7 @@ from framework.labels import (
     reward_correlations,
     save_asked,
 )
-from framework.networks import make_ppo_agent
+from framework.networks import check_ppo_spaces, make_ppo_agent
 from framework.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 from framework.preferences import PreferenceDataset, Preferences, dataset_metadata, given_preferences
 from framework.reward_model import export_reward_model
@@ -133,6 +136,8 @@ class Args(HumanFeedbackArgs, RunArgs):
     # segment store
     segment_store_size: int = 1000
     """recent rollout segments kept as query candidates (oldest dropped first)"""
+    segment_store_mb: float = 2048.0
+    """the most memory the segment store takes, MiB: fewer segments are kept when they are large (frames)"""
 
     # reward model
     reward_ensemble_size: int = 3
@@ -288,6 +293,7 @@ def validate(args: Args) -> None:
         "correlation_window",
         "surf_mu",
         "rime_decay_epochs",
+        "segment_store_mb",
     ]:
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
@@ -365,17 +371,36 @@ class SegmentStore:
 
     A rollout of `num_steps` steps per env is cut into `num_steps // seg_len` segments per env. A segment in which an
     episode ends is masked after that step (`mask` 0): masked steps count as zero reward for both the teacher and the
-    reward model. Physics states are kept so that clips can be rendered for a human teacher.
+    reward model. Physics states (Atari: the colour frames, uint8) are kept so that clips can be made for a human
+    teacher. Steps are float32 observations, or of games played from frames the latest frame (uint8). The capacity is
+    `capacity` segments or what fits in `max_mib` MiB, whichever is fewer (`nbytes`: the most it takes).
     """
 
-    def __init__(self, capacity: int, seg_len: int, obs_dim: int, action_dim: int, physics_dim: int):
-        self.capacity, self.seg_len = capacity, seg_len
-        self.obs = np.zeros((capacity, seg_len, obs_dim), np.float32)
-        self.actions = np.zeros((capacity, seg_len, action_dim), np.float32)
+    def __init__(
+        self,
+        capacity: int,
+        seg_len: int,
+        obs_dim: int,
+        action_dim: int,
+        physics_dim: int,
+        dtype=np.float32,
+        max_mib: float = math.inf,
+        physics_dtype=np.float64,
+    ):
+        itemsize = np.dtype(dtype).itemsize
+        per_segment = seg_len * (
+            (obs_dim + action_dim) * itemsize + 3 * 4 + physics_dim * np.dtype(physics_dtype).itemsize
+        )
+        capacity = min(capacity, int(max_mib * 2**20 // per_segment))
+        if capacity < 2:
+            raise UsageError(f"--segment-store-mb {max_mib:g} holds no 2 segments of {per_segment / 2**20:.2f} MiB")
+        self.capacity, self.seg_len, self.nbytes = capacity, seg_len, capacity * per_segment
+        self.obs = np.zeros((capacity, seg_len, obs_dim), dtype)
+        self.actions = np.zeros((capacity, seg_len, action_dim), dtype)
         self.teacher_rewards = np.zeros((capacity, seg_len), np.float32)
         self.true_rewards = np.zeros((capacity, seg_len), np.float32)
         self.mask = np.zeros((capacity, seg_len), np.float32)
-        self.physics = np.zeros((capacity, seg_len, physics_dim), np.float64)
+        self.physics = np.zeros((capacity, seg_len, physics_dim), physics_dtype)
         self.pos, self.size = 0, 0
 
     def add_rollout(self, obs, actions, teacher_rewards, true_rewards, episode_ends, physics) -> None:
@@ -479,6 +504,77 @@ class RewardEnsemble(nn.Module):
         return (rewards * mask).sum(-1)
 
 
+class FrameRewardEnsemble(nn.Module):
+    """The reward ensemble of games played from frames: r(last `stack` frames, action) in [-1, 1]. Each frame, shrunk
+    to 42x42 (the mean of 2x2 blocks), goes through three 16-filter convolutions (5x5 stride 2, 3x3 stride 2, 3x3;
+    leaky ReLU) to 784 features; the stack's features and the action one-hot go through a `hidden_size` layer. Members
+    are one grouped convolution and one batched matmul per layer.
+
+    `forward` takes whole stacks, `(N, stack * 7056 + actions)` or `(M, N, ...)`, as rollouts and the exported model
+    give them. Segments keep single frames, `(..., T, 7056 + actions)` uint8 (the latest frame and the action):
+    `segment_rewards` computes each frame's features once and rebuilds each step's stack of them by index within its
+    segment (the first steps of a segment repeat its first frame, as a stack does at an episode's start)."""
+
+    FRAME = 84 * 84
+    FEATURES = 16 * 7 * 7
+
+    def __init__(self, stack: int, actions: int, members: int = 3, hidden_size: int = 256, dropout: float = 0.0):
+        super().__init__()
+        self.members, self.stack = members, stack
+        convs: list[nn.Module] = []
+        for c_in, kernel, stride in ((1, 5, 2), (16, 3, 2), (16, 3, 1)):  # 42 -> 19 -> 9 -> 7
+            convs += [nn.Conv2d(members * c_in, members * 16, kernel, stride, groups=members), nn.LeakyReLU()]
+        self.convs = nn.Sequential(*convs)
+        head: list[nn.Module] = [EnsembleLinear(members, stack * self.FEATURES + actions, hidden_size), nn.LeakyReLU()]
+        if dropout > 0:
+            head.append(nn.Dropout(dropout))
+        self.head = nn.Sequential(*head, EnsembleLinear(members, hidden_size, 1), nn.Tanh())
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(M, N, 7056) uint8 frames -> (M, N, 784) features, each member its own."""
+        m, n, _ = frames.shape
+        x = F.avg_pool2d(frames.reshape(m * n, 1, 84, 84).float().div(255.0), 2)
+        return self.convs(x.reshape(m, n, 42, 42).transpose(0, 1)).reshape(n, m, -1).transpose(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, stack * 7056 + actions) shared by all members, or (M, N, ...) one batch per member -> (M, N)."""
+        if x.dim() == 2:
+            x = x.expand(self.members, *x.shape)
+        m, n, _ = x.shape
+        features = self.frame_features(x[..., : self.stack * self.FRAME].reshape(m, n * self.stack, self.FRAME))
+        return self.head(
+            torch.cat([features.reshape(m, n, -1), x[..., self.stack * self.FRAME :].float()], -1)
+        ).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std over members of r(x), (N,) each, with dropout off, `chunk` rows at a time."""
+        was_training = self.training
+        self.eval()
+        rewards = torch.cat([self(x[i : i + chunk]) for i in range(0, len(x), chunk)], 1)
+        self.train(was_training)
+        return rewards.mean(0), rewards.std(0) if self.members > 1 else torch.zeros_like(rewards[0])
+
+    def segment_rewards(self, seg: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """seg: (M, B, T, 7056 + actions) or (B, T, ...) -> per-step rewards (M, B, T); without gradients, `chunk`
+        segments at a time (a query pool holds thousands)."""
+        if seg.dim() == 3:
+            seg = seg.expand(self.members, *seg.shape)
+        m, b, t, _ = seg.shape
+        if not torch.is_grad_enabled() and b > chunk:
+            return torch.cat([self.segment_rewards(seg[:, i : i + chunk], chunk) for i in range(0, b, chunk)], 1)
+        features = self.frame_features(seg[..., : self.FRAME].reshape(m, b * t, self.FRAME)).reshape(m, b, t, -1)
+        index = torch.arange(t, device=seg.device)[:, None] + torch.arange(1 - self.stack, 1, device=seg.device)
+        stacked = features[:, :, index.clamp_min(0)].flatten(-2)  # (M, B, T, stack * 784), oldest frame first
+        x = torch.cat([stacked, seg[..., self.FRAME :].float()], -1)
+        return self.head(x.reshape(m, b * t, -1)).reshape(m, b, t)
+
+    def segment_returns(self, seg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """seg: (M, B, T, 7056 + actions) or (B, T, ...); mask: same without the last axis -> summed rewards (M, B)."""
+        rewards = self.segment_rewards(seg)
+        return (rewards * (mask if mask.dim() == 3 else mask.expand(self.members, *mask.shape))).sum(-1)
+
+
 def preference_probabilities(ensemble: RewardEnsemble, seg_a, mask_a, seg_b, mask_b) -> torch.Tensor:
     """P(B better than A) under each member's Bradley-Terry model on segment returns: (M, n), dropout off."""
     was_training = ensemble.training
@@ -492,12 +588,13 @@ def preference_probabilities(ensemble: RewardEnsemble, seg_a, mask_a, seg_b, mas
 # ================================================================================================= preference buffer
 class PreferenceBuffer:
     """Labelled pairs of segments, stored as copies of the (obs, action) steps, never as indices into a buffer that
-    is later overwritten. Each pair is assigned once, at random, to training or validation."""
+    is later overwritten. Each pair is assigned once, at random, to training or validation. Steps are float32, or
+    uint8 for frames (the latest frame and the action one-hot)."""
 
-    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0):
+    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0, dtype=np.float32):
         self.capacity, self.val_fraction = capacity, val_fraction
-        self.seg_a = np.zeros((capacity, seg_len, in_dim), np.float32)
-        self.seg_b = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.seg_a = np.zeros((capacity, seg_len, in_dim), dtype)
+        self.seg_b = np.zeros((capacity, seg_len, in_dim), dtype)
         self.mask_a = np.zeros((capacity, seg_len), np.float32)
         self.mask_b = np.zeros((capacity, seg_len), np.float32)
         self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1
@@ -1050,9 +1147,13 @@ def learned_and_true_rewards(
     recent = store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))
     recent = recent % store.capacity
     x = np.concatenate([store.obs[recent], store.actions[recent]], -1)  # (segments, T, obs + action)
-    x = x.reshape(-1, x.shape[-1])
     mask = store.mask[recent].reshape(-1) > 0
-    learned = ensemble.predict(torch.from_numpy(x).to(device))[0].cpu().numpy()
+    if isinstance(ensemble, FrameRewardEnsemble):  # stacks rebuilt within each segment
+        with torch.no_grad():
+            learned = ensemble.eval().segment_rewards(torch.from_numpy(x).to(device)).mean(0).reshape(-1).cpu().numpy()
+        ensemble.train()
+    else:
+        learned = ensemble.predict(torch.from_numpy(x.reshape(-1, x.shape[-1])).to(device))[0].cpu().numpy()
     return learned[mask], store.true_rewards[recent].reshape(-1)[mask]
 
 
@@ -1067,18 +1168,17 @@ def main(args: Args) -> dict:
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = args.total_timesteps // batch_size
     teacher_reward = load_reward_function(args.teacher_reward) if args.teacher_reward else None
+    screens = args.teacher_feedback_mode == "human"  # the colour frames of Atari games, for a person's clips
     envs = gym.vector.SyncVectorEnv(
         [
-            lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward, frame_stack=args.frame_stack)
+            lambda i=i: make_env(args.env_id, args.seed + i, teacher_reward, None, args.frame_stack, screens)
             for i in range(args.num_envs)
         ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    action_space = envs.single_action_space
-    if is_pixels(envs.single_observation_space):
-        raise UsageError(f"pref_ppo.py learns from vector observations; {args.env_id!r} observes frames")
+    action_space, pixels = envs.single_action_space, is_pixels(envs.single_observation_space)
     try:
-        agent = make_ppo_agent(envs.single_observation_space, action_space, args.hidden_size, args.depth)
+        check_ppo_spaces(envs.single_observation_space, action_space)
     except ValueError as err:
         raise UsageError(f"pref_ppo.py cannot learn {args.env_id}: {err}") from None
     discrete = isinstance(action_space, gym.spaces.Discrete)
@@ -1098,39 +1198,66 @@ def main(args: Args) -> dict:
     teacher = make_teacher(args, run_name, run_dir)
     obs_shape = envs.single_observation_space.shape
     obs_dim, action_dim = int(np.prod(obs_shape)), action_size(action_space)  # the reward model's: discrete one-hot
+    # what a segment keeps of a step: the observation (or, of a stack of frames, the latest frame) and the action
+    step_dim, row_dtype = (FrameRewardEnsemble.FRAME, np.uint8) if pixels else (obs_dim, np.float32)
     raw_obs, info = envs.reset(seed=args.seed)
-    physics_dim = info["physics_state"].shape[1] if "physics_state" in info else 1
+    # what clips are made from: MuJoCo physics states, or the colour frames of a game, kept as uint8
+    clip_key = next((k for k in ("physics_state", "screen") if k in info), None)
+    physics_dim = int(np.prod(info[clip_key].shape[1:])) if clip_key else 1
+    physics_dtype = np.uint8 if clip_key == "screen" else np.float64
 
     # ---------------------------------------------------------------- agent, normalisers, reward model, stores
+    agent = make_ppo_agent(envs.single_observation_space, envs.single_action_space, args.hidden_size, args.depth)
     agent = agent.to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     obs_norm = ObservationNormalizer(obs_shape)
     reward_scaler = RewardScaler(args.num_envs, args.gamma)
-    ensemble = RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth, args.reward_dropout
-    ).to(device)
+    if pixels:
+        stack = obs_shape[0] if len(obs_shape) == 3 else 1
+        ensemble = FrameRewardEnsemble(
+            stack, action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_dropout
+        ).to(device)
+    else:
+        ensemble = RewardEnsemble(
+            obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth,
+            args.reward_dropout,
+        ).to(device)  # fmt: skip
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
-    store = SegmentStore(args.segment_store_size, args.segment_length, obs_dim, action_dim, physics_dim)
+    store = SegmentStore(
+        args.segment_store_size, args.segment_length, step_dim, action_dim, physics_dim, row_dtype,
+        args.segment_store_mb, physics_dtype,
+    )  # fmt: skip
+    print(f"segment store: {store.capacity} segments, at most {store.nbytes / 2**20:.0f} MiB", flush=True)
     given = (
-        given_preferences(args.labels_from, args.env_id, args.segment_length, obs_dim + action_dim)
+        given_preferences(args.labels_from, args.env_id, args.segment_length, step_dim + action_dim)
         if args.labels_from
         else None
     )
     prefs = PreferenceBuffer(
         max(args.total_labels, 1) + (len(given) if given else 0),
         args.segment_length,
-        obs_dim + action_dim,
+        step_dim + action_dim,
         args.reward_val_fraction,
+        row_dtype,
     )
-    physics_size = physics_dim if "physics_state" in info else 0
-    dataset_meta = dataset_metadata(
-        args, envs.single_observation_space, envs.single_action_space, physics_size, "pref_ppo"
-    )
+    physics_size = physics_dim if clip_key else 0
+    kept = gym.spaces.Box(0, 255, (84, 84), np.uint8) if pixels else envs.single_observation_space  # per step
+    dataset_meta = dataset_metadata(args, kept, envs.single_action_space, physics_size, "pref_ppo")
     dataset = PreferenceDataset(run_dir, dataset_meta, teacher)  # <run>/preferences/, grown at every update
     entropy_stats = RunningMeanStd(()).to(device)
     exploration_end = args.unsupervised_steps if args.unsupervised_exploration else 0
+
     # states visited during pre-exploration, on the device, for the state-entropy reward (appended per rollout)
-    explore_states = torch.zeros((exploration_end + batch_size, obs_dim), device=device) if exploration_end else None
+    def entropy_features(o: np.ndarray) -> torch.Tensor:
+        """(N, *obs_shape) -> what the state entropy measures distances between: the observation, or the latest
+        frame shrunk to 21x21 (the mean of each 4x4 block, in [0, 1])."""
+        flat = o.reshape(len(o), -1)
+        if pixels:
+            flat = flat[:, -step_dim:].reshape(-1, 21, 4, 21, 4).mean((2, 4), dtype=np.float32).reshape(-1, 441) / 255
+        return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).to(device)
+
+    features = 441 if pixels else obs_dim
+    explore_states = torch.zeros((exploration_end + batch_size, features), device=device) if exploration_end else None
     sessions = run_label_schedule(args, max(exploration_end, batch_size))
     plot_label_schedule(sessions, args.total_timesteps, os.path.join(run_dir, "label_schedule.png"))
     teacher.plan(sessions)  # a person on the page is told how many sessions come, and when
@@ -1161,8 +1288,12 @@ def main(args: Args) -> dict:
     checkpoints = Checkpointer(run_dir, args.checkpoint_frequency, snapshot, progress)
     checkpoints.save_on_interrupt(tracker.close)
 
+    normalize_obs = args.norm_obs and not pixels  # frames stay uint8; the CNN scales them
+
     def normalize(o: np.ndarray) -> np.ndarray:
-        return obs_norm.normalize(o) if args.norm_obs else o.astype(np.float32)
+        if pixels:
+            return o
+        return obs_norm.normalize(o) if normalize_obs else o.astype(np.float32)
 
     def to_env(action: torch.Tensor) -> np.ndarray:
         a = action.cpu().numpy()
@@ -1173,19 +1304,21 @@ def main(args: Args) -> dict:
             return to_env(agent.act_deterministic(torch.as_tensor(normalize(o[None]), device=device)))[0]
 
     # rollout storage, (num_steps, num_envs, ...)
-    obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, device=device)
+    obs = torch.zeros(
+        (args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8 if pixels else torch.float32, device=device
+    )
     actions = torch.zeros((args.num_steps, args.num_envs) + action_space.shape, device=device)
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
-    raw_obs_buf = np.zeros((args.num_steps, args.num_envs) + obs_shape, np.float32)
-    physics_buf = np.zeros((args.num_steps, args.num_envs, physics_dim), np.float64)
+    raw_obs_buf = np.zeros((args.num_steps, args.num_envs) + obs_shape, row_dtype)
+    physics_buf = np.zeros((args.num_steps, args.num_envs, physics_dim), physics_dtype)
     true_rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
     teacher_rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
     episode_ends = np.zeros((args.num_steps, args.num_envs), bool)
     bootstrap = np.zeros((args.num_steps, args.num_envs), np.float32)  # gamma * V(final obs) at time-limit ends
 
-    if args.norm_obs and checkpoint is None:
+    if normalize_obs and checkpoint is None:
         obs_norm.update(raw_obs)
     next_obs = torch.as_tensor(normalize(raw_obs), device=device)
     next_done = torch.zeros(args.num_envs, device=device)
@@ -1206,8 +1339,8 @@ def main(args: Args) -> dict:
                 progress.global_step += args.num_envs
                 obs[step], dones[step] = next_obs, next_done
                 raw_obs_buf[step] = raw_obs
-                if "physics_state" in info:
-                    physics_buf[step] = info["physics_state"]
+                if clip_key:
+                    physics_buf[step] = info[clip_key].reshape(args.num_envs, -1)
                 with torch.no_grad():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
                 values[step], actions[step], logprobs[step] = value.flatten(), action, logprob
@@ -1226,7 +1359,7 @@ def main(args: Args) -> dict:
                     with torch.no_grad():
                         v = agent.get_value(torch.as_tensor(normalize(final_obs), device=device)).flatten()
                     bootstrap[step, idx] = args.gamma * v.cpu().numpy()
-                if args.norm_obs:
+                if normalize_obs:
                     obs_norm.update(raw_obs)
                 next_obs = torch.as_tensor(normalize(raw_obs), device=device)
                 next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
@@ -1238,8 +1371,9 @@ def main(args: Args) -> dict:
                         {"charts/episodic_return": final["episode"]["r"][i], "charts/episodic_length": length},
                         progress.global_step,
                     )
-            action_feats = action_features(action_space, actions.cpu().numpy())  # what the reward model reads
-            store.add_rollout(raw_obs_buf, action_feats, teacher_rewards, true_rewards, episode_ends, physics_buf)
+            action_feats = action_features(action_space, actions.cpu().numpy()).astype(row_dtype)  # as rewarded
+            steps = raw_obs_buf.reshape(args.num_steps, args.num_envs, -1)[..., -step_dim:]  # frames: the latest
+            store.add_rollout(steps, action_feats, teacher_rewards, true_rewards, episode_ends, physics_buf)
         global_step = progress.global_step
 
         # feedback sessions: ask the teacher, then learn from the labels; the second half's results land together
@@ -1267,8 +1401,8 @@ def main(args: Args) -> dict:
 
         # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
         with timed(progress.phase_time, "reward"):
-            flat_obs = torch.from_numpy(raw_obs_buf.reshape(-1, obs_dim)).to(device)
             if exploring:
+                flat_obs = entropy_features(raw_obs_buf.reshape(-1, *obs_shape))
                 filled = progress.explore_filled
                 explore_states[filled : filled + len(flat_obs)] = flat_obs
                 progress.explore_filled = filled + len(flat_obs)
@@ -1276,8 +1410,8 @@ def main(args: Args) -> dict:
                 entropy_stats.update(r.double())
                 r = r / entropy_stats.var.float().sqrt().clamp_min(1e-8)
             else:
-                flat_actions = torch.from_numpy(action_feats.reshape(-1, action_dim)).to(device)
-                r, r_std = ensemble.predict(torch.cat([flat_obs, flat_actions], 1))
+                x = np.concatenate([raw_obs_buf.reshape(-1, obs_dim), action_feats.reshape(-1, action_dim)], 1)
+                r, r_std = ensemble.predict(torch.from_numpy(x).to(device))  # frames: whole stacks
                 if args.rune:
                     r = r + rune_bonus(r_std, args.rune_beta, args.rune_decay, global_step)
             r = r.reshape(args.num_steps, args.num_envs).cpu().numpy()

@@ -66,8 +66,9 @@ COLUMNS = {
 FLOAT_COLUMNS = ("label", "answered_at", "response_time_s")
 INT_COLUMNS = ("asked_step", "learned_step", "feedback_session")
 ARRAYS = {
-    "obs_a": "(pairs, T, obs) float32: observations of segment A",
-    "act_a": "(pairs, T, action) float32: actions of segment A",
+    "obs_a": "(pairs, T, obs) float32: observations of segment A (games played from frames: the latest 84x84 frame "
+    "of each step, uint8)",
+    "act_a": "(pairs, T, action) float32: actions of segment A (discrete: one-hot; uint8 beside frames)",
     "mask_a": "(pairs, T) float32: 1 for steps inside the episode, 0 after it ended inside the segment",
     "reward_a": "(pairs, T) float32: the teacher reward function's per-step reward (the env's unless "
     "--teacher-reward; a person never sees it)",
@@ -281,12 +282,15 @@ class PreferenceDataset:
             for c in COLUMNS:
                 rows.table[c].append(row[c])
         for side in ("a", "b"):
-            x = np.asarray(q[f"x_{side}"], np.float32)
+            x = np.asarray(q[f"x_{side}"])
+            x = x if x.dtype == np.uint8 else x.astype(np.float32)  # frames stay uint8
             rows.arrays |= {f"obs_{side}": x[..., :obs_size], f"act_{side}": x[..., obs_size:]}
             rows.arrays |= {f"mask_{side}": np.asarray(q[f"mask_{side}"], np.float32)}
             rows.arrays |= {f"reward_{side}": np.asarray(q[f"teacher_rewards_{side}"], np.float32)}
             if self.data.meta["physics_size"] > 0:
-                rows.arrays |= {f"physics_{side}": np.asarray(q[f"physics_{side}"], np.float64)}
+                physics = np.asarray(q[f"physics_{side}"])  # (Atari: the colour frames, uint8)
+                physics = physics if physics.dtype == np.uint8 else physics.astype(np.float64)
+                rows.arrays |= {f"physics_{side}": physics}
         self.data.extend(rows)
         self.data.save(self.folder)
 

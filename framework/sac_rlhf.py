@@ -528,12 +528,13 @@ def preference_probabilities(ensemble: RewardEnsemble, seg_a, mask_a, seg_b, mas
 # ================================================================================================= preference buffer
 class PreferenceBuffer:
     """Labelled pairs of segments, stored as copies of the (obs, action) steps, never as indices into a buffer that
-    is later overwritten. Each pair is assigned once, at random, to training or validation."""
+    is later overwritten. Each pair is assigned once, at random, to training or validation. Steps are float32, or
+    uint8 for frames (the latest frame and the action one-hot)."""
 
-    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0):
+    def __init__(self, capacity: int, seg_len: int, in_dim: int, val_fraction: float = 0.0, dtype=np.float32):
         self.capacity, self.val_fraction = capacity, val_fraction
-        self.seg_a = np.zeros((capacity, seg_len, in_dim), np.float32)
-        self.seg_b = np.zeros((capacity, seg_len, in_dim), np.float32)
+        self.seg_a = np.zeros((capacity, seg_len, in_dim), dtype)
+        self.seg_b = np.zeros((capacity, seg_len, in_dim), dtype)
         self.mask_a = np.zeros((capacity, seg_len), np.float32)
         self.mask_b = np.zeros((capacity, seg_len), np.float32)
         self.labels = np.zeros(capacity, np.float32)  # P(B better): 0, 0.5 or 1

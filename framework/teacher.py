@@ -86,7 +86,7 @@ class QueryBatch:
     rewards_b: np.ndarray  # (n, T)
     mask_a: np.ndarray  # (n, T), 1 for steps inside the episode
     mask_b: np.ndarray  # (n, T)
-    physics_a: np.ndarray  # (n, T, physics state size), see framework.envs
+    physics_a: np.ndarray  # (n, T, physics state size), see framework.envs; Atari: (n, T, 210 * 160 * 3) uint8 frames
     physics_b: np.ndarray  # (n, T, physics state size)
     session: int = 0  # feedback session number, from 0
     return_scale: float = 1.0  # the typical return of a segment (`segment_return_scale`)
@@ -136,7 +136,9 @@ def query_keys(queries: QueryBatch) -> list[str]:
     for i in range(len(queries)):
         digest = hashlib.blake2b(digest_size=6)
         for part in (queries.physics_a[i], queries.mask_a[i], queries.physics_b[i], queries.mask_b[i]):
-            digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+            part = np.asarray(part)
+            kept = part.dtype if part.dtype == np.uint8 else np.float64  # (Atari frames: as they are)
+            digest.update(np.ascontiguousarray(part, dtype=kept).tobytes())
         keys.append(f"a{queries.step}-q{i}-{digest.hexdigest()}")
     return keys
 

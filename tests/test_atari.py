@@ -170,3 +170,173 @@ def test_ppo_learns_a_discrete_vector_task(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "cartpole" / "summary.json").read_text())
     assert summary["best_eval_return"] >= 120 and summary["final_eval_return"] >= 90
+
+
+PONG_PREF_PPO = [
+    "--env-id", "ALE/Pong-v5",
+    "--num-envs", "4",
+    "--num-steps", "128",
+    "--num-minibatches", "4",
+    "--update-epochs", "2",
+    "--unsupervised-steps", "1024",
+    "--feedback-frequency", "1024",
+    "--segment-length", "25",
+    "--reward-batch-size", "16",
+    "--reward-epochs", "3",
+    "--eval-episodes", "1",
+    "--torch-threads", "1",
+    "--no-cuda",
+]  # fmt: skip
+
+
+def test_pref_ppo_plays_a_game_from_frames_and_keeps_single_frames(tmp_path):
+    result = run_script(
+        "pref_ppo.py",
+        *PONG_PREF_PPO,
+        "--total-timesteps", "4096",
+        "--eval-frequency", "4096",
+        "--total-labels", "40",
+        "--labels-per-session", "20",
+        "--segment-store-mb", "20",
+        "--runs-dir", str(tmp_path),
+        "--run-name", "pong",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "pong"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["labels_used"] == 40 and -21 <= summary["final_eval_return"] <= 21
+    # the byte budget: 25 steps of one 84x84 frame and a 6-action one-hot (uint8) and 3 float32 numbers each
+    per_segment = 25 * (84 * 84 + 6 + 12 + 1 * 8)
+    assert f"segment store: {20 * 2**20 // per_segment} segments, at most 20 MiB" in result.stdout
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    store = saved["segment_store"]
+    assert store["obs"].dtype == np.uint8 and store["obs"].shape[1:] == (25, 84 * 84)  # single frames, not stacks
+    assert saved["preferences"]["seg_a"].dtype == np.uint8
+    meta = json.loads((run / "preferences" / "dataset.json").read_text())
+    assert meta["obs_size"] == 84 * 84 and meta["action_size"] == 6
+    model = torch.export.load(run / "reward_model.pt2").module()  # takes whole stacks, as the env gives them
+    mean, spread = model(torch.zeros(3, 4 * 84 * 84 + 6))
+    assert mean.shape == spread.shape == (3,)
+
+
+def test_a_person_labels_a_game_from_its_colour_clips(tmp_path):
+    """pref_ppo.py in human mode on Pong: the clips the page gets are the ALE's colour frames, 2x, 15 frames/s."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from conftest import ROOT
+    from feedback_helpers import ApiLabeler, free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    clips = []
+
+    def look_and_choose(query):
+        if not clips:
+            clips.append(requests.get(url + query["left"], timeout=10).content)
+        return "right"
+
+    labeler = ApiLabeler(url, choose=look_and_choose)
+    labeler.start()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "framework" / "pref_ppo.py"),
+                *PONG_PREF_PPO,
+                "--total-timesteps",
+                "3072",
+                "--eval-frequency",
+                "3072",
+                "--total-labels",
+                "6",
+                "--labels-per-session",
+                "3",
+                "--teacher-feedback-mode",
+                "human",
+                "--feedback-async",
+                "off",
+                "--clip-fps",
+                "0",  # real time: 15 frames/s, one per env step
+                "--feedback-server-autostart",
+                "--feedback-server-url",
+                url,
+                "--runs-dir",
+                str(tmp_path),
+                "--run-name",
+                "pong-human",
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=dict(os.environ, PREFRL_FEEDBACK_DATA_DIR=str(tmp_path / "data")),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        labeler.stop()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(labeler.answered) == 6
+    video = iio.imread(clips[0], extension=".mp4")
+    assert video.shape == (25, 420, 320, 3) and video.std() > 10
+    assert iio.immeta(clips[0], extension=".mp4")["fps"] == 15
+    summary = json.loads((tmp_path / "pong-human" / "summary.json").read_text())
+    assert summary["labels_stored"] == 6
+
+
+def random_play_segments(env_id: str, steps: int, seed: int, seg_len: int = 25):
+    """Segments of a random player, as pref_ppo.py keeps them: (n, T, 7056 + actions) uint8 rows of the latest frame
+    and the action one-hot, the mask (0 after an episode's end) and the game's rewards."""
+    env = make_env(env_id, seed)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    frames, actions, rewards, ends = [], [], [], []
+    for _ in range(steps):
+        action = int(rng.integers(env.action_space.n))
+        frames.append(obs[-1].reshape(-1))
+        actions.append(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        ends.append(terminated or truncated)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    n = steps // seg_len
+    cut = lambda a: np.asarray(a)[: n * seg_len].reshape(n, seg_len, *np.asarray(a).shape[1:])
+    one_hot = np.eye(env.action_space.n, dtype=np.uint8)[cut(actions)]
+    ends = cut(ends)
+    mask = ((np.cumsum(ends, 1) - ends) == 0).astype(np.float32)
+    return np.concatenate([cut(frames), one_hot], -1), mask, cut(rewards).astype(np.float32) * mask
+
+
+def test_the_frame_reward_model_ranks_held_out_pairs_of_a_game():
+    """The CNN ensemble, trained with pref_ppo.py's own `train_reward_model` on 200 perfect labels of random Pong
+    segments (pairs whose returns differ), ranks pairs from other episodes. Measured on seeds 1-3: 84, 77 and 71 %
+    (300 labels, 15 epochs: 86 %); chance is 50 %."""
+    import framework.pref_ppo as pref_ppo
+
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+
+    def pairs(segments, mask, rewards, n):
+        returns, chosen = rewards.sum(1), []
+        while len(chosen) < n:
+            i, j = rng.integers(len(returns), size=2)
+            if returns[i] != returns[j]:
+                chosen.append((i, j))
+        i, j = np.array(chosen).T
+        return segments[i], mask[i], segments[j], mask[j], (returns[j] > returns[i]).astype(np.float32)
+
+    train = pairs(*random_play_segments("ALE/Pong-v5", 15_000, seed=1), 200)
+    held_out = pairs(*random_play_segments("ALE/Pong-v5", 5_000, seed=101), 300)
+    args = pref_ppo.Args(segment_length=25, reward_batch_size=16, reward_epochs=10, reward_val_fraction=0.0)
+    ensemble = pref_ppo.FrameRewardEnsemble(4, 6, 3, args.reward_hidden_size)
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=args.reward_lr)
+    prefs = pref_ppo.PreferenceBuffer(200, 25, 84 * 84 + 6, 0.0, np.uint8)
+    prefs.add(*train, 0, rng)
+    stats = pref_ppo.train_reward_model(ensemble, optimizer, prefs, args, rng, torch.device("cpu"))
+    assert stats["reward/train_accuracy"] > 0.7
+    probs = pref_ppo.preference_probabilities(ensemble, *(torch.from_numpy(a) for a in held_out[:4]))
+    accuracy = ((probs.mean(0).numpy() > 0.5) == (held_out[4] > 0.5)).mean()
+    assert accuracy >= 0.65, accuracy

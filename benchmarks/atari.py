@@ -1,0 +1,134 @@
+"""PrefPPO against the oracle PPO on one Atari game, learned from frames: evaluation returns, steps/s and peak memory.
+
+Both run CleanRL's `ppo_atari.py` settings (8 envs x 128 steps, 4 minibatches, 4 epochs, learning rate 2.5e-4,
+clip 0.1, entropy 0.01) on the same seeds, one run at a time; PrefPPO learns from a perfect simulated teacher.
+
+    python benchmarks/atari.py                                   # ALE/Pong-v5, 3 seeds
+    python benchmarks/atari.py --env-id ALE/Breakout-v5 --total-timesteps 500000 --seeds 1
+
+Prints a table and saves it to benchmarks/results/atari_<game>.md with a plot of the evaluation returns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import tyro
+
+from common import RESULTS, machine_description, markdown_table, run_algorithm, save_markdown
+
+CLEANRL_ATARI = [
+    "--num-envs", "8",
+    "--num-steps", "128",
+    "--num-minibatches", "4",
+    "--update-epochs", "4",
+    "--learning-rate", "2.5e-4",
+    "--clip-coef", "0.1",
+    "--ent-coef", "0.01",
+]  # fmt: skip
+"""CleanRL's `ppo_atari.py` settings, for both agents"""
+
+
+@dataclass
+class Args:
+    env_id: str = "ALE/Pong-v5"
+    """the game"""
+    total_timesteps: int = 200_000
+    """env steps of every run (over the 8 envs)"""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    """seeds, each run by both agents"""
+    total_labels: int = 1000
+    """PrefPPO's label budget"""
+    eval_frequency: int = 50_000
+    """evaluate every this many steps"""
+    eval_episodes: int = 3
+    """episodes per evaluation"""
+    runs_dir: str | None = None
+    """keep the runs here (default: a temporary folder)"""
+
+
+def pref_ppo_flags(args: Args) -> list[str]:
+    """PrefPPO's settings for a game: 25-step segments (about 1.7 s of play), labels over the first half of the run,
+    small reward batches (the CNN ensemble reads every frame)."""
+    sessions = 20
+    return [
+        "--total-labels", str(args.total_labels),
+        "--labels-per-session", str(max(args.total_labels // sessions, 1)),
+        "--feedback-frequency", str(max(args.total_timesteps // (2 * sessions), 1024)),
+        "--unsupervised-steps", str(max(args.total_timesteps // 20, 1024)),
+        "--segment-length", "25",
+        "--reward-batch-size", "16",
+        "--reward-epochs", "10",
+    ]  # fmt: skip
+
+
+def main(args: Args) -> None:
+    runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-atari-")
+    common = [
+        "--env-id", args.env_id,
+        "--total-timesteps", str(args.total_timesteps),
+        "--eval-frequency", str(args.eval_frequency),
+        "--eval-episodes", str(args.eval_episodes),
+        "--torch-threads", "2",
+        "--no-cuda",
+        *CLEANRL_ATARI,
+    ]  # fmt: skip
+    results: dict[str, list[dict]] = {"ppo": [], "pref_ppo": []}
+    for seed in args.seeds:
+        for algo in results:
+            flags = common + ["--seed", str(seed)] + (pref_ppo_flags(args) if algo == "pref_ppo" else [])
+            summary = run_algorithm(f"{algo}.py", f"{algo}_{seed}", runs_dir, *flags)
+            results[algo].append(summary)
+            print(
+                f"{algo} seed {seed}: final {summary['final_eval_return']:.1f}, {summary['sps']:.0f} steps/s, "
+                f"peak {summary['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    report(args, results)
+
+
+def report(args: Args, results: dict[str, list[dict]]) -> None:
+    names = {"ppo": "PPO (true reward)", "pref_ppo": f"PrefPPO ({args.total_labels} labels, perfect teacher)"}
+    rows = []
+    for algo, runs in results.items():
+        finals = [r["final_eval_return"] for r in runs]
+        rows.append(
+            [
+                names[algo],
+                " / ".join(f"{f:.1f}" for f in finals),
+                float(np.mean(finals)),
+                float(np.mean([r["sps"] for r in runs])),
+                float(max(r["peak_rss_mib"] for r in runs)),
+            ]
+        )
+    table = markdown_table(["agent", "final return per seed", "mean", "steps/s", "peak memory, MiB"], rows)
+    print(table)
+    game = args.env_id.split("/")[-1].split("-")[0].lower()
+    command = (
+        f"python benchmarks/atari.py --env-id {args.env_id} --total-timesteps {args.total_timesteps} "
+        f"--seeds {' '.join(map(str, args.seeds))} --total-labels {args.total_labels}"
+    )
+    body = f"{args.env_id}, {args.total_timesteps:,} steps; {machine_description()}.\nCommand: `{command}`\n\n{table}"
+    print(f"saved {save_markdown(f'atari_{game}', f'PrefPPO and PPO on {args.env_id}', body)}")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for (algo, runs), color in zip(results.items(), ("tab:gray", "tab:blue")):
+        for i, run in enumerate(runs):
+            steps, returns = zip(*run["eval_history"])
+            ax.plot(steps, returns, color=color, alpha=0.8, label=names[algo] if i == 0 else None)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return (game score)")
+    ax.set_title(args.env_id)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"atari_{game}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
