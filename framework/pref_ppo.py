@@ -391,7 +391,8 @@ class SegmentStore:
         per_segment = seg_len * (
             (obs_dim + action_dim) * itemsize + 3 * 4 + physics_dim * np.dtype(physics_dtype).itemsize
         )
-        capacity = min(capacity, int(max_mib * 2**20 // per_segment))
+        if math.isfinite(max_mib):
+            capacity = min(capacity, int(max_mib * 2**20 // per_segment))
         if capacity < 2:
             raise UsageError(f"--segment-store-mb {max_mib:g} holds no 2 segments of {per_segment / 2**20:.2f} MiB")
         self.capacity, self.seg_len, self.nbytes = capacity, seg_len, capacity * per_segment
