@@ -37,6 +37,24 @@ Page API:
                                           its `reason` (answered | withdrawn | leased); response_ms (optional, null:
                                           unknown): how long the pair was on screen before the answer, 0 to 86400000
     POST /api/runs/<run>/undo             {client, labeler}: take back this client's last answer not yet used
+Ranking mode (humanFeedback/ranking.py): instead of answering pairs, a labeler inserts the clips of the run's pending
+queries, one at a time, into the run's ordering of clips, by comparisons with clips already placed (binary insertion,
+ties allowed). A query is answered, with the label the ordering gives, once both its clips are placed; the ordering
+implies a label for every pair of placed clips, which a trainer reads from GET /ranking. Clips are named
+"<query id>:<side>". Every event is a row (kill -9 loses no placement); the ordering is their replay.
+    PUT  /api/runs/<run>/mode             {mode: pairs|ranking, client}: switching to pairs gives the clip being
+                                          inserted back to the pairs
+    POST /api/runs/<run>/ranking/next     {client, labeler}: the comparison to make ({clip, against, comparisons_left},
+                                          starting the next clip when none is being inserted), the ordering (best tier
+                                          first) and progress; comparison null with held_elsewhere: true while another
+                                          labeler inserts a clip of this run
+    POST /api/runs/<run>/ranking/answer   {client, labeler, clip, against, answer: better|worse|equal, response_ms}:
+                                          the clip being inserted is better than / worse than / as good as `against`;
+                                          409 `stale` when the page showed a comparison that is no longer asked, a
+                                          retried request is stored once
+    POST /api/runs/<run>/ranking/undo     {client, labeler}: take back the run's last comparison (if it was this
+                                          client's and its answer is not yet used by the trainer); replies as /next
+    GET  /api/runs/<run>/ranking          {mode, tiers: best first, lists of {key, side}, pending, comparisons}
 Labels: the probability that the RIGHT clip is better: left 0.0, right 1.0, equal 0.5, skip (can't tell) null.
 
 Security: binds the loopback interface by default and then answers only requests addressed to a loopback name (a
@@ -66,6 +84,7 @@ import secrets
 import sqlite3
 import stat
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -73,6 +92,11 @@ from urllib.parse import parse_qsl, urlencode
 
 from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
+
+if __package__:  # humanFeedback.feedback_server (installed); else run as a script, or imported beside ranking.py
+    from .ranking import FIELDS, Cancel, Comparison, Ranking, Start, event_from_dict
+else:
+    from ranking import FIELDS, Cancel, Comparison, Ranking, Start, event_from_dict
 
 HERE = Path(__file__).resolve().parent
 # beside this file in a checkout; in the user's home when installed from a wheel (never inside site-packages)
@@ -110,6 +134,13 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL CHECK (kind IN ('answer', 'undo')),
     choice TEXT, label REAL, labeler TEXT, client TEXT, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+CREATE TABLE IF NOT EXISTS ranking_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL CHECK (kind IN ('start', 'comparison', 'cancel')),
+    clip TEXT NOT NULL, against TEXT, answer TEXT, labeler TEXT, client TEXT, response_ms REAL, time REAL NOT NULL,
+    undone REAL);
+CREATE INDEX IF NOT EXISTS ranking_events_run ON ranking_events (run_id, id);
 """
 # columns added after the first release: (table, column, declaration), added to older files at start
 MIGRATIONS = [
@@ -119,7 +150,12 @@ MIGRATIONS = [
     ("runs", "trainer_time", "REAL"),
     ("queries", "response_ms", "REAL"),
     ("events", "response_ms", "REAL"),
+    ("runs", "mode", "TEXT NOT NULL DEFAULT 'pairs'"),
+    ("queries", "ranked", "INTEGER NOT NULL DEFAULT 0"),
 ]
+MODES = ("pairs", "ranking")
+SIDES = ("left", "right")
+RANKING_ANSWERS = ("better", "worse", "equal")
 # one row per query of a run (GET /api/runs/<run>/answers and export.py); labeler_session is the `client` (page tab)
 # of the standing answer, undos counts the undo events of the query
 ANSWER_COLUMNS = (
@@ -523,6 +559,7 @@ def create_app(
             question=run["question"],
             progress=progress(con, run_id),
             trainer=trainer_json(run),
+            mode=run["mode"],
         )
 
     @app.put("/api/runs/<run_id>/status")
@@ -700,7 +737,7 @@ def create_app(
     def list_runs():
         con = db()
         rows = con.execute(
-            "SELECT r.id, r.env_id, r.question, r.updated, r.trainer, r.trainer_time, COUNT(q.id) AS total, "
+            "SELECT r.id, r.env_id, r.question, r.mode, r.updated, r.trainer, r.trainer_time, COUNT(q.id) AS total, "
             "SUM(q.status = 'pending') AS pending, SUM(q.status IN ('answered', 'used')) AS answered, "
             "MAX(q.created) AS last_query FROM runs r LEFT JOIN queries q ON q.run_id = r.id "
             "GROUP BY r.id ORDER BY (SUM(q.status = 'pending') > 0) DESC, COALESCE(MAX(q.created), r.updated) DESC"
@@ -740,11 +777,12 @@ def create_app(
                     "UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",
                     (client, now + lease_seconds, row["id"]),
                 )
-            run = con.execute("SELECT trainer, trainer_time FROM runs WHERE id = ?", (run_id,)).fetchone()
+            run = con.execute("SELECT trainer, trainer_time, mode FROM runs WHERE id = ?", (run_id,)).fetchone()
             return jsonify(
                 query=query_json(con, row) if row is not None else None,
                 progress=progress(con, run_id, client=client),
                 trainer=trainer_json(run),
+                mode=run["mode"],
             )
 
     @app.post("/api/leases/renew")
@@ -841,6 +879,293 @@ def create_app(
                 (run_id, row["id"], row["key"], labeler, client, now),
             )
             return jsonify(query=query_json(con, row), progress=progress(con, run_id, row["session"]))
+
+    # ------------------------------------------------------------------------------------------ ranking mode
+    # Clips of pending queries are inserted one at a time into the run's ordering (humanFeedback/ranking.py) by
+    # comparisons with clips already placed; a query is answered once both its clips are placed, with the label the
+    # ordering gives. The ordering is the replay of the run's ranking events (undone ones left out), kept in memory
+    # per run and rebuilt whenever the events on disk differ from the ones it was built from.
+    rankings: dict[str, tuple[tuple[int, int], Ranking]] = {}
+    rankings_lock = threading.Lock()
+
+    def ranking_stamp(con: sqlite3.Connection, run_id: str) -> tuple[int, int]:
+        row = con.execute(
+            "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM ranking_events WHERE run_id = ? AND undone IS NULL", (run_id,)
+        ).fetchone()
+        return (row[0], row[1])
+
+    def ranking_of(con: sqlite3.Connection, run_id: str) -> Ranking:
+        """The run's ordering, inside a transaction (the caller changes it only together with the events)."""
+        stamp = ranking_stamp(con, run_id)
+        with rankings_lock:
+            cached = rankings.get(run_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        rows = con.execute(
+            "SELECT kind, clip, against, answer FROM ranking_events WHERE run_id = ? AND undone IS NULL ORDER BY id",
+            (run_id,),
+        )
+        ranking = Ranking.replay(event_from_dict({"kind": r[0], **{f: r[f] for f in FIELDS[r[0]]}}) for r in rows)
+        with rankings_lock:
+            rankings[run_id] = (stamp, ranking)
+        return ranking
+
+    def forget_ranking(run_id: str) -> None:
+        with rankings_lock:
+            rankings.pop(run_id, None)
+
+    def add_ranking_event(con, run_id, ranking, event, client, labeler=None, response_ms=None) -> None:
+        """Apply `event` to the cached ordering and store it (the caller's transaction commits both or neither)."""
+        ranking.apply(event)
+        con.execute(
+            "INSERT INTO ranking_events (run_id, kind, clip, against, answer, labeler, client, response_ms, time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                type(event).__name__.lower(),
+                event.clip,
+                getattr(event, "against", None),
+                getattr(event, "answer", None),
+                labeler,
+                client,
+                response_ms,
+                time.time(),
+            ),
+        )
+        with rankings_lock:
+            rankings[run_id] = (ranking_stamp(con, run_id), ranking)
+
+    def clip_query(con: sqlite3.Connection, clip: str) -> tuple[sqlite3.Row | None, str]:
+        """The query row and side of a clip id "<query id>:<side>"."""
+        qid, side = clip.split(":")
+        return con.execute("SELECT * FROM queries WHERE id = ?", (int(qid),)).fetchone(), side
+
+    def clip_json(con: sqlite3.Connection, ranking: Ranking, clip: str) -> dict:
+        row, side = clip_query(con, clip)
+        return {
+            "id": clip,
+            "key": row["key"],
+            "side": side,
+            "url": f"/media/{row[side + '_clip']}",
+            "valid": row[side + "_valid"],
+            "tier": ranking.tier_of(clip),
+        }
+
+    def answer_if_ranked(con, run_id, ranking, row, client, labeler, response_ms) -> bool:
+        """Answer a pending query whose two clips are both placed, with the ordering's label."""
+        if row is None or row["status"] != "pending":
+            return False
+        label = ranking.label(f"{row['id']}:left", f"{row['id']}:right")
+        if label is None:
+            return False
+        choice = {0.0: "left", 1.0: "right", 0.5: "equal"}[label]
+        now = time.time()
+        con.execute(
+            "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
+            "response_ms = NULL, ranked = 1, lease_client = NULL, lease_until = NULL WHERE id = ?",
+            (choice, label, labeler, now, row["id"]),
+        )
+        con.execute(
+            "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, response_ms, time) "
+            "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?, ?)",
+            (run_id, row["id"], row["key"], choice, label, labeler, client, response_ms, now),
+        )
+        con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
+        return True
+
+    def next_comparison(con, run_id: str, ranking: Ranking, client: str, labeler: str | None) -> str | None:
+        """Start inserting the next clip of a pending query (placing the first one at once) unless one is being
+        inserted; keep its query leased to `client`. Returns None when another labeler holds the insertion."""
+        now = time.time()
+        if ranking.pending is not None:
+            row, _ = clip_query(con, ranking.pending)
+            if row is None or row["status"] != "pending":  # withdrawn or answered as a pair meanwhile
+                add_ranking_event(con, run_id, ranking, Cancel(ranking.pending), client, labeler)
+            elif row["lease_client"] not in (None, client) and row["lease_until"] >= now:
+                return "held"
+        while ranking.pending is None:
+            placed = ranking.placed
+            rows = con.execute(
+                "SELECT * FROM queries WHERE run_id = ? AND status = 'pending' "
+                "AND (lease_client IS NULL OR lease_until < ? OR lease_client = ?) ORDER BY id",
+                (run_id, now, client),
+            )
+            clip = next((f"{r['id']}:{s}" for r in rows for s in SIDES if f"{r['id']}:{s}" not in placed), None)
+            if clip is None:
+                return None
+            add_ranking_event(con, run_id, ranking, Start(clip), client, labeler)
+            answer_if_ranked(con, run_id, ranking, clip_query(con, clip)[0], client, labeler, None)
+        hold(con, clip_query(con, ranking.pending)[0]["id"], client, now)
+        return ranking.pending
+
+    def hold(con: sqlite3.Connection, query_id: int, client: str, now: float) -> None:
+        """Lease the query whose clip is being inserted to the labeler inserting it."""
+        con.execute(
+            "UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?", (client, now + lease_seconds, query_id)
+        )
+
+    def ordering_json(con, ranking: Ranking) -> list[list[dict]]:
+        """The ordering, best tier first, each clip with its key, side and clip URL."""
+        return [[clip_json(con, ranking, c) for c in tier] for tier in reversed(ranking.tiers)]
+
+    def comparison_json(con, run_id: str, ranking: Ranking, client: str, state: str | None) -> dict:
+        run = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        reply = {
+            "mode": run["mode"],
+            "comparison": None,
+            "held_elsewhere": state == "held",
+            "ordering": ordering_json(con, ranking),
+            "progress": progress(con, run_id, client=client),
+            "trainer": trainer_json(run),
+        }
+        if state not in (None, "held"):
+            reply["comparison"] = {
+                "run_id": run_id,
+                "env_id": run["env_id"],
+                "question": run["question"],
+                "clip": clip_json(con, ranking, ranking.pending),
+                "against": clip_json(con, ranking, ranking.next_comparison()),
+                "comparisons_left": ranking.comparisons_left,
+                "lease_seconds": lease_seconds,
+            }
+        return reply
+
+    def ranking_call(run_id: str, body_fn):
+        """Run `body_fn(con, run, ranking)` in one write transaction; the cached ordering is dropped on any error."""
+        try:
+            with Transaction(db()) as con:
+                run = get_run(con, run_id)
+                return body_fn(con, run, ranking_of(con, run_id))
+        except BaseException:
+            forget_ranking(run_id)
+            raise
+
+    @app.put("/api/runs/<run_id>/mode")
+    def set_mode(run_id: str):
+        body = json_body()
+        mode = field(body, "mode", str)
+        if mode not in MODES:
+            raise ApiError(400, f"mode {mode[:50]!r} is not one of {list(MODES)}")
+        client = short_text(body, "client", required=False)
+
+        def change(con, run, ranking):
+            if mode == "pairs" and ranking.pending is not None:  # the clip being inserted goes back to the pairs
+                row, _ = clip_query(con, ranking.pending)
+                add_ranking_event(con, run_id, ranking, Cancel(ranking.pending), client)
+                con.execute("UPDATE queries SET lease_client = NULL, lease_until = NULL WHERE id = ?", (row["id"],))
+            con.execute("UPDATE runs SET mode = ? WHERE id = ?", (mode, run_id))
+            return jsonify(mode=mode)
+
+        return ranking_call(run_id, change)
+
+    @app.post("/api/runs/<run_id>/ranking/next")
+    def ranking_next(run_id: str):
+        body = json_body()
+        client = short_text(body, "client")
+        labeler = short_text(body, "labeler", required=False)
+
+        def step(con, run, ranking):
+            if run["mode"] != "ranking":
+                return jsonify(comparison_json(con, run_id, ranking, client, None))
+            state = next_comparison(con, run_id, ranking, client, labeler)
+            return jsonify(comparison_json(con, run_id, ranking, client, state))
+
+        return ranking_call(run_id, step)
+
+    @app.post("/api/runs/<run_id>/ranking/answer")
+    def ranking_answer(run_id: str):
+        body = json_body()
+        client = short_text(body, "client")
+        labeler = short_text(body, "labeler")
+        clip, against = short_text(body, "clip"), short_text(body, "against")
+        answer = field(body, "answer", str)
+        if answer not in RANKING_ANSWERS:
+            raise ApiError(400, f"answer {answer[:50]!r} is not one of {list(RANKING_ANSWERS)}")
+        response_ms = field(body, "response_ms", float, required=False)
+        if response_ms is not None and not 0 <= response_ms <= MAX_RESPONSE_MS:
+            raise ApiError(400, f"field 'response_ms' must be from 0 to {MAX_RESPONSE_MS} (milliseconds)")
+
+        def record(con, run, ranking):
+            last = con.execute(
+                "SELECT clip, against, answer FROM ranking_events WHERE run_id = ? AND kind = 'comparison' "
+                "AND undone IS NULL AND client = ? ORDER BY id DESC LIMIT 1",
+                (run_id, client),
+            ).fetchone()
+            if last is not None and tuple(last) == (clip, against, answer) and ranking.pending != clip:
+                return jsonify(ok=True, duplicate=True, progress=progress(con, run_id, client=client))
+            if run["mode"] != "ranking":
+                raise ApiError(409, f"run {run_id!r} is labeled by pairs now", "mode")
+            if ranking.pending != clip:
+                raise ApiError(409, f"clip {clip[:40]!r} is not the one being inserted any more", "stale")
+            row, _ = clip_query(con, clip)
+            if row["lease_client"] not in (None, client) and row["lease_until"] >= time.time():
+                raise ApiError(409, "another labeler is inserting this clip", "leased")
+            try:
+                event = Comparison(clip, against, answer)
+                add_ranking_event(con, run_id, ranking, event, client, labeler, response_ms)
+            except ValueError as e:
+                raise ApiError(409, f"that comparison no longer fits the ordering: {e}", "stale") from None
+            placed = ranking.pending is None
+            answered = placed and answer_if_ranked(con, run_id, ranking, row, client, labeler, response_ms)
+            reply = {"ok": True, "duplicate": False, "placed": placed, "answered": answered}
+            return jsonify(**reply, progress=progress(con, run_id, client=client))
+
+        return ranking_call(run_id, record)
+
+    @app.post("/api/runs/<run_id>/ranking/undo")
+    def ranking_undo(run_id: str):
+        body = json_body()
+        client = short_text(body, "client")
+        labeler = short_text(body, "labeler", required=False)
+
+        def take_back(con, run, ranking):
+            last = con.execute(
+                "SELECT * FROM ranking_events WHERE run_id = ? AND kind = 'comparison' AND undone IS NULL "
+                "ORDER BY id DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            if last is None:
+                raise ApiError(409, "nothing to undo")
+            if last["client"] != client:
+                raise ApiError(409, "the last comparison of this run was made by another labeler", "other")
+            row, _ = clip_query(con, last["clip"])
+            if row["ranked"] and row["status"] == "used":
+                raise ApiError(409, "that answer was already used by the trainer and cannot be undone", "used")
+            now = time.time()
+            # the comparison and what followed it on its own (the next clip started, a cancel) are taken back
+            con.execute(
+                "UPDATE ranking_events SET undone = ? WHERE run_id = ? AND id >= ? AND undone IS NULL",
+                (now, run_id, last["id"]),
+            )
+            forget_ranking(run_id)
+            if row["ranked"] and row["status"] == "answered":
+                con.execute(
+                    "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
+                    "answered_at = NULL, response_ms = NULL, ranked = 0 WHERE id = ?",
+                    (row["id"],),
+                )
+                con.execute(
+                    "INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) "
+                    "VALUES (?, ?, ?, 'undo', ?, ?, ?)",
+                    (run_id, row["id"], row["key"], labeler, client, now),
+                )
+            hold(con, row["id"], client, now)
+            ranking = ranking_of(con, run_id)
+            return jsonify(comparison_json(con, run_id, ranking, client, ranking.pending))
+
+        return ranking_call(run_id, take_back)
+
+    @app.get("/api/runs/<run_id>/ranking")
+    def ranking_state(run_id: str):
+        def read(con, run, ranking):
+            return jsonify(
+                mode=run["mode"],
+                tiers=[[{"key": c["key"], "side": c["side"]} for c in tier] for tier in ordering_json(con, ranking)],
+                pending=None if ranking.pending is None else clip_json(con, ranking, ranking.pending)["key"],
+                comparisons=sum(isinstance(e, Comparison) for e in ranking.events),
+            )
+
+        return ranking_call(run_id, read)
 
     return app
 
