@@ -764,14 +764,18 @@ def create_app(
         exclude = id_list(body, "exclude", int)
         now = time.time()
         with Transaction(db()) as con:
-            get_run(con, run_id)
+            ranked = get_run(con, run_id)["mode"] == "ranking"  # its clips are placed through ranking/next instead
             not_in = f"AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
-            row = con.execute(
-                f"SELECT * FROM queries WHERE run_id = ? AND status = 'pending' "
-                f"AND (lease_client IS NULL OR lease_until < ? OR lease_client = ?) {not_in} "
-                f"ORDER BY (lease_client IS ? AND lease_until >= ?) DESC, id LIMIT 1",
-                (run_id, now, client, *exclude, client, now),
-            ).fetchone()
+            row = (
+                None
+                if ranked
+                else con.execute(
+                    f"SELECT * FROM queries WHERE run_id = ? AND status = 'pending' "
+                    f"AND (lease_client IS NULL OR lease_until < ? OR lease_client = ?) {not_in} "
+                    f"ORDER BY (lease_client IS ? AND lease_until >= ?) DESC, id LIMIT 1",
+                    (run_id, now, client, *exclude, client, now),
+                ).fetchone()
+            )
             if row is not None:
                 con.execute(
                     "UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?",

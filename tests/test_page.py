@@ -739,3 +739,87 @@ def test_a_token_link_sets_the_cookie_and_leaves_the_address_bar(tmp_path, conte
         assert wait_pair(page) != qid
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ ranking mode
+COMPARISON_READY = """(prev) => {
+    const q = document.getElementById('pair').dataset.query;
+    const v = [document.getElementById('video-left'), document.getElementById('video-right')];
+    return document.getElementById('app').dataset.mode === 'ranking' && !!q && q.includes('|') && q !== prev
+        && document.getElementById('buttons').dataset.ready === 'true'
+        && v.every(x => x && x.readyState >= 2 && x.videoWidth > 0); }"""
+
+
+def clip_value(clip: str) -> float:
+    """What the simulated person thinks of a clip (by its server name "<query id>:<side>")."""
+    import random
+
+    return random.Random(clip).random()
+
+
+def wait_comparison(page, previous: str | None = None) -> tuple[str, str] | None:
+    """The (new clip, placed clip) shown once both play, or None when nothing is left to place."""
+    done = "document.getElementById('app').dataset.state === 'empty'"
+    page.wait_for_function(f"(prev) => {done} || ({COMPARISON_READY})(prev)", arg=previous, timeout=30_000)
+    if page.evaluate(f"() => {done}"):
+        return None
+    new, against = page.get_attribute("#pair", "data-query").split("|")
+    return new, against
+
+
+def test_ranking_in_the_browser_places_every_clip_with_undo_and_a_server_kill(tmp_path, context, clips):
+    """A person switches a run to ranking and places 16 clips (8 queries) with the keyboard: one undo re-asks the
+    comparison, an answer given while the server is killed (-9) waits in the browser and lands once it is back, and
+    the ordering, the strip of thumbnails and the queries' labels all follow the person's values."""
+    server = Server(tmp_path / "data", "--quiet").start()
+    try:
+        specs = [{"key": f"q{i}", "session": 0, "left": "a" if i % 2 else "ended", "right": "b"} for i in range(8)]
+        keys = post_queries(server, "rank", clips, specs)
+        page = context.new_page()
+        page.goto(f"{server.url}/?run=rank")
+        wait_pair(page)  # pairs mode first
+        page.click('button[data-mode="ranking"]')
+        shown, last, answered, undone, killed = None, None, 0, False, False
+        while (shown_now := wait_comparison(page, shown)) is not None:
+            new, against = shown_now
+            if answered == 5 and not undone:  # take the last comparison back: it is asked again
+                page.keyboard.press("u")
+                again = wait_comparison(page, f"{new}|{against}")
+                assert again == last and "Undone" in page.inner_text("#status")
+                new, against, undone, answered = *again, True, answered - 1
+            shown = f"{new}|{against}"
+            key = "ArrowLeft" if clip_value(new) > clip_value(against) else "ArrowRight"
+            if answered == 12 and not killed:  # the server dies; the answer waits in the browser
+                server.kill9()
+                page.keyboard.press(key)
+                page.wait_for_function("() => !!localStorage.getItem('prefrl-rank:rank')")
+                page.wait_for_selector("#offline:not(.hidden)")
+                server.start()
+                page.wait_for_function("() => !localStorage.getItem('prefrl-rank:rank')", timeout=30_000)
+                killed = True
+            else:
+                page.keyboard.press(key)
+            last, answered = (new, against), answered + 1
+        assert killed and undone
+        wait_state(page, "empty")
+        state = api(server, "GET", "/api/runs/rank/ranking").json()
+        assert state["comparisons"] == answered and state["pending"] is None
+        order = [f"{c['key']}:{c['side']}" for tier in state["tiers"] for c in tier]
+        ids = {k: i + 1 for i, k in enumerate(keys)}  # query ids in upload order
+        values = [clip_value(f"{ids[c.split(':')[0]]}:{c.split(':')[1]}") for c in order]
+        assert len(order) == 16 and values == sorted(values, reverse=True)
+        for q in api(server, "GET", "/api/runs/rank/queries").json()["queries"]:
+            better_right = clip_value(f"{ids[q['key']]}:right") > clip_value(f"{ids[q['key']]}:left")
+            assert q["status"] == "answered" and q["label"] == float(better_right)
+        # the strip shows the ordering, best first, one thumbnail per tier
+        strip = page.eval_on_selector_all("#ordering-list li", "els => els.map(e => e.dataset.clip)")
+        assert strip == [f"{ids[key]}:{side}" for key, side in (c.split(":") for c in order)]
+        assert "16 clips placed in 16 tiers" in page.inner_text("#ordering")
+        page.keyboard.press("u")  # the last comparison again, with its clip's place open
+        page.wait_for_function(COMPARISON_READY, arg=None, timeout=30_000)
+        assert tuple(page.get_attribute("#pair", "data-query").split("|")) == last
+        assert page.eval_on_selector_all("#ordering-list li", "els => els.length") == 15
+        assert page.is_visible("#ordering-list li.against")  # the placed clip it is compared with, outlined
+        screenshot(page, "ranking.png", tmp_path)
+    finally:
+        server.stop()
