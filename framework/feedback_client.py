@@ -45,7 +45,7 @@ import numpy as np
 import requests
 
 from framework.runtime import UsageError
-from framework.teacher import QueryBatch, query_keys
+from framework.teacher import ImpliedPairs, QueryBatch, query_keys
 
 TOKEN_ENV = "PREFRL_FEEDBACK_TOKEN"
 
@@ -83,6 +83,9 @@ class HumanFeedbackArgs:
     """width and height of query clips, pixels"""
     clip_fps: float = 30.0
     """frame rate of query clips (0: real time, the env's own rate)"""
+    ranking_pairs_per_clip: int = 10
+    """ranking (a person switches the run to it on the page, or `--teacher-ranking`): each clip placed in the ordering
+    adds pairs with up to this many clips placed before it, labelled by the ordering (0: with all of them)"""
 
 
 def validate_feedback_args(args: HumanFeedbackArgs) -> None:
@@ -100,6 +103,8 @@ def validate_feedback_args(args: HumanFeedbackArgs) -> None:
         raise UsageError(f"--feedback-undo-grace must be >= 0 seconds, got {args.feedback_undo_grace}")
     if args.clip_size < 16 or args.clip_size % 2:
         raise UsageError(f"--clip-size must be an even number of pixels >= 16, got {args.clip_size}")
+    if args.ranking_pairs_per_clip < 0:
+        raise UsageError(f"--ranking-pairs-per-clip must be >= 0 (0: every pair), got {args.ranking_pairs_per_clip}")
     if args.clip_fps < 0:
         raise UsageError(f"--clip-fps must be >= 0 (0: real time), got {args.clip_fps}")
 
@@ -231,6 +236,9 @@ class FeedbackClient:
         body = {"keys": keys, "answered_only": answered_only}
         return self.request("POST", f"/api/runs/{run_id}/close", deadline, ("labels",), json=body)["labels"]
 
+    def ranking(self, run_id: str, deadline: float | None = None) -> dict:
+        return self.request("GET", f"/api/runs/{run_id}/ranking", deadline, ("tiers", "comparisons"))
+
     def copy(self) -> FeedbackClient:
         """A client of the same server with its own connections, for another thread."""
         return FeedbackClient(
@@ -349,6 +357,8 @@ class HumanTeacher:
         progress: bool = True,
         close_grace: float = 30.0,
         undo_grace: float = 10.0,
+        ranking_pairs_per_clip: int = 10,
+        seed: int = 0,
     ):
         self.client, self.run_id, self.env_id = client, run_id, env_id
         self.clip_size, self.clip_fps, self.timeout = clip_size, clip_fps, timeout
@@ -379,6 +389,8 @@ class HumanTeacher:
         self.training = {"agent_step": 0, "reward_updates": 0, "reward_updated_step": None, "labels": 0}
         self.status_posted = 0.0
         self.announced = False
+        self.pairs = ImpliedPairs(ranking_pairs_per_clip, seed)  # ranking mode on the page: the ordering's pairs
+        self.comparisons = 0
         if os.path.exists(self.answers_path):  # a resumed run: these events are already in the file
             with open(self.answers_path) as f:
                 for line in f:
@@ -408,12 +420,19 @@ class HumanTeacher:
         with self.lock:  # (answers taken on the server but not yet collected are kept with them)
             batches = {id(b): b for b in self.watching.values()}
             watching = {k: id(b) for k, b in self.watching.items()}
-            return {"watching": watching, "batches": batches, "ready": list(self.ready)}
+            return {
+                "watching": watching,
+                "batches": batches,
+                "ready": list(self.ready),
+                "pairs": self.pairs.state_dict(),
+            }
 
     def load_state_dict(self, state: dict) -> None:
         """Watch the queries a checkpoint was waiting for again; answers given meanwhile are in the event feed."""
         with self.lock:
             self.ready += [tuple(answer) for answer in state.get("ready", [])]
+        if "pairs" in state:
+            self.pairs.load_state_dict(state["pairs"])
         batches, by_batch = state.get("batches", {}), {}
         for key, batch_id in state.get("watching", {}).items():
             by_batch.setdefault(batch_id, []).append(key)
@@ -422,6 +441,24 @@ class HumanTeacher:
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         self.schedule = list(sessions)
+
+    @property
+    def ranks(self) -> bool:
+        """A person may switch the run to ranking on the page at any time."""
+        return True
+
+    def implied(self, known) -> list[tuple[str, str, str, str, float]]:
+        """The pairs the run's ordering on the server implies between clips of `known` queries (answers the trainer
+        has taken: the server no longer lets anyone move their clips); none while the server cannot be reached (the
+        next session asks again) or the run was never ranked."""
+        try:
+            state = self.client.ranking(self.run_id, deadline=time.monotonic() + 10)
+        except (FeedbackTimeout, FeedbackServerError):  # (a server too old to rank: nothing to add)
+            return []
+        self.comparisons = state["comparisons"]
+        best_first = state["tiers"]
+        tiers = {(c["key"], c["side"]): len(best_first) - i for i, tier in enumerate(best_first) for c in tier}
+        return self.pairs.new_pairs(tiers, set(known))
 
     # ------------------------------------------------------------------------------------- asynchronous feedback
     def submit(self, queries: QueryBatch) -> list[str]:
@@ -874,6 +911,8 @@ def make_human_teacher(args: HumanFeedbackArgs, run_id: str, env_id: str, run_di
         args.feedback_timeout,
         args.feedback_question,
         undo_grace=args.feedback_undo_grace,
+        ranking_pairs_per_clip=args.ranking_pairs_per_clip,
+        seed=getattr(args, "seed", 0) + 2,
     )
     atexit.register(teacher.finish)
     return teacher

@@ -62,6 +62,7 @@ from framework.runtime import (
 from framework.teacher import (
     QueryBatch,
     Teacher,
+    implied_pairs,
     load_reward_function,
     make_teacher,
     segment_return_scale,
@@ -244,6 +245,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     teacher_latency: float = 0.0
     """seconds the simulated teacher takes per answer (exponentially distributed around it), as a person would; 0:
     instant"""
+    teacher_ranking: bool = False
+    """the simulated teacher places both clips of each query into one ordering by binary insertion (as a person in the
+    page's ranking mode), and the run also learns from pairs the ordering implies (`--ranking-pairs-per-clip`)"""
     teacher_reward: str | None = None
     """the simulated teacher judges by this user reward (path/file.py:function or module:function) instead of the
     environment's reward"""
@@ -606,13 +610,20 @@ class PreferenceBuffer:
 
     def add(self, seg_a, mask_a, seg_b, mask_b, labels, step: int, rng: np.random.Generator) -> None:
         n = len(labels)
-        if self.size + n > self.capacity:
-            raise ValueError(f"preference buffer full: {self.size} + {n} > {self.capacity}")
+        self.reserve(self.size + n)
         sl = slice(self.size, self.size + n)
         self.seg_a[sl], self.seg_b[sl], self.mask_a[sl], self.mask_b[sl] = seg_a, seg_b, mask_a, mask_b
         self.labels[sl], self.steps[sl] = labels, step
         self.is_val[sl] = rng.random(n) < self.val_fraction
         self.size += n
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` pairs (ranking adds pairs the ordering implies beyond the label budget): grows by doubling."""
+        if n > self.capacity:
+            self.capacity = max(2 * self.capacity, n)
+            for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val"):
+                old = getattr(self, k)
+                setattr(self, k, np.concatenate([old, np.zeros((self.capacity - len(old), *old.shape[1:]), old.dtype)]))
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the training and validation pairs."""
@@ -629,6 +640,7 @@ class PreferenceBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["labels"])
+        self.reserve(n)
         for key, value in state.items():
             if key == "rime":
                 self.rime = dict(value)
@@ -886,6 +898,8 @@ class Progress:
     outstanding: dict[str, dict] = field(default_factory=dict)  # asynchronous feedback: queries asked, by key
     arrived: list[dict] = field(default_factory=list)  # asynchronous feedback: answered, not yet learned from
     batches_asked: int = 0  # asynchronous feedback: batches of queries put to the teacher (<run>/asked/)
+    clips: dict[str, dict] = field(default_factory=dict)  # ranking: segments of answered queries, by "<key>:<side>"
+    implied_pairs: int = 0  # ranking: pairs learned from that the ordering implied beyond those asked
     explore_filled: int = 0  # states stored for the state-entropy reward
 
     def state_dict(self) -> dict:
@@ -976,6 +990,7 @@ def learn_from_labels(
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
     dataset: PreferenceDataset,
+    teacher: Teacher,
     progress: Progress,
     tracker: Tracker,
     args: Args,
@@ -1002,6 +1017,10 @@ def learn_from_labels(
         progress.labels_used += int(answered.sum())
         progress.pairs_skipped += int((~answered).sum())
         dataset.add(q, progress.session)
+        implied = implied_pairs(q, teacher, progress.clips) if teacher.ranks else None
+        if implied is not None:  # ranking: pairs the teacher's ordering implies beyond those asked (no label cost)
+            prefs.add(*(implied[k] for k in ("x_a", "mask_a", "x_b", "mask_b", "labels")), step, rng)
+            progress.implied_pairs += len(implied["labels"])
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
@@ -1026,6 +1045,8 @@ def learn_from_labels(
             "feedback/sessions": progress.session + 1,
         }
     )
+    if teacher.ranks:
+        stats.update({"feedback/implied_pairs": progress.implied_pairs, "feedback/comparisons": teacher.comparisons})
     if prefs.size:
         stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
     if "asked" in q:  # asynchronous feedback: how far the agent went on while these answers were given
@@ -1387,7 +1408,7 @@ def main(args: Args) -> dict:
             q = ask_teacher(n_labels, store, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
                 learn_from_labels(
-                    q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                    q, store, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
                 )
         poll_due = (
             global_step // args.feedback_poll_frequency > (global_step - batch_size) // args.feedback_poll_frequency
@@ -1397,7 +1418,18 @@ def main(args: Args) -> dict:
             if q is not None:
                 with interrupts_held():
                     learn_from_labels(
-                        q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                        q,
+                        store,
+                        ensemble,
+                        reward_optimizer,
+                        prefs,
+                        dataset,
+                        teacher,
+                        progress,
+                        tracker,
+                        args,
+                        rng,
+                        device,
                     )
 
         # reward the rollout: state entropy while exploring, then the learned reward (+ RUNE)
@@ -1505,7 +1537,7 @@ def main(args: Args) -> dict:
         q = exchange_with_teacher(store, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir, True)
         if q is not None:
             learn_from_labels(
-                q, store, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                q, store, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
             )
     summary = {"algorithm": "pref_ppo", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
@@ -1513,6 +1545,8 @@ def main(args: Args) -> dict:
     summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
     summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
     summary |= {"pairs_skipped": progress.pairs_skipped}  # (asked again later: they cost no label)
+    if teacher.ranks:  # ranking: comparisons made and the pairs they implied beyond those asked
+        summary |= {"comparisons": teacher.comparisons, "implied_pairs": progress.implied_pairs}
     summary |= progress.evals.summary()
     summary = write_summary(run_dir, summary | {"segments_stored": store.size, "exploration_sps": exploration_sps})
     evaluator.close()

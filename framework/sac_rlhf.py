@@ -67,6 +67,7 @@ from framework.runtime import (
 from framework.teacher import (
     QueryBatch,
     Teacher,
+    implied_pairs,
     load_reward_function,
     make_teacher,
     segment_return_scale,
@@ -236,6 +237,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     teacher_latency: float = 0.0
     """seconds the simulated teacher takes per answer (exponentially distributed around it), as a person would; 0:
     instant"""
+    teacher_ranking: bool = False
+    """the simulated teacher places both clips of each query into one ordering by binary insertion (as a person in the
+    page's ranking mode), and the run also learns from pairs the ordering implies (`--ranking-pairs-per-clip`)"""
     teacher_reward: str | None = None
     """the simulated teacher judges by this user reward (path/file.py:function or module:function) instead of the
     environment's reward"""
@@ -545,13 +549,20 @@ class PreferenceBuffer:
 
     def add(self, seg_a, mask_a, seg_b, mask_b, labels, step: int, rng: np.random.Generator) -> None:
         n = len(labels)
-        if self.size + n > self.capacity:
-            raise ValueError(f"preference buffer full: {self.size} + {n} > {self.capacity}")
+        self.reserve(self.size + n)
         sl = slice(self.size, self.size + n)
         self.seg_a[sl], self.seg_b[sl], self.mask_a[sl], self.mask_b[sl] = seg_a, seg_b, mask_a, mask_b
         self.labels[sl], self.steps[sl] = labels, step
         self.is_val[sl] = rng.random(n) < self.val_fraction
         self.size += n
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` pairs (ranking adds pairs the ordering implies beyond the label budget): grows by doubling."""
+        if n > self.capacity:
+            self.capacity = max(2 * self.capacity, n)
+            for k in ("seg_a", "seg_b", "mask_a", "mask_b", "labels", "steps", "is_val"):
+                old = getattr(self, k)
+                setattr(self, k, np.concatenate([old, np.zeros((self.capacity - len(old), *old.shape[1:]), old.dtype)]))
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the training and validation pairs."""
@@ -568,6 +579,7 @@ class PreferenceBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["labels"])
+        self.reserve(n)
         for key, value in state.items():
             if key == "rime":
                 self.rime = dict(value)
@@ -824,6 +836,8 @@ class Progress:
     outstanding: dict[str, dict] = field(default_factory=dict)  # asynchronous feedback: queries asked, by key
     arrived: list[dict] = field(default_factory=list)  # asynchronous feedback: answered, not yet learned from
     batches_asked: int = 0  # asynchronous feedback: batches of queries put to the teacher (<run>/asked/)
+    clips: dict[str, dict] = field(default_factory=dict)  # ranking: segments of answered queries, by "<key>:<side>"
+    implied_pairs: int = 0  # ranking: pairs learned from that the ordering implied beyond those asked
     critic_reset_done: bool = False
     mid_episode: bool = True  # periodic checkpoints wait for an episode's end
 
@@ -915,6 +929,7 @@ def learn_from_labels(
     reward_optimizer: optim.Optimizer,
     prefs: PreferenceBuffer,
     dataset: PreferenceDataset,
+    teacher: Teacher,
     progress: Progress,
     tracker: Tracker,
     args: Args,
@@ -941,6 +956,10 @@ def learn_from_labels(
         progress.labels_used += int(answered.sum())
         progress.pairs_skipped += int((~answered).sum())
         dataset.add(q, progress.session)
+        implied = implied_pairs(q, teacher, progress.clips) if teacher.ranks else None
+        if implied is not None:  # ranking: pairs the teacher's ordering implies beyond those asked (no label cost)
+            prefs.add(*(implied[k] for k in ("x_a", "mask_a", "x_b", "mask_b", "labels")), step, rng)
+            progress.implied_pairs += len(implied["labels"])
     with timed(progress.phase_time, "reward_training"):
         unlabeled = None
         if args.surf:
@@ -965,6 +984,8 @@ def learn_from_labels(
             "feedback/sessions": progress.session + 1,
         }
     )
+    if teacher.ranks:
+        stats.update({"feedback/implied_pairs": progress.implied_pairs, "feedback/comparisons": teacher.comparisons})
     if prefs.size:
         stats["feedback/teacher_prefers_b"] = float(prefs.labels[: prefs.size].mean())
     if "asked" in q:  # asynchronous feedback: how far the agent went on while these answers were given
@@ -1311,7 +1332,7 @@ def main(args: Args) -> dict:
             q = ask_teacher(n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
                 learn_from_labels(
-                    q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                    q, rb, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
                 )
                 if not progress.critic_reset_done and args.unsupervised_exploration:
                     reset_critics(qf, qf_target, TwinQNetwork(critic(), critic()).to(device), q_optimizer)
@@ -1321,7 +1342,7 @@ def main(args: Args) -> dict:
             if q is not None:
                 with interrupts_held():
                     learn_from_labels(
-                        q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device
+                        q, rb, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
                     )
 
         # learn: SAC on the state-entropy reward while pre-exploring, then on the learned reward
@@ -1377,13 +1398,17 @@ def main(args: Args) -> dict:
     if args.feedback_async == "on" and progress.session > 0:  # the answers that came in since the last update count
         q = exchange_with_teacher(rb, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir, True)
         if q is not None:
-            learn_from_labels(q, rb, ensemble, reward_optimizer, prefs, dataset, progress, tracker, args, rng, device)
+            learn_from_labels(
+                q, rb, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
+            )
     summary = {"algorithm": "sac_rlhf", "env_id": args.env_id, "seed": args.seed, **clock.summary(progress.global_step)}
     checkpoints.save("end")
     export_reward_model(ensemble, run_dir, args.env_id, obs_dim, action_dim)  # <run>/reward_model.pt2 and .json
     summary |= {"total_timesteps": progress.global_step, "stop_reason": stop_reason or "budget"}
     summary |= {"labels_used": progress.labels_used, "labels_stored": prefs.size, "sessions": progress.session}
     summary |= {"pairs_skipped": progress.pairs_skipped}  # (asked again later: they cost no label)
+    if teacher.ranks:  # ranking: comparisons made and the pairs they implied beyond those asked
+        summary |= {"comparisons": teacher.comparisons, "implied_pairs": progress.implied_pairs}
     summary |= progress.evals.summary()
     summary = write_summary(run_dir, summary | {"buffer_size": rb.size, "exploration_sps": exploration_sps})
     evaluator.close()

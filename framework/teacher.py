@@ -29,6 +29,13 @@ already scaled margin); prefrl applies it once, as in the first session and in B
 
 Beta acts on raw returns, as in B-Pref, so its useful range depends on the task's reward scale.
 
+Ranking (`ranking=True`, `--teacher-ranking`): instead of answering each pair on its own, the teacher places both clips
+of every query into one ordering of all the clips it has seen, by binary insertion (humanFeedback/ranking.py, the
+feedback page's ranking mode), each comparison answered by the model above (a skip counts as "as good"); the query's
+label is what the ordering says of its two clips. `comparisons` counts the comparisons made. The ordering implies a
+label for every pair of placed clips: `implied(known)` hands them out (`ImpliedPairs`), so a trainer learns from more
+pairs than it asked about, at the cost of about 2 log2(clips) comparisons per query instead of one.
+
 `make_teacher(args, ...)` builds a run's teacher from its flags: this simulated one, or a person on the feedback page
 (`framework.feedback_client.HumanTeacher`). Both follow the `Teacher` protocol.
 
@@ -51,7 +58,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,6 +135,81 @@ class Teacher(Protocol):
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
 
+    @property
+    def ranks(self) -> bool:
+        """Whether labels may come from an ordering of clips whose further pairs `implied` hands out."""
+
+    def implied(self, known: Collection[str]) -> list[tuple[str, str, str, str, float]]:
+        """Ranking: pairs of clips of the `known` queries (keys whose labels the run has taken) that the teacher's
+        ordering implies, beyond the queries themselves, each handed out once: (key_a, side_a, key_b, side_b, P(b
+        better)), sides "left" or "right". Empty for a teacher that does not rank."""
+
+
+class ImpliedPairs:
+    """Hands out the pairs an ordering of clips implies, once each: every clip not handed out before is paired with up
+    to `per_clip` clips handed out before it (at random; 0: all of them), so the pairs grow linearly with the clips
+    and not with their square. The label comes from the ordering's tiers: 1.0 when the second clip's tier is better,
+    0.0 when worse, 0.5 when the same. A clip is never paired with the other clip of its own query (that pair is the
+    query's label)."""
+
+    def __init__(self, per_clip: int, seed: int):
+        if per_clip < 0:
+            raise UsageError(f"--ranking-pairs-per-clip must be >= 0 (0: every pair), got {per_clip}")
+        self.per_clip = per_clip
+        self.rng = np.random.default_rng(seed)
+        self.done: list[tuple[str, str]] = []  # clips handed out, (key, side), in order
+
+    def new_pairs(
+        self, tiers: dict[tuple[str, str], int], known: Collection[str]
+    ) -> list[tuple[str, str, str, str, float]]:
+        """`tiers`: each placed clip's tier (higher is better); `known`: the query keys whose clips may be used."""
+        seen = set(self.done)
+        fresh = [clip for clip in tiers if clip[0] in known and clip not in seen]
+        pairs = []
+        for clip in fresh:
+            partners = [c for c in self.done if c[0] != clip[0]]
+            if self.per_clip and len(partners) > self.per_clip:
+                partners = [partners[i] for i in sorted(self.rng.choice(len(partners), self.per_clip, replace=False))]
+            for other in partners:
+                if self.rng.random() < 0.5:  # either clip on either side
+                    a, b = other, clip
+                else:
+                    a, b = clip, other
+                diff = tiers[b] - tiers[a]
+                pairs.append((*a, *b, PREFER_B if diff > 0 else PREFER_A if diff < 0 else EQUAL))
+            self.done.append(clip)
+        return pairs
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "done": [list(c) for c in self.done]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.done = [tuple(c) for c in state["done"]]
+
+
+def implied_pairs(q: dict[str, np.ndarray], teacher: Teacher, clips: dict[str, dict]) -> dict[str, np.ndarray] | None:
+    """Ranking: remember the segments of the answered queries in `q` (the trainer's `clips`, by "<key>:<side>") and
+    return the pairs the teacher's ordering implies between remembered clips (None if none): x_a, mask_a, x_b,
+    mask_b, labels, as a session stores its asked pairs."""
+    for i, key in enumerate(q["key"]):
+        if not np.isnan(q["labels"][i]):
+            clips[f"{key}:left"] = {"x": q["x_a"][i], "mask": q["mask_a"][i]}
+            clips[f"{key}:right"] = {"x": q["x_b"][i], "mask": q["mask_b"][i]}
+    known = {name.rsplit(":", 1)[0] for name in clips}
+    pairs = [p for p in teacher.implied(known) if f"{p[0]}:{p[1]}" in clips and f"{p[2]}:{p[3]}" in clips]
+    if not pairs:
+        return None
+    a = [clips[f"{p[0]}:{p[1]}"] for p in pairs]
+    b = [clips[f"{p[2]}:{p[3]}"] for p in pairs]
+    return {
+        "x_a": np.stack([c["x"] for c in a]),
+        "mask_a": np.stack([c["mask"] for c in a]),
+        "x_b": np.stack([c["x"] for c in b]),
+        "mask_b": np.stack([c["mask"] for c in b]),
+        "labels": np.array([p[4] for p in pairs], np.float32),
+    }
+
 
 def query_keys(queries: QueryBatch) -> list[str]:
     """Keys of asynchronous queries: their env step, their place in the batch and a digest of the two segments, so
@@ -164,6 +246,8 @@ class SimulatedTeacher:
         equal_threshold: float = 0.0,
         seed: int = 0,
         latency: float = 0.0,
+        ranking: bool = False,
+        ranking_pairs_per_clip: int = 10,
     ):
         if not beta > 0:
             raise UsageError(f"teacher beta must be > 0 (inf for a perfectly rational teacher), got {beta}")
@@ -188,6 +272,29 @@ class SimulatedTeacher:
         self.waiting: list[tuple[float, str, float]] = []  # submitted answers: (time due, key, label), in order
         self.idle_s = 0.0  # with a latency: time a person at this pace would have had nothing to answer
         self.free_at: float | None = None  # when the last answer asked so far is (or will be) given
+        self.ranking = None
+        if ranking:
+            from humanFeedback.ranking import Ranking
+
+            self.ranking = Ranking()  # clips "<key>:<side>"
+        self.clip_rewards: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # ranking: rewards, mask, scale
+        self.comparisons = 0
+        self.pairs = ImpliedPairs(ranking_pairs_per_clip, seed + 2)
+
+    @property
+    def ranks(self) -> bool:
+        """Whether the labels come from an ordering that implies more pairs (`implied`)."""
+        return self.ranking is not None
+
+    def implied(self, known: Collection[str]) -> list[tuple[str, str, str, str, float]]:
+        if self.ranking is None:
+            return []
+        tiers = {}
+        for i, tier in enumerate(self.ranking.tiers):
+            for clip in tier:
+                key, side = clip.rsplit(":", 1)
+                tiers[(key, side)] = i
+        return self.pairs.new_pairs(tiers, known)
 
     def plan(self, sessions: list[tuple[int, int]]) -> None:
         """A simulated teacher needs no notice of the sessions to come."""
@@ -199,7 +306,7 @@ class SimulatedTeacher:
         now = time.monotonic()
         self._count_idle(now)
         due = max(now, self.free_at or now)
-        for key, label in zip(keys, self.label_batch(queries)):
+        for key, label in zip(keys, self.label_batch(queries, keys)):
             due += self.latency_rng.exponential(self.latency) if self.latency > 0 else 0.0
             self.waiting.append((due, key, float(label)))
         self.free_at = due
@@ -222,6 +329,8 @@ class SimulatedTeacher:
         return [{"labeler": "simulated", "answered_at": now} for _ in keys]
 
     def state_dict(self) -> dict:
+        if self.ranking is not None:
+            from humanFeedback.ranking import event_to_dict
         now = time.monotonic()  # answers still on their way keep the delay they had left
         waiting = [(max(due - now, 0.0), key, label) for due, key, label in self.waiting]
         return {
@@ -229,6 +338,10 @@ class SimulatedTeacher:
             "latency_rng": self.latency_rng.bit_generator.state,
             "waiting": waiting,
             "idle_s": self.idle_s,
+            "comparisons": self.comparisons,
+            "ranking": None if self.ranking is None else [event_to_dict(e) for e in self.ranking.events],
+            "clip_rewards": self.clip_rewards,
+            "pairs": self.pairs.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -238,11 +351,19 @@ class SimulatedTeacher:
         self.waiting = [(now + left, key, label) for left, key, label in state["waiting"]]
         self.idle_s = state["idle_s"]  # (the time the run was stopped does not count)
         self.free_at = self.waiting[-1][0] if self.waiting else None
+        self.comparisons = state.get("comparisons", 0)
+        if self.ranking is not None and state.get("ranking") is not None:
+            from humanFeedback.ranking import Ranking, event_from_dict
+
+            self.ranking = Ranking.replay(event_from_dict(e) for e in state["ranking"])
+            self.clip_rewards = state["clip_rewards"]
+        if "pairs" in state:
+            self.pairs.load_state_dict(state["pairs"])
 
     def answer(self, queries: QueryBatch) -> np.ndarray:
         """The `Teacher` interface: label a session's queries from their rewards (taking `latency` seconds per pair,
         exponentially distributed around it, when one is set)."""
-        labels = self.label_batch(queries)
+        labels = self.label_batch(queries, query_keys(queries))
         if self.latency > 0:
             self._count_idle(time.monotonic())
             time.sleep(float(self.latency_rng.exponential(self.latency, len(labels)).sum()))
@@ -253,9 +374,37 @@ class SimulatedTeacher:
         if self.free_at is not None and now > self.free_at:
             self.idle_s += now - self.free_at
 
-    def label_batch(self, queries: QueryBatch) -> np.ndarray:
-        """`label` on a `QueryBatch`: its rewards, masks and return scale."""
-        return self.label(queries.rewards_a, queries.rewards_b, queries.return_scale, queries.mask_a, queries.mask_b)
+    def label_batch(self, queries: QueryBatch, keys: list[str] | None = None) -> np.ndarray:
+        """`label` on a `QueryBatch`: its rewards, masks and return scale. Ranking: both clips of each query (`keys`)
+        are placed into the ordering, and the query's label is the ordering's."""
+        if self.ranking is None:
+            return self.label(
+                queries.rewards_a, queries.rewards_b, queries.return_scale, queries.mask_a, queries.mask_b
+            )
+        keys = query_keys(queries) if keys is None else keys
+        labels = np.empty(len(keys))
+        for i, key in enumerate(keys):
+            for side, rewards, mask in (
+                ("left", queries.rewards_a, queries.mask_a),
+                ("right", queries.rewards_b, queries.mask_b),
+            ):
+                self._place(f"{key}:{side}", rewards[i], mask[i], queries.return_scale)
+            labels[i] = self.ranking.label(f"{key}:left", f"{key}:right")
+        return labels
+
+    def _place(self, clip: str, rewards: np.ndarray, mask: np.ndarray, scale: float) -> None:
+        """Insert a clip into the ordering by binary insertion, each comparison answered by `label` (a skip: equal)."""
+        if clip in self.ranking.placed:  # (a query asked again after a resume)
+            return
+        self.clip_rewards[clip] = (np.asarray(rewards, np.float64), np.asarray(mask, np.float64), float(scale))
+        self.ranking.start(clip)
+        while (against := self.ranking.next_comparison()) is not None:
+            r_old, m_old, _ = self.clip_rewards[against]
+            p_new = self.label(r_old[None], np.asarray(rewards)[None], scale, m_old[None], np.asarray(mask)[None])[0]
+            self.ranking.answer(
+                "equal" if np.isnan(p_new) or p_new == EQUAL else "better" if p_new > 0.5 else "worse", against
+            )
+            self.comparisons += 1
 
     def label(
         self,
@@ -332,6 +481,8 @@ def make_teacher(args, run_name: str, run_dir: str) -> Teacher:
         args.teacher_eps_equal,
         seed=args.seed + 1,
         latency=args.teacher_latency,
+        ranking=args.teacher_ranking,
+        ranking_pairs_per_clip=args.ranking_pairs_per_clip,
     )
 
 

@@ -147,3 +147,54 @@ class ApiLabeler(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(10)
+
+
+def clip_value(key: str, side: str) -> float:
+    """A simulated person's hidden opinion of a clip, the same every time the clip is shown."""
+    import random
+
+    return random.Random(f"{key}/{side}").random()
+
+
+def rank_one(url: str, run: str, client: str = "tab-1", labeler: str = "ann", token: str | None = None) -> dict | None:
+    """One comparison of ranking mode as the page makes it: ask for the next one and answer it from `clip_value`;
+    None when nothing waits to be placed."""
+    headers = {"X-Prefrl-Token": token} if token else {}
+    r = requests.post(
+        f"{url}/api/runs/{run}/ranking/next", json={"client": client, "labeler": labeler}, headers=headers, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    c = r.json()["comparison"]
+    if c is None:
+        return None
+    better = clip_value(c["clip"]["key"], c["clip"]["side"]) > clip_value(c["against"]["key"], c["against"]["side"])
+    body = {"client": client, "labeler": labeler, "clip": c["clip"]["id"], "against": c["against"]["id"]}
+    body |= {"answer": "better" if better else "worse", "response_ms": 900}
+    r = requests.post(f"{url}/api/runs/{run}/ranking/answer", json=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    return {**r.json(), "comparison": c, "answer": body["answer"]}
+
+
+class RankingLabeler(threading.Thread):
+    """Switches every run to ranking and places every clip that waits (answers from `clip_value`), until stopped."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.comparisons, self.stop_event = url, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                for run in requests.get(self.url + "/api/runs", timeout=5).json()["runs"]:
+                    if run["mode"] != "ranking":
+                        body = {"mode": "ranking", "client": "ranker"}
+                        requests.put(self.url + f"/api/runs/{run['id']}/mode", json=body, timeout=5)
+                    while not self.stop_event.is_set() and rank_one(self.url, run["id"], "ranker") is not None:
+                        self.comparisons += 1
+            except requests.RequestException:
+                pass
+            self.stop_event.wait(0.3)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)

@@ -551,3 +551,38 @@ def test_the_page_learns_what_the_trainer_does_and_the_url_comes_with_the_first_
     assert after_last["state"] == "finished" and after_last["labels_given"] == 14
     out = capsys.readouterr().out
     assert "feedback session 1 of 2: 12 pairs of clips; the first are ready to label at http" in out
+
+
+@pytest.mark.parametrize("feedback_async", ["off", "on"])
+def test_a_person_ranking_on_the_page_gives_the_trainer_the_pairs_the_ordering_implies(
+    tmp_path, runs_dir, feedback_async
+):
+    """The person switches the run to ranking and places every clip; the trainer takes each query's label from the
+    ordering and learns from the pairs it implies between clips of its answered queries (up to
+    --ranking-pairs-per-clip per clip), in sessions and asynchronously."""
+    from feedback_helpers import RankingLabeler, clip_value
+
+    server = Server(tmp_path / "data").start()
+    labeler = RankingLabeler(server.url)
+    labeler.start()
+    run = f"ranked-{feedback_async}"
+    flags = [*HUMAN_RUN, "--feedback-async", feedback_async, "--feedback-undo-grace", "0.5"]
+    flags += ["--ranking-pairs-per-clip", "4", "--feedback-server-url", server.url]
+    try:
+        result = run_script("sac_rlhf.py", *flags, "--runs-dir", str(runs_dir), "--run-name", run, timeout=300)
+    finally:
+        labeler.stop()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = api(server, "GET", f"/api/runs/{run}/ranking").json()
+    server.stop()
+    summary = json.loads((runs_dir / run / "summary.json").read_text())
+    clips = 2 * summary["labels_used"]
+    assert summary["labels_used"] == 18 and summary["comparisons"] == state["comparisons"] == labeler.comparisons
+    # every clip of an answered query is paired with up to 4 placed before it (never with its own query's other clip)
+    assert 4 * (clips - 6) <= summary["implied_pairs"] <= 4 * clips
+    assert summary["labels_stored"] == 18 + summary["implied_pairs"]
+    from framework.preferences import read_preferences
+
+    data = read_preferences(str(runs_dir / run))  # the asked pairs, labelled by the ordering
+    for key, label in zip(data.table["key"], data.pairs()["labels"]):
+        assert label == float(clip_value(key, "right") > clip_value(key, "left"))

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 
-from feedback_helpers import Server, api, make_run
+from feedback_helpers import Server, api, clip_value, make_run
+from feedback_helpers import rank_one as rank_clip
 
 
 def value_of(clip: dict) -> float:
-    """A hidden true value per clip (what a simulated labeler knows), the same for a clip every time it is shown."""
-    return random.Random(f"{clip['key']}/{clip['side']}").random()
+    return clip_value(clip["key"], clip["side"])
 
 
 def rank_one(server: Server, run: str, client: str = "tab-1", labeler: str = "ann") -> dict | None:
-    """One comparison like the page makes it: ask for the next one, answer it from the true values."""
-    r = api(server, "POST", f"/api/runs/{run}/ranking/next", json={"client": client, "labeler": labeler})
-    assert r.status_code == 200, r.text
-    c = r.json()["comparison"]
-    if c is None:
-        return None
-    diff = value_of(c["clip"]) - value_of(c["against"])
-    answer = "better" if diff > 0 else "worse"
-    body = {"client": client, "labeler": labeler, "clip": c["clip"]["id"], "against": c["against"]["id"]}
-    r = api(server, "POST", f"/api/runs/{run}/ranking/answer", json={**body, "answer": answer, "response_ms": 900})
-    assert r.status_code == 200, r.text
-    return {**r.json(), "comparison": c, "answer": answer}
+    return rank_clip(server.url, run, client, labeler)
 
 
 @pytest.fixture

@@ -222,12 +222,17 @@ def test_preference_buffer_stores_copies_and_round_trips(algo):
     assert (prefs.seg_a[:80] == 1).all() and (prefs.steps[:80] == 123).all()
     train, val = prefs.split()
     assert len(train) + len(val) == 80 and 10 <= len(val) <= 30 and not set(train) & set(val)
-    with pytest.raises(ValueError, match="full"):
-        prefs.add(seg_a[:30], masks[:30], seg_b[:30], masks[:30], labels[:30], 1, rng)
+    prefs.add(seg_a[:30], masks[:30], seg_b[:30], masks[:30], labels[:30], 1, rng)  # past its capacity: it grows
+    assert (
+        prefs.size == 110
+        and prefs.capacity >= 110
+        and (prefs.seg_a[:80] == 1).all()
+        and (prefs.seg_a[80:110] == -5).all()
+    )
 
     restored = algo.PreferenceBuffer(capacity=100, seg_len=4, in_dim=2)
     restored.load_state_dict(prefs.state_dict())
-    assert restored.size == 80
+    assert restored.size == 110
     for key, value in prefs.state_dict().items():
         np.testing.assert_array_equal(restored.state_dict()[key], value)
 

@@ -270,3 +270,69 @@ def test_labels_match_bprefs_get_label_on_20000_pairs(name, ours, theirs):
         assert 0.2 < 1 - kept.mean() < 0.3
     if name == "equal":
         assert 0.01 < np.mean(mine == -1) < 0.2
+
+
+# ------------------------------------------------------------------------------------------------------- ranking
+def query_batch(n: int, seed: int, step: int = 100):
+    from framework.teacher import QueryBatch
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, T)), rng.normal(size=(n, T))
+    mask = np.ones_like(a)
+    physics = rng.normal(size=a.shape + (3,))  # (the keys are digests of the physics)
+    return QueryBatch("Hopper-v5", step, a, b, mask, mask, physics, physics)
+
+
+def test_a_ranking_teacher_places_every_clip_and_its_labels_and_implied_pairs_follow_the_returns():
+    from framework.teacher import query_keys
+
+    teacher = SimulatedTeacher(ranking=True, ranking_pairs_per_clip=5)
+    returns, bound = {}, 0
+    for session in range(3):  # 3 sessions of 40 queries: 240 clips
+        queries = query_batch(40, session, step=100 * session)
+        keys = query_keys(queries)
+        labels = teacher.answer(queries)
+        np.testing.assert_array_equal(labels, (queries.rewards_b.sum(1) > queries.rewards_a.sum(1)).astype(float))
+        for key, ra, rb in zip(keys, queries.rewards_a.sum(1), queries.rewards_b.sum(1)):
+            returns[(key, "left")], returns[(key, "right")] = ra, rb
+        bound += sum(int(placed).bit_length() for placed in range(2 * 40 * session, 2 * 40 * (session + 1)))
+        assert teacher.comparisons <= bound  # binary insertion: ceil(log2(tiers + 1)) per clip at most
+    assert teacher.comparisons > 240 * 5  # (and not fewer than about log2 of the clips placed)
+    order = [tuple(c.rsplit(":", 1)) for tier in teacher.ranking.tiers for c in tier]
+    assert [returns[c] for c in order] == sorted(returns.values())  # worst first
+    known = {key for key, _ in returns}
+    pairs = teacher.implied(known)
+    assert teacher.implied(known) == []  # each pair is handed out once
+    assert 5 * (240 - 6) <= len(pairs) <= 5 * 240
+    for ka, sa, kb, sb, label in pairs:
+        assert ka != kb and label == float(returns[(kb, sb)] > returns[(ka, sa)])
+    assert len({frozenset([(p[0], p[1]), (p[2], p[3])]) for p in pairs}) == len(pairs)
+
+
+def test_implied_pairs_wait_for_their_queries_and_all_pairs_with_zero():
+    teacher = SimulatedTeacher(ranking=True, ranking_pairs_per_clip=0)
+    from framework.teacher import query_keys
+
+    queries = query_batch(10, 7)
+    keys = query_keys(queries)
+    teacher.answer(queries)
+    assert teacher.implied(set()) == []  # no query taken yet: nothing
+    first = teacher.implied(set(keys[:4]))
+    assert len(first) == 8 * 7 // 2 - 4  # every pair of the 8 clips but the queries' own
+    assert len(teacher.implied(set(keys))) == 20 * 19 // 2 - 10 - len(first)
+
+
+def test_a_ranking_teacher_restored_from_its_state_answers_as_the_uninterrupted_one():
+    import pickle
+
+    from framework.teacher import query_keys
+
+    straight = SimulatedTeacher(ranking=True, eps_mistake=0.2, seed=3)
+    first, second = query_batch(30, 1), query_batch(30, 2, step=200)
+    straight.answer(first)
+    state = pickle.loads(pickle.dumps(straight.state_dict()))
+    restored = SimulatedTeacher(ranking=True, eps_mistake=0.2, seed=3)
+    restored.load_state_dict(state)
+    known = set(query_keys(first) + query_keys(second))
+    np.testing.assert_array_equal(straight.answer(second), restored.answer(second))
+    assert straight.implied(known) == restored.implied(known) and straight.comparisons == restored.comparisons
