@@ -34,8 +34,9 @@ import tyro
 from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from data_helpers import biased_random_buffer  # noqa: E402
 from framework import sac_rlhf as algo  # noqa: E402
-from framework.envs import make_env  # noqa: E402
 from framework.teacher import QueryBatch, SimulatedTeacher, implied_pairs, query_keys  # noqa: E402
 
 TEACHERS = {"perfect": 0.0, "10% mistakes": 0.1}
@@ -59,21 +60,7 @@ class Args:
 
 def cheetah_buffer(seed: int, steps: int):
     """HalfCheetah-v5 steps from random actions around a per-episode bias, in sac_rlhf.py's replay buffer."""
-    env = make_env("HalfCheetah-v5", seed)
-    rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    rb = algo.ReplayBuffer(steps, 17, 6, len(info["physics_state"]), torch.device("cpu"))
-    bias = rng.uniform(-1, 1, 6)
-    for t in range(steps):
-        action = np.clip(bias + 0.5 * rng.normal(size=6), -1, 1).astype(np.float32)
-        next_obs, reward, terminated, truncated, next_info = env.step(action)
-        end = terminated or truncated or t % 200 == 199
-        rb.add(obs, next_obs, action, reward, reward, terminated, end, info["physics_state"])
-        obs, info = next_obs, next_info
-        if end:
-            obs, info = env.reset()
-            bias = rng.uniform(-1, 1, 6)
-    return rb
+    return biased_random_buffer(algo, "HalfCheetah-v5", seed, steps)
 
 
 def segments(rb, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -126,6 +113,21 @@ def held_out_accuracy(pairs: dict, test: tuple, seed: int) -> float:
     return float(np.mean((probs > 0.5) == (truth == 1.0)))
 
 
+def plot(means: dict[tuple[str, str, int], float], budgets, teachers) -> None:
+    """Held-out accuracy (%) against comparisons, one panel per teacher: results/ranking_efficiency.png."""
+    fig, axes = plt.subplots(1, len(teachers), figsize=(5 * len(teachers), 3.6), squeeze=False)
+    for ax, teacher in zip(axes[0], teachers):
+        for mode in dict.fromkeys(m for (t, m, _) in means if t == teacher):
+            ax.plot(budgets, [means[(teacher, mode, b)] for b in budgets], marker="o", label=mode)
+        ax.set(title=f"{teacher} teacher", xlabel="comparisons", ylabel="held-out pair accuracy (%)", xscale="log")
+        ax.minorticks_off()
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ranking_efficiency.png", dpi=120)
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
     t0 = time.time()
@@ -168,17 +170,8 @@ def main(args: Args) -> None:
         f"{machine_description()}.\n\n{table}\n\n![accuracy against comparisons](ranking_efficiency.png)\n"
     )
     path = save_markdown("ranking_efficiency", "Ranking against pairs at equal comparisons", body)
-    fig, axes = plt.subplots(1, len(args.teachers), figsize=(5 * len(args.teachers), 3.6), squeeze=False)
-    for ax, teacher in zip(axes[0], args.teachers):
-        for mode in dict.fromkeys(m for (t, m, _) in results if t == teacher):
-            acc = [100 * np.mean([r[0] for r in results[(teacher, mode, b)]]) for b in args.budgets]
-            ax.plot(args.budgets, acc, marker="o", label=mode)
-        ax.set(title=f"{teacher} teacher", xlabel="comparisons", ylabel="held-out pair accuracy (%)", xscale="log")
-        ax.set_xticks(args.budgets, [str(b) for b in args.budgets])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "ranking_efficiency.png", dpi=120)
+    means = {key: 100 * float(np.mean([r[0] for r in runs])) for key, runs in results.items()}
+    plot(means, args.budgets, args.teachers)
     print(f"saved {path} and {RESULTS / 'ranking_efficiency.png'}")
 
 

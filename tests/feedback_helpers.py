@@ -108,38 +108,22 @@ def make_run(server: Server, run_id: str = "run-1", n: int = 0, session: int = 0
     return keys
 
 
-class ApiLabeler(threading.Thread):
-    """Answers every pending query of every run through the page's API, like a person would, until stopped.
+class LabelerThread(threading.Thread):
+    """A scripted person over the page's API: `label(run)` for every run the server lists, every 0.3 s, until
+    stopped (network errors are waited out)."""
 
-    `choose(query) -> choice` picks the answer (default: always the left clip)."""
-
-    def __init__(self, url: str, choose=None, client: str = "api-labeler", delay: float = 0.0):
+    def __init__(self, url: str):
         super().__init__(daemon=True)
-        self.url, self.choose, self.client, self.delay = url, choose or (lambda q: "left"), client, delay
-        self.answered: list[tuple[str, str]] = []
-        self.stop_event = threading.Event()
+        self.url, self.stop_event = url, threading.Event()
+
+    def label(self, run: dict) -> None:
+        raise NotImplementedError
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
                 for run in requests.get(self.url + "/api/runs", timeout=5).json()["runs"]:
-                    while not self.stop_event.is_set():
-                        q = requests.post(
-                            self.url + f"/api/runs/{run['id']}/lease",
-                            timeout=5,
-                            json={"client": self.client, "labeler": self.client},
-                        ).json()["query"]
-                        if q is None:
-                            break
-                        time.sleep(self.delay)
-                        choice = self.choose(q)
-                        r = requests.post(
-                            self.url + f"/api/queries/{q['id']}/answer",
-                            timeout=5,
-                            json={"client": self.client, "labeler": self.client, "choice": choice},
-                        )
-                        if r.ok:
-                            self.answered.append((q["key"], choice))
+                    self.label(run)
             except requests.RequestException:
                 pass
             self.stop_event.wait(0.3)
@@ -147,6 +131,36 @@ class ApiLabeler(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(10)
+
+
+class ApiLabeler(LabelerThread):
+    """Answers every pending query of every run through the page's API, like a person would, until stopped.
+
+    `choose(query) -> choice` picks the answer (default: always the left clip)."""
+
+    def __init__(self, url: str, choose=None, client: str = "api-labeler", delay: float = 0.0):
+        super().__init__(url)
+        self.choose, self.client, self.delay = choose or (lambda q: "left"), client, delay
+        self.answered: list[tuple[str, str]] = []
+
+    def label(self, run: dict) -> None:
+        while not self.stop_event.is_set():
+            q = requests.post(
+                self.url + f"/api/runs/{run['id']}/lease",
+                timeout=5,
+                json={"client": self.client, "labeler": self.client},
+            ).json()["query"]
+            if q is None:
+                return
+            time.sleep(self.delay)
+            choice = self.choose(q)
+            r = requests.post(
+                self.url + f"/api/queries/{q['id']}/answer",
+                timeout=5,
+                json={"client": self.client, "labeler": self.client, "choice": choice},
+            )
+            if r.ok:
+                self.answered.append((q["key"], choice))
 
 
 def clip_value(key: str, side: str) -> float:
@@ -175,26 +189,16 @@ def rank_one(url: str, run: str, client: str = "tab-1", labeler: str = "ann", to
     return {**r.json(), "comparison": c, "answer": body["answer"]}
 
 
-class RankingLabeler(threading.Thread):
+class RankingLabeler(LabelerThread):
     """Switches every run to ranking and places every clip that waits (answers from `clip_value`), until stopped."""
 
     def __init__(self, url: str):
-        super().__init__(daemon=True)
-        self.url, self.comparisons, self.stop_event = url, 0, threading.Event()
+        super().__init__(url)
+        self.comparisons = 0
 
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                for run in requests.get(self.url + "/api/runs", timeout=5).json()["runs"]:
-                    if run["mode"] != "ranking":
-                        body = {"mode": "ranking", "client": "ranker"}
-                        requests.put(self.url + f"/api/runs/{run['id']}/mode", json=body, timeout=5)
-                    while not self.stop_event.is_set() and rank_one(self.url, run["id"], "ranker") is not None:
-                        self.comparisons += 1
-            except requests.RequestException:
-                pass
-            self.stop_event.wait(0.3)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(10)
+    def label(self, run: dict) -> None:
+        if run["mode"] != "ranking":
+            body = {"mode": "ranking", "client": "ranker"}
+            requests.put(self.url + f"/api/runs/{run['id']}/mode", json=body, timeout=5)
+        while not self.stop_event.is_set() and rank_one(self.url, run["id"], "ranker") is not None:
+            self.comparisons += 1

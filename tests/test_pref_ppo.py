@@ -89,6 +89,9 @@ def test_every_feature_on(runs_dir, tmp_path):
         f"{reward_file}:upright",
         "--reward-dropout",
         "0.1",
+        "--teacher-ranking",
+        "--ranking-pairs-per-clip",
+        "3",
         "--capture-video",
         "--track",
         "--runs-dir",
@@ -102,8 +105,11 @@ def test_every_feature_on(runs_dir, tmp_path):
     assert summary["total_timesteps"] == 4096 and summary["stop_reason"] == "budget"
     assert 30 <= summary["labels_used"] <= 60 and summary["sessions"] >= 2
     assert summary["segments_stored"] == 4096 // 32 and summary["learning_sps"] > 0
-    labels = read_preferences(str(run)).pairs()
-    assert len(labels["labels"]) == summary["labels_stored"] > 0 and labels["seg_a"].shape[1:] == (32, 5)
+    labels = read_preferences(str(run)).pairs()  # the pairs asked; ranking added up to 3 implied pairs per clip
+    assert len(labels["labels"]) == summary["labels_used"] > 0 and labels["seg_a"].shape[1:] == (32, 5)
+    clips = 2 * summary["labels_used"]
+    assert 3 * (clips - 6) <= summary["implied_pairs"] <= 3 * clips and summary["comparisons"] >= clips - 1
+    assert summary["labels_stored"] == summary["labels_used"] + summary["implied_pairs"]
     assert labels["steps"].min() == 1024, "the first session comes right after pre-exploration"
     checkpoint = load_checkpoint(str(run / "checkpoint.pt"))
     assert checkpoint["state"]["global_step"] == 4096 and checkpoint["obs_norm"]["count"] > 4096
@@ -122,6 +128,8 @@ def test_every_feature_on(runs_dir, tmp_path):
         "reward/rime_trusted",
         "reward/pearson",
         "reward/spearman",
+        "feedback/implied_pairs",
+        "feedback/comparisons",
         "time/rollout",
         "time/reward_training",
         "losses/approx_kl",
@@ -138,6 +146,7 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
         "5120",
         "--checkpoint-frequency",
         "1024",
+        "--teacher-ranking",  # the teacher's ordering and the clips it refers to travel with the checkpoint
         "--runs-dir",
         str(runs_dir),
     ]
@@ -155,6 +164,12 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
     assert a["total_timesteps"] == b["total_timesteps"] == 5120
     assert a["labels_used"] == b["labels_used"] == 60 and a["sessions"] == b["sessions"]
     assert a["segments_stored"] == b["segments_stored"]
+    # the resumed teacher went on with its ordering: a fresh one would have placed the later clips among fewer clips,
+    # with about 50 comparisons fewer (the queries themselves may differ after a resume, so the counts may too)
+    assert (
+        a["implied_pairs"] == b["implied_pairs"] > 0
+        and abs(a["comparisons"] - b["comparisons"]) <= 0.03 * a["comparisons"]
+    )
     after = read_preferences(str(killed_dir)).pairs()
     n = len(before["labels"])  # the labels given before the kill are all still there, unchanged
     for key in before:

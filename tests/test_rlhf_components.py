@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from framework.envs import make_env
 from framework.labels import reward_correlations
 from framework.runtime import UsageError
 from framework.teacher import SimulatedTeacher
@@ -482,25 +481,10 @@ def test_segment_store_is_a_bounded_ring_that_round_trips():
 def cheetah_buffers():
     """Two real HalfCheetah-v5 buffers (train, held-out) from random actions with a per-episode bias, so that
     segments span slow, fast and backwards running."""
-    buffers = []
-    for seed in (0, 1):
-        env = make_env("HalfCheetah-v5", seed)
-        rng = np.random.default_rng(seed)
-        module = importlib.import_module(SCRIPTS[0])
-        rb = module.ReplayBuffer(12_000, 17, 6, 18, CPU)
-        obs, info = env.reset(seed=seed)
-        bias = rng.uniform(-1, 1, 6)
-        for t in range(12_000):
-            action = np.clip(bias + 0.5 * rng.normal(size=6), -1, 1).astype(np.float32)
-            next_obs, reward, terminated, truncated, next_info = env.step(action)
-            end = terminated or truncated or t % 200 == 199
-            rb.add(obs, next_obs, action, reward, reward, terminated, end, info["physics_state"])
-            obs, info = next_obs, next_info
-            if end:
-                obs, info = env.reset()
-                bias = rng.uniform(-1, 1, 6)
-        buffers.append(rb)
-    return buffers
+    from data_helpers import biased_random_buffer
+
+    module = importlib.import_module(SCRIPTS[0])
+    return [biased_random_buffer(module, "HalfCheetah-v5", seed, 12_000) for seed in (0, 1)]
 
 
 def labelled_pairs(rb, n, seg_len, rng):
