@@ -566,7 +566,9 @@ def test_a_person_ranking_on_the_page_gives_the_trainer_the_pairs_the_ordering_i
     labeler = RankingLabeler(server.url)
     labeler.start()
     run = f"ranked-{feedback_async}"
-    flags = [*HUMAN_RUN, "--feedback-async", feedback_async, "--feedback-undo-grace", "0.5"]
+    flags = list(HUMAN_RUN)
+    flags[flags.index("--feedback-async") + 1] = feedback_async
+    flags += ["--feedback-undo-grace", "0.5"]
     flags += ["--ranking-pairs-per-clip", "4", "--feedback-server-url", server.url]
     try:
         result = run_script("sac_rlhf.py", *flags, "--runs-dir", str(runs_dir), "--run-name", run, timeout=300)
