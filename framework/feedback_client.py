@@ -21,6 +21,11 @@ renders and uploads the queries handed to it while the agent trains, and a polle
 `--feedback-undo-grace` seconds: the poller closes it on the server (`answered_only`, so pairs still waiting stay on
 the page), and from then on the page cannot undo it; an undo before that takes it out. The checkpoint holds the
 queries still waited for, so a resumed trainer watches them again and finds the answers given while it was down.
+
+Ranking (a person switches the run to it on the page): the server answers each query from its ordering of clips, so
+nothing above changes; `implied` reads the ordering after each batch of answers and hands the trainer the further
+pairs it implies between clips of queries already taken (`framework.teacher.ImpliedPairs`), whose placements the page
+can no longer undo.
 """
 
 from __future__ import annotations
