@@ -433,6 +433,11 @@ def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server)
         ("GET", "/api/runs", []),
         ("GET", "/api/runs/{run}/queries", []),
         ("GET", "/media/{clip}", []),
+        ("PUT", "/api/runs/{run}/mode", ["mode", "client"]),
+        ("POST", "/api/runs/{run}/ranking/next", ["client", "labeler"]),
+        ("POST", "/api/runs/{run}/ranking/answer", ["client", "labeler", "clip", "against", "answer", "response_ms"]),
+        ("POST", "/api/runs/{run}/ranking/undo", ["client", "labeler"]),
+        ("GET", "/api/runs/{run}/ranking", []),
     ]
     good = {
         "env_id": "Hopper-v5",
@@ -449,9 +454,13 @@ def test_fuzzing_every_endpoint_gives_no_5xx_and_leaves_a_sound_database(server)
         "choice": "left",
         "response_ms": 1234.5,
         "keys": keys[:2],
+        "mode": "ranking",
+        "clip": "1:right",
+        "against": "1:left",
+        "answer": "better",
     }
     statuses = []
-    for _ in range(2500):
+    for _ in range(3000):
         method, template, names = rng.choice(routes)
         path = template.format(
             run=rng.choice(["run-1", "run-2", "run-1", "nope", "%ED%A0%80", "a" * 300]),

@@ -147,6 +147,8 @@ def test_resume_after_kill_ends_like_a_straight_run(runs_dir):
         "--checkpoint-frequency",
         "1024",
         "--teacher-ranking",  # the teacher's ordering and the clips it refers to travel with the checkpoint
+        "--ranking-pairs-per-clip",
+        "2",
         "--runs-dir",
         str(runs_dir),
     ]
