@@ -509,6 +509,34 @@ def create_app(
             "lease_seconds": lease_seconds,
         }
 
+    def store_answer(con, row, choice: str, labeler, client, response_ms, now: float, ranked: bool = False) -> None:
+        """Answer the query `row` (a pair's answer, or the label its ranked clips give) and add its answer event. A
+        ranked answer keeps the time of the comparison that completed it in the event only."""
+        label = CHOICES[choice]
+        con.execute(
+            "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
+            "response_ms = ?, ranked = ?, lease_client = NULL, lease_until = NULL WHERE id = ?",
+            (choice, label, labeler, now, None if ranked else response_ms, int(ranked), row["id"]),
+        )
+        con.execute(
+            "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, response_ms, time) "
+            "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?, ?)",
+            (row["run_id"], row["id"], row["key"], choice, label, labeler, client, response_ms, now),
+        )
+        con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, row["run_id"]))
+
+    def take_back_answer(con, row, labeler, client, now: float) -> None:
+        """The query `row` is pending again, leased to `client` (who undid it), with an undo event."""
+        con.execute(
+            "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, answered_at = NULL, "
+            "response_ms = NULL, ranked = 0, lease_client = ?, lease_until = ? WHERE id = ?",
+            (client, now + lease_seconds, row["id"]),
+        )
+        con.execute(
+            "INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) VALUES (?, ?, ?, 'undo', ?, ?, ?)",
+            (row["run_id"], row["id"], row["key"], labeler, client, now),
+        )
+
     # ------------------------------------------------------------------------------------------------- the page
     @app.get("/")
     def page():
@@ -840,18 +868,7 @@ def create_app(
                 raise ApiError(409, f"query {query_id} was withdrawn by the trainer", "withdrawn")
             if row["lease_client"] not in (None, client) and row["lease_until"] >= now:
                 raise ApiError(409, f"query {query_id} is being answered by another labeler", "leased")
-            label = CHOICES[choice]
-            con.execute(
-                "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
-                "response_ms = ?, lease_client = NULL, lease_until = NULL WHERE id = ?",
-                (choice, label, labeler, now, response_ms, query_id),
-            )
-            con.execute(
-                "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, response_ms, time) "
-                "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?, ?)",
-                (row["run_id"], query_id, row["key"], choice, label, labeler, client, response_ms, now),
-            )
-            con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, row["run_id"]))
+            store_answer(con, row, choice, labeler, client, response_ms, now)
             return jsonify(ok=True, duplicate=False, progress=progress(con, row["run_id"], row["session"]))
 
     @app.post("/api/runs/<run_id>/undo")
@@ -872,16 +889,7 @@ def create_app(
                 raise ApiError(409, "nothing to undo")
             if row["status"] == "used":
                 raise ApiError(409, "that answer was already used by the trainer and cannot be undone")
-            con.execute(
-                "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
-                "answered_at = NULL, response_ms = NULL, lease_client = ?, lease_until = ? WHERE id = ?",
-                (client, now + lease_seconds, row["id"]),
-            )
-            con.execute(
-                "INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) "
-                "VALUES (?, ?, ?, 'undo', ?, ?, ?)",
-                (run_id, row["id"], row["key"], labeler, client, now),
-            )
+            take_back_answer(con, row, labeler, client, now)
             return jsonify(query=query_json(con, row), progress=progress(con, run_id, row["session"]))
 
     # ------------------------------------------------------------------------------------------ ranking mode
@@ -944,8 +952,9 @@ def create_app(
         qid, side = clip.split(":")
         return con.execute("SELECT * FROM queries WHERE id = ?", (int(qid),)).fetchone(), side
 
-    def clip_json(con: sqlite3.Connection, ranking: Ranking, clip: str) -> dict:
-        row, side = clip_query(con, clip)
+    def clip_json(ranking: Ranking, clip: str, row: sqlite3.Row) -> dict:
+        """A placed or pending clip "<query id>:<side>" of the query `row`, as the page and trainers see it."""
+        side = clip.split(":")[1]
         return {
             "id": clip,
             "key": row["key"],
@@ -963,18 +972,7 @@ def create_app(
         if label is None:
             return False
         choice = {0.0: "left", 1.0: "right", 0.5: "equal"}[label]
-        now = time.time()
-        con.execute(
-            "UPDATE queries SET status = 'answered', choice = ?, label = ?, labeler = ?, answered_at = ?, "
-            "response_ms = NULL, ranked = 1, lease_client = NULL, lease_until = NULL WHERE id = ?",
-            (choice, label, labeler, now, row["id"]),
-        )
-        con.execute(
-            "INSERT INTO events (run_id, query_id, key, kind, choice, label, labeler, client, response_ms, time) "
-            "VALUES (?, ?, ?, 'answer', ?, ?, ?, ?, ?, ?)",
-            (run_id, row["id"], row["key"], choice, label, labeler, client, response_ms, now),
-        )
-        con.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
+        store_answer(con, row, choice, labeler, client, response_ms, time.time(), ranked=True)
         return True
 
     def next_comparison(con, run_id: str, ranking: Ranking, client: str, labeler: str | None) -> str | None:
@@ -1008,9 +1006,11 @@ def create_app(
             "UPDATE queries SET lease_client = ?, lease_until = ? WHERE id = ?", (client, now + lease_seconds, query_id)
         )
 
-    def ordering_json(con, ranking: Ranking) -> list[list[dict]]:
-        """The ordering, best tier first, each clip with its key, side and clip URL."""
-        return [[clip_json(con, ranking, c) for c in tier] for tier in reversed(ranking.tiers)]
+    def ordering_json(con, run_id: str, ranking: Ranking) -> list[list[dict]]:
+        """The ordering, best tier first, each clip with its key, side and clip URL (the run's queries read once)."""
+        rows = {str(r["id"]): r for r in con.execute("SELECT * FROM queries WHERE run_id = ?", (run_id,))}
+        tiers = ranking.tiers
+        return [[clip_json(ranking, c, rows[c.split(":")[0]]) for c in tier] for tier in reversed(tiers)]
 
     def comparison_json(con, run_id: str, ranking: Ranking, client: str, state: str | None) -> dict:
         run = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -1018,7 +1018,7 @@ def create_app(
             "mode": run["mode"],
             "comparison": None,
             "held_elsewhere": state == "held",
-            "ordering": ordering_json(con, ranking),
+            "ordering": ordering_json(con, run_id, ranking),
             "progress": progress(con, run_id, client=client),
             "trainer": trainer_json(run),
         }
@@ -1027,8 +1027,10 @@ def create_app(
                 "run_id": run_id,
                 "env_id": run["env_id"],
                 "question": run["question"],
-                "clip": clip_json(con, ranking, ranking.pending),
-                "against": clip_json(con, ranking, ranking.next_comparison()),
+                **{
+                    name: clip_json(ranking, clip, clip_query(con, clip)[0])
+                    for name, clip in (("clip", ranking.pending), ("against", ranking.next_comparison()))
+                },
                 "comparisons_left": ranking.comparisons_left,
                 "lease_seconds": lease_seconds,
             }
@@ -1143,17 +1145,9 @@ def create_app(
             )
             forget_ranking(run_id)
             if row["ranked"] and row["status"] == "answered":
-                con.execute(
-                    "UPDATE queries SET status = 'pending', choice = NULL, label = NULL, labeler = NULL, "
-                    "answered_at = NULL, response_ms = NULL, ranked = 0 WHERE id = ?",
-                    (row["id"],),
-                )
-                con.execute(
-                    "INSERT INTO events (run_id, query_id, key, kind, labeler, client, time) "
-                    "VALUES (?, ?, ?, 'undo', ?, ?, ?)",
-                    (run_id, row["id"], row["key"], labeler, client, now),
-                )
-            hold(con, row["id"], client, now)
+                take_back_answer(con, row, labeler, client, now)
+            else:
+                hold(con, row["id"], client, now)
             ranking = ranking_of(con, run_id)
             return jsonify(comparison_json(con, run_id, ranking, client, ranking.pending))
 
@@ -1164,8 +1158,10 @@ def create_app(
         def read(con, run, ranking):
             return jsonify(
                 mode=run["mode"],
-                tiers=[[{"key": c["key"], "side": c["side"]} for c in tier] for tier in ordering_json(con, ranking)],
-                pending=None if ranking.pending is None else clip_json(con, ranking, ranking.pending)["key"],
+                tiers=[
+                    [{"key": c["key"], "side": c["side"]} for c in tier] for tier in ordering_json(con, run_id, ranking)
+                ],
+                pending=None if ranking.pending is None else clip_query(con, ranking.pending)[0]["key"],
                 comparisons=sum(isinstance(e, Comparison) for e in ranking.events),
             )
 
