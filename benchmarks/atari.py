@@ -11,8 +11,11 @@ Prints a table and saves it to benchmarks/results/atari_<game>.md with a plot of
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -20,6 +23,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import RESULTS, machine_description, markdown_table, run_algorithm, save_markdown
 
@@ -45,12 +49,18 @@ class Args:
     """seeds, each run by both agents"""
     total_labels: int = 1000
     """PrefPPO's label budget"""
+    teacher_eps_skip: float = 0.0
+    """the teacher skips a pair when neither clip scores more than this times the typical segment score (1e-6: skip
+    pairs where neither scored; a skipped pair costs no label)"""
+    teacher_eps_equal: float = 0.0
+    """the teacher answers 'equal' when the scores differ by less than this times the typical segment score (1e-6:
+    exact ties)"""
     eval_frequency: int = 50_000
     """evaluate every this many steps"""
     eval_episodes: int = 3
     """episodes per evaluation"""
     runs_dir: str | None = None
-    """keep the runs here (default: a temporary folder)"""
+    """keep the runs here (default: a temporary folder); a run already finished there is read, not run again"""
 
 
 def pref_ppo_flags(args: Args) -> list[str]:
@@ -65,7 +75,21 @@ def pref_ppo_flags(args: Args) -> list[str]:
         "--segment-length", "25",
         "--reward-batch-size", "16",
         "--reward-epochs", "10",
+        "--teacher-eps-skip", str(args.teacher_eps_skip),
+        "--teacher-eps-equal", str(args.teacher_eps_equal),
     ]  # fmt: skip
+
+
+def training_returns(run_dir: Path, total_timesteps: int, bins: int = 5) -> list[float]:
+    """Mean game score of the training episodes that ended in each fifth of the run (NaN where none ended), from the
+    run's TensorBoard events. With a stochastic policy they show learning sooner than a few greedy evaluations: a
+    greedy Breakout agent that never presses FIRE scores 0."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    events = accumulator.Scalars("charts/episodic_return")
+    steps, scores = np.array([e.step for e in events]), np.array([e.value for e in events])
+    which = np.minimum(steps * bins // total_timesteps, bins - 1)
+    return [float(scores[which == b].mean()) if (which == b).any() else math.nan for b in range(bins)]
 
 
 def main(args: Args) -> None:
@@ -83,7 +107,13 @@ def main(args: Args) -> None:
     for seed in args.seeds:
         for algo in results:
             flags = common + ["--seed", str(seed)] + (pref_ppo_flags(args) if algo == "pref_ppo" else [])
-            summary = run_algorithm(f"{algo}.py", f"{algo}_{seed}", runs_dir, *flags)
+            done = Path(runs_dir) / f"{algo}_{seed}" / "benchmark.json"
+            if done.exists():  # finished by an earlier call of this benchmark
+                summary = json.loads(done.read_text())
+            else:
+                summary = run_algorithm(f"{algo}.py", f"{algo}_{seed}", runs_dir, *flags)
+                done.write_text(json.dumps(summary))
+            summary["training_returns"] = training_returns(Path(summary["run_dir"]), args.total_timesteps)
             results[algo].append(summary)
             print(
                 f"{algo} seed {seed}: final {summary['final_eval_return']:.1f}, {summary['sps']:.0f} steps/s, "
@@ -94,38 +124,63 @@ def main(args: Args) -> None:
 
 
 def report(args: Args, results: dict[str, list[dict]]) -> None:
-    names = {"ppo": "PPO (true reward)", "pref_ppo": f"PrefPPO ({args.total_labels} labels, perfect teacher)"}
+    teacher = "perfect teacher"
+    if args.teacher_eps_skip or args.teacher_eps_equal:
+        teacher = "teacher skipping pairs where neither clip scores" if args.teacher_eps_skip else "teacher"
+        teacher += ", ties equal" if args.teacher_eps_equal else ""
+    names = {"ppo": "PPO (true reward)", "pref_ppo": f"PrefPPO ({args.total_labels} labels, {teacher})"}
     rows = []
     for algo, runs in results.items():
         finals = [r["final_eval_return"] for r in runs]
+        curves = np.array([r["training_returns"] for r in runs])
         rows.append(
             [
                 names[algo],
                 " / ".join(f"{f:.1f}" for f in finals),
                 float(np.mean(finals)),
+                " / ".join(f"{c[0]:.1f} -> {c[-1]:.1f}" for c in curves),
+                float(np.mean([r["labels_used"] for r in runs])),
                 float(np.mean([r["sps"] for r in runs])),
-                float(max(r["peak_rss_mib"] for r in runs)),
+                float(np.nanmax([r["peak_rss_mib"] for r in runs])),
             ]
         )
-    table = markdown_table(["agent", "final return per seed", "mean", "steps/s", "peak memory, MiB"], rows)
+    table = markdown_table(
+        [
+            "agent",
+            "final evaluation per seed",
+            "mean",
+            "training score, first -> last fifth, per seed",
+            "labels used",
+            "steps/s",
+            "peak memory, MiB",
+        ],
+        rows,
+    )
     print(table)
     game = args.env_id.split("/")[-1].split("-")[0].lower()
     command = (
         f"python benchmarks/atari.py --env-id {args.env_id} --total-timesteps {args.total_timesteps} "
         f"--seeds {' '.join(map(str, args.seeds))} --total-labels {args.total_labels}"
+        + (f" --teacher-eps-skip {args.teacher_eps_skip:g}" if args.teacher_eps_skip else "")
+        + (f" --teacher-eps-equal {args.teacher_eps_equal:g}" if args.teacher_eps_equal else "")
     )
     body = f"{args.env_id}, {args.total_timesteps:,} steps; {machine_description()}.\nCommand: `{command}`\n\n{table}"
     print(f"saved {save_markdown(f'atari_{game}', f'PrefPPO and PPO on {args.env_id}', body)}")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fifths = (np.arange(5) + 0.5) * args.total_timesteps / 5
     for (algo, runs), color in zip(results.items(), ("tab:gray", "tab:blue")):
         for i, run in enumerate(runs):
             steps, returns = zip(*run["eval_history"])
-            ax.plot(steps, returns, color=color, alpha=0.8, label=names[algo] if i == 0 else None)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("evaluation return (game score)")
-    ax.set_title(args.env_id)
-    ax.legend(fontsize=8)
+            label = names[algo] if i == 0 else None
+            axes[0].plot(steps, returns, color=color, alpha=0.8, label=label)
+            axes[1].plot(fifths, run["training_returns"], color=color, alpha=0.8, marker="o", label=label)
+    axes[0].set_ylabel(f"evaluation score ({args.eval_episodes} greedy episodes)")
+    axes[1].set_ylabel("training episodes' mean score")
+    for ax in axes:
+        ax.set_xlabel("env steps")
+        ax.set_title(args.env_id)
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / f"atari_{game}.png", dpi=120)
 

@@ -575,7 +575,7 @@ def test_launch_scripts_pass_existing_flags():
 
     import tyro
 
-    from framework import pref_ppo, sac_rlhf
+    from framework import ppo, pref_ppo, sac, sac_rlhf
 
     scripts = sorted(p for p in (ROOT / "scripts").glob("*.sh") if p.name != "gallery.sh")
     for env in ["hopper", "walker2d", "halfcheetah", "ant", "swimmer", "reacher", "pusher", "invertedpendulum"]:
@@ -592,9 +592,11 @@ def test_launch_scripts_pass_existing_flags():
             text = (path.parent / path.name.replace("_human", "_synthetic")).read_text().replace("\\\n", " ")
         command = next(line for line in text.splitlines() if line.startswith('exec "$PY"'))
         words = shlex.split(command)[2:-1]  # after `exec "$PY"`, before "$@"
-        module = {"framework/sac_rlhf.py": sac_rlhf, "framework/pref_ppo.py": pref_ppo}[words[0]]
+        trainers = {"sac_rlhf": sac_rlhf, "pref_ppo": pref_ppo, "sac": sac, "ppo": ppo}
+        module = trainers[words[0].removeprefix("framework/").removesuffix(".py")]
         flags = words[1:] + extra
         args = tyro.cli(module.Args, args=flags)
-        assert (args.teacher_feedback_mode == "human" and args.feedback_server_autostart) == bool(extra), path.name
+        human = getattr(args, "teacher_feedback_mode", None) == "human" and args.feedback_server_autostart
+        assert human == bool(extra), path.name
         task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1].lower()).replace("-", "")  # dm_control/walker-walk-v0
         assert task in path.name.replace("_", ""), path.name
