@@ -175,21 +175,23 @@ def report(args: Args, results: dict[str, list[dict]]) -> None:
     body = f"{args.env_id}, {args.total_timesteps:,} steps; {machine_description()}.\nCommand: `{command}`\n\n{table}"
     print(f"saved {save_markdown(f'atari_{game}', f'PrefPPO and PPO on {args.env_id}', body)}")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     fifths = (np.arange(5) + 0.5) * args.total_timesteps / 5
+    short = {"ppo": "PPO (true reward)", "pref_ppo": f"PrefPPO ({args.total_labels} labels)"}
     for (algo, runs), color in zip(results.items(), ("tab:gray", "tab:blue")):
         for i, run in enumerate(runs):
             steps, returns = zip(*run["eval_history"])
-            label = names[algo] if i == 0 else None
+            label = short[algo] if i == 0 else None
             axes[0].plot(steps, returns, color=color, alpha=0.8, label=label)
-            axes[1].plot(fifths, run["training_returns"], color=color, alpha=0.8, marker="o", label=label)
+            axes[1].plot(fifths, run["training_returns"], color=color, alpha=0.8, marker="o")
     axes[0].set_ylabel(f"evaluation score ({args.eval_episodes} greedy episodes)")
-    axes[1].set_ylabel("training episodes' mean score")
+    axes[1].set_ylabel("training episodes' mean score, per fifth")
     for ax in axes:
         ax.set_xlabel("env steps")
-        ax.set_title(args.env_id)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+    fig.suptitle(f"{args.env_id}, {len(args.seeds)} seeds")
+    fig.legend(loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(RESULTS / f"atari_{game}.png", dpi=120)
 
 
