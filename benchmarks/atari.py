@@ -84,7 +84,11 @@ def pref_ppo_flags(args: Args) -> list[str]:
     ]  # fmt: skip
 
 
-def training_returns(run_dir: Path, total_timesteps: int, bins: int = 5) -> list[float]:
+PARTS = 5
+"""the training scores are averaged per fifth of the run"""
+
+
+def training_returns(run_dir: Path, total_timesteps: int, bins: int = PARTS) -> list[float]:
     """Mean game score of the training episodes that ended in each fifth of the run (NaN where none ended), from the
     run's TensorBoard events. With a stochastic policy they show learning sooner than a few greedy evaluations: a
     greedy Breakout agent that never presses FIRE scores 0."""
@@ -176,7 +180,7 @@ def report(args: Args, results: dict[str, list[dict]]) -> None:
     print(f"saved {save_markdown(f'atari_{game}', f'PrefPPO and PPO on {args.env_id}', body)}")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    fifths = (np.arange(5) + 0.5) * args.total_timesteps / 5
+    fifths = (np.arange(PARTS) + 0.5) * args.total_timesteps / PARTS
     short = {"ppo": "PPO (true reward)", "pref_ppo": f"PrefPPO ({args.total_labels} labels)"}
     for (algo, runs), color in zip(results.items(), ("tab:gray", "tab:blue")):
         for i, run in enumerate(runs):
