@@ -1,11 +1,14 @@
-"""B-Pref's six simulated teachers: how PEBBLE learns when the teacher is noisy, short-sighted, skips or ties.
+"""B-Pref's six simulated teachers: how PEBBLE learns when the teacher is noisy, short-sighted, skips or ties; and
+how much RIME's robust reward learning (`--rime`) gives back when the teacher makes mistakes.
 
 Runs `sac_rlhf.py` with each of B-Pref's teachers (Lee et al. 2021) on the same env, budget and seeds, and
 prints a table: final evaluation return (true reward) per seed and its mean, the ratio to the perfect ("oracle")
-teacher's mean, labels given and pairs skipped. Saves it to benchmarks/results/teachers_pebble_<env>.md with a plot.
+teacher's mean, labels given and pairs skipped. The teachers named in `--rime` also run with `--rime`, each as a row of
+its own. Saves it to benchmarks/results/teachers_pebble_<env>.md with a plot.
 
     python benchmarks/teachers.py                                       # HalfCheetah-v5, 50k steps, 3 seeds
     python benchmarks/teachers.py --teachers oracle mistake --seeds 1   # some of them
+    python benchmarks/teachers.py --teachers oracle mistake mistake30 --rime mistake mistake30  # RIME against plain
 
 | teacher | B-Pref's setting | prefrl flags |
 |---|---|---|
@@ -15,6 +18,9 @@ teacher's mean, labels given and pairs skipped. Saves it to benchmarks/results/t
 | skip | skips pairs whose returns are both under 0.1 of the scale | --teacher-eps-skip 0.1 |
 | myopic | step weights gamma = 0.9 towards the clip's end | --teacher-gamma 0.9 |
 | equal | ties returns within 0.1 of the scale | --teacher-eps-equal 0.1 |
+| mistake30 | (not one of B-Pref's: RIME's hardest setting) 30 % of answers flipped | --teacher-eps-mistake 0.3 |
+
+Runs go seed by seed (every teacher's seed 1 first), so an interrupted invocation leaves whole seeds behind.
 
 Every other setting is `learning.py`'s (two runs at a time, one torch thread each); `--runs-dir D --reuse-finished`
 continues an interrupted invocation.
@@ -45,13 +51,18 @@ TEACHERS = {
     "skip": "--teacher-eps-skip 0.1",
     "myopic": "--teacher-gamma 0.9",
     "equal": "--teacher-eps-equal 0.1",
+    "mistake30": "--teacher-eps-mistake 0.3",
 }
+BPREF = ("oracle", "stoch", "mistake", "skip", "myopic", "equal")
 
 
 @dataclass
 class Args:
-    teachers: tuple[str, ...] = tuple(TEACHERS)
-    """which of B-Pref's teachers to run (oracle is needed for the ratio)"""
+    teachers: tuple[str, ...] = BPREF
+    """which teachers to run (oracle is needed for the ratio): B-Pref's six, or mistake30"""
+    rime: tuple[str, ...] = ()
+    """teachers of --teachers that also run with --rime (rows "<teacher> + RIME", run folders
+    sac_rlhf_<teacher>_rime_<seed>)"""
     env_id: str = "HalfCheetah-v5"
     """the environment"""
     total_timesteps: int = 50_000
@@ -70,46 +81,55 @@ class Args:
     """the rest of learning.py's settings (label sessions, pre-exploration, evaluation)"""
 
 
+def variants(args: Args) -> list[tuple[str, str]]:
+    """(name, sac_rlhf.py flags) of every row: each teacher, and each teacher of --rime again with --rime."""
+    out = [(t, TEACHERS[t]) for t in args.teachers]
+    out += [(f"{t}_rime", f"{TEACHERS[t]} --rime") for t in args.teachers if t in args.rime]
+    return out
+
+
 def jobs(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
-    """The PEBBLE runs of `learning.py`, one set per teacher, each named sac_rlhf_<teacher>_<seed>."""
+    """The PEBBLE runs of `learning.py`, one per row and seed, each named sac_rlhf_<row>_<seed>; seed by seed."""
     out = []
-    for teacher in args.teachers:
+    for name, flags in variants(args):
         settings = replace(
             args.learning,
             env_id=args.env_id,
             total_timesteps=args.total_timesteps,
             seeds=args.seeds,
             total_labels=args.total_labels,
-            extra_rlhf_flags=f"{args.learning.extra_rlhf_flags} {TEACHERS[teacher]}",
+            extra_rlhf_flags=f"{args.learning.extra_rlhf_flags} {flags}",
         )
         for algo, seed, cmd in commands(settings, runs_dir):
             if algo == "sac_rlhf":
-                cmd[cmd.index("--run-name") + 1] = f"sac_rlhf_{teacher}_{seed}"
-                out.append((f"sac_rlhf_{teacher}", seed, cmd))
-    return out
+                cmd[cmd.index("--run-name") + 1] = f"sac_rlhf_{name}_{seed}"
+                out.append((f"sac_rlhf_{name}", seed, cmd))
+    return sorted(out, key=lambda job: args.seeds.index(job[1]))  # stable: rows keep their order within a seed
 
 
 def main(args: Args) -> None:
     unknown = sorted(set(args.teachers) - set(TEACHERS))
     if unknown:
         raise SystemExit(f"unknown teacher(s) {unknown}; choose from {', '.join(TEACHERS)}")
+    if set(args.rime) - set(args.teachers):
+        raise SystemExit(f"--rime {' '.join(sorted(set(args.rime) - set(args.teachers)))}: not in --teachers")
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-teachers-")
     os.makedirs(runs_dir, exist_ok=True)
     results = run_all(jobs(args, runs_dir), args.parallel, runs_dir, args.reuse_finished)
 
-    def returns(teacher: str) -> list[float]:
-        return [results[(f"sac_rlhf_{teacher}", s)]["final_eval_return"] for s in args.seeds]
+    def returns(name: str) -> list[float]:
+        return [results[(f"sac_rlhf_{name}", s)]["final_eval_return"] for s in args.seeds]
 
     base = float(np.mean(returns("oracle"))) if "oracle" in args.teachers else float("nan")
     rows = []
-    for teacher in args.teachers:
-        runs = [results[(f"sac_rlhf_{teacher}", s)] for s in args.seeds]
-        mean = float(np.mean(returns(teacher)))
+    for name, flags in variants(args):
+        runs = [results[(f"sac_rlhf_{name}", s)] for s in args.seeds]
+        mean = float(np.mean(returns(name)))
         rows.append(
             [
-                teacher,
-                TEACHERS[teacher] or "(perfect)",
-                *returns(teacher),
+                name.replace("_rime", " + RIME"),
+                flags.strip() or "(perfect)",
+                *returns(name),
                 mean,
                 f"{mean / base:.2f}" if np.isfinite(base) else "n/a",
                 float(np.mean([r["labels_used"] for r in runs])),
@@ -145,12 +165,14 @@ def main(args: Args) -> None:
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![returns per teacher]({name}.png)"
     print(f"saved {save_markdown(name, f'B-Pref teachers: PEBBLE on {args.env_id}', body)}")
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, teacher in enumerate(args.teachers):
-        values = returns(teacher)
-        ax.bar(i, np.mean(values), color="tab:blue" if teacher == "oracle" else "tab:orange", alpha=0.7)
+    names = [name for name, _ in variants(args)]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 3.6))
+    for i, name in enumerate(names):
+        values = returns(name)
+        color = "tab:blue" if name == "oracle" else "tab:green" if name.endswith("_rime") else "tab:orange"
+        ax.bar(i, np.mean(values), color=color, alpha=0.7)
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(args.teachers)), args.teachers)
+    ax.set_xticks(range(len(names)), [n.replace("_rime", "\n+ RIME") for n in names])
     ax.set_ylabel("final evaluation return (true reward)")
     ax.set_title(f"PEBBLE, {args.env_id}, {args.total_labels} labels, {len(args.seeds)} seed(s)")
     fig.tight_layout()
