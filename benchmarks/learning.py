@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tyro
 
-from common import RESULTS, ROOT, machine_description, markdown_table, save_markdown
+from common import RESULTS, ROOT, code_version, machine_description, markdown_table, save_markdown
 
 sys.path.insert(0, str(ROOT))
 from toolbox.compare_runs import iqm  # noqa: E402
@@ -85,7 +85,8 @@ class Args:
     """keep the runs here (default: a temporary folder)"""
     reuse_finished: bool = False
     """keep the results of runs already finished in --runs-dir (their summary.json) instead of running them again,
-    so an interrupted benchmark continues where it stopped; only valid if the code and settings are unchanged"""
+    so an interrupted benchmark continues where it stopped; refused if a run's recorded flags differ from this
+    invocation's, and the results file names the commit each reused run ran at"""
     extra_rlhf_flags: str = ""
     """more flags for sac_rlhf.py, space-separated"""
 
@@ -171,14 +172,28 @@ def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
 def run_all(
     jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str, reuse_finished: bool = False
 ) -> dict[tuple[str, int], dict]:
+    """Run the jobs, `parallel` at a time, each logging to <runs_dir>/<algo>_<seed>.log; each job's command and the
+    commit it ran at go to <algo>_<seed>.json beside it. With `reuse_finished`, a run that already wrote its
+    summary.json is read instead: refused (one line) if its recorded command differs from this one; a reused run
+    carries the commit it ran at ("reused_from")."""
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     pending, running, results = [], [], {}
     for algo, seed, cmd in jobs:
         summary = Path(runs_dir) / f"{algo}_{seed}" / "summary.json"
         if reuse_finished and summary.is_file():
-            results[(algo, seed)] = {**json.loads(summary.read_text()), "reused": True}
+            record = Path(runs_dir) / f"{algo}_{seed}.json"
+            ran = json.loads(record.read_text()) if record.is_file() else {"command": None, "code": "unrecorded code"}
+            flags = lambda c: [Path(c[1]).name, *c[2:]]  # the interpreter and checkout may differ
+            if ran["command"] is not None and flags(ran["command"]) != flags(cmd):
+                changed = sorted(set(flags(ran["command"])) ^ set(flags(cmd)))
+                raise SystemExit(
+                    f"--reuse-finished: {algo} seed {seed} in {runs_dir} ran with other flags (differing: "
+                    f"{' '.join(changed)}); use another --runs-dir or remove that run"
+                )
+            results[(algo, seed)] = {**json.loads(summary.read_text()), "reused": True, "reused_from": ran["code"]}
             print(
-                f"reused {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}",
+                f"reused {algo} seed {seed} ({ran['code']}): final eval return "
+                f"{results[(algo, seed)]['final_eval_return']:.1f}",
                 flush=True,
             )
         else:
@@ -186,6 +201,8 @@ def run_all(
     while pending or running:
         while pending and len(running) < parallel:
             algo, seed, cmd = pending.pop(0)
+            record = {"command": cmd, "code": code_version()}
+            (Path(runs_dir) / f"{algo}_{seed}.json").write_text(json.dumps(record, indent=1))
             log = open(Path(runs_dir) / f"{algo}_{seed}.log", "w")
             running.append(
                 (algo, seed, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
@@ -206,6 +223,19 @@ def run_all(
             )
         time.sleep(2)
     return results
+
+
+def reuse_note(results: dict[tuple[str, int], dict]) -> str:
+    """The sentence a results file carries about runs read from an earlier invocation, with the code each ran at."""
+    reused = [
+        f"{algo} seed {seed} ({r['reused_from']})" for (algo, seed), r in sorted(results.items()) if r.get("reused")
+    ]
+    if not reused:
+        return ""
+    return (
+        " Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same flags, checked where "
+        f"recorded): {', '.join(reused)}."
+    )
 
 
 def iqm_intervals(rl: np.ndarray, oracle: np.ndarray, reps: int = 10_000, seed: int = 0) -> list[str]:
@@ -292,12 +322,7 @@ def main(args: Args) -> None:
         f"pre-exploration steps{oracle_start}; {width}x{args.depth} networks; {args.parallel} runs at a time with "
         f"{args.torch_threads or 'default'} torch thread(s) each; {machine_description()}."
     )
-    reused = [f"{algo} seed {seed}" for (algo, seed), r in sorted(results.items()) if r.get("reused")]
-    if reused:
-        settings += (
-            f" Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same code and "
-            f"settings): {', '.join(reused)}."
-        )
+    settings += reuse_note(results)
 
     def flag(k: str, v) -> str:
         name = k.replace("_", "-")

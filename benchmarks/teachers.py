@@ -42,7 +42,7 @@ import tyro
 
 from common import RESULTS, machine_description, markdown_table, save_markdown
 from learning import Args as LearningArgs
-from learning import commands, run_all
+from learning import commands, reuse_note, run_all
 
 TEACHERS = {
     "oracle": "",
@@ -76,7 +76,7 @@ class Args:
     runs_dir: str | None = None
     """where the runs go (default: a new temporary folder)"""
     reuse_finished: bool = False
-    """reuse the runs in --runs-dir that already wrote their summary.json"""
+    """reuse the runs in --runs-dir that already wrote their summary.json (refused if one ran with other flags)"""
     learning: LearningArgs = field(default_factory=LearningArgs)
     """the rest of learning.py's settings (label sessions, pre-exploration, evaluation)"""
 
@@ -148,7 +148,7 @@ def main(args: Args) -> None:
         f"{args.parallel} runs at a time; {machine_description()}. Return: final evaluation on the true reward. A "
         "skipped pair costs no label (a later session asks again), so every teacher gives the whole budget but for "
         "the last session's skips."
-    )
+    ) + reuse_note(results)
     command = "python benchmarks/teachers.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
         for k, v in vars(args).items()
