@@ -222,6 +222,10 @@ class Args(HumanFeedbackArgs, RunArgs):
     """beta_t falls linearly from --rime-beta-max to --rime-beta-min over this many reward-training epochs of the run"""
     rime_flip_epsilon: float = 1e-3
     """a label the reward model gives less than this probability (KL > -ln epsilon) is flipped for the epoch"""
+    reward_warm_start: bool = False
+    """RIME's warm start: during pre-exploration, one reward-model step per env step fits r(s, a) to the state-entropy
+    reward the critics learn from (standardised, divided by 3, clipped into [-1, 1]); the critics then keep what they
+    learned instead of being reset at the first session (PEBBLE only: PPO resets nothing)"""
 
     # teacher
     teacher_beta: float = math.inf
@@ -340,6 +344,8 @@ def validate(args: Args) -> None:
             f"--rime-beta-max must be >= --rime-beta-min and --rime-flip-epsilon in (0, 0.5), got "
             f"{args.rime_beta_max}, {args.rime_beta_min} and {args.rime_flip_epsilon}"
         )
+    if args.reward_warm_start and not args.unsupervised_exploration:
+        raise UsageError("--reward-warm-start fits the reward model during pre-exploration: it needs pre-exploration")
     if not 0 < args.tau <= 1 or not 0 <= args.gamma <= 1:
         raise UsageError(f"--tau must be in (0, 1] and --gamma in [0, 1], got tau={args.tau}, gamma={args.gamma}")
     exploration_end = args.learning_starts + (args.unsupervised_steps if args.unsupervised_exploration else 0)
@@ -665,6 +671,24 @@ def knn_state_entropy(obs: torch.Tensor, all_obs: torch.Tensor, k: int, chunk: i
     dists = torch.cat([torch.cdist(obs, all_obs[i : i + chunk]) for i in range(0, len(all_obs), chunk)], 1)
     k = min(k + 1, dists.shape[1])  # + 1: the state itself is in all_obs at distance 0
     return torch.topk(dists, k, dim=1, largest=False).values[:, -1]
+
+
+def warm_start_reward_model(
+    ensemble: RewardEnsemble,
+    optimizer: optim.Optimizer,
+    x: torch.Tensor,
+    entropy: torch.Tensor,
+    stats: RunningMeanStd,
+) -> torch.Tensor:
+    """RIME's warm start (`--reward-warm-start`): one gradient step of every member's r(x) towards the state-entropy
+    reward of the same transitions, standardised by its running mean and std, divided by 3 and clipped into the
+    model's [-1, 1]. The first session then starts from a reward the critics already agree with. Returns the loss."""
+    target = ((entropy.double() - stats.mean) / stats.var.sqrt().clamp_min(1e-8) / 3).clamp(-1, 1).float()
+    loss = F.mse_loss(ensemble(x), target.expand(ensemble.members, -1), reduction="none").mean(1).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach() / ensemble.members
 
 
 # ==================================================================================================== label schedule
@@ -1158,7 +1182,7 @@ def sac_update_steps(actor, qf, qf_target, optimizers, log_alpha, alpha, target_
     return update_critics, update_actor, act
 
 
-def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: int) -> dict:
+def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: int, warm_start: bool) -> dict:
     """The pre-exploration saved in `folder`/exploration.pt, checked against this run (--exploration-load)."""
     path = os.path.join(folder, "exploration.pt")
     if not os.path.isfile(path):
@@ -1172,6 +1196,11 @@ def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: in
         raise UsageError(
             f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
             f"expects {exploration_end} (--learning-starts + --unsupervised-steps)"
+        )
+    if saved["args"].get("reward_warm_start", False) != warm_start:
+        raise UsageError(
+            f"--exploration-load: {path} was made {'with' if not warm_start else 'without'} --reward-warm-start, "
+            f"this run is {'with' if warm_start else 'without'} it"
         )
     print(f"loaded pre-exploration from {path}: {saved['replay_buffer']['size']} transitions", flush=True)
     return saved
@@ -1257,7 +1286,9 @@ def main(args: Args) -> dict:
         return {"args": asdict(args), "log_alpha": log_alpha.detach().cpu(), "rng": rngs, **states}
 
     if checkpoint is not None or args.exploration_load is not None:
-        saved = checkpoint or load_exploration(args.exploration_load, args.env_id, obs_dim, exploration_end)
+        saved = checkpoint or load_exploration(
+            args.exploration_load, args.env_id, obs_dim, exploration_end, args.reward_warm_start
+        )
         TwinQNetwork.upgrade_checkpoint(saved)  # saved with two separate critics
         for name, part in parts.items():  # a saved pre-exploration keeps this run's teacher, evaluator and progress
             if checkpoint is not None or name not in ("teacher", "evaluator", "state"):
@@ -1335,7 +1366,10 @@ def main(args: Args) -> dict:
                     q, rb, ensemble, reward_optimizer, prefs, dataset, teacher, progress, tracker, args, rng, device
                 )
                 if not progress.critic_reset_done and args.unsupervised_exploration:
-                    reset_critics(qf, qf_target, TwinQNetwork(critic(), critic()).to(device), q_optimizer)
+                    if args.reward_warm_start:  # RIME: the critics go on from the reward the model was fitted to
+                        print("critics kept: the reward model was warm-started on the exploration reward", flush=True)
+                    else:
+                        reset_critics(qf, qf_target, TwinQNetwork(critic(), critic()).to(device), q_optimizer)
                 progress.critic_reset_done = True
         elif args.feedback_async == "on" and progress.session > 0 and global_step % args.feedback_poll_frequency == 0:
             q = exchange_with_teacher(rb, ensemble, prefs, teacher, progress, sessions, args, rng, device, run_dir)
@@ -1355,6 +1389,9 @@ def main(args: Args) -> dict:
                     explored = rb.size
                     b_rewards = knn_state_entropy(b_next_obs, explore_obs[: rb.size], args.entropy_k)
                     entropy_stats.update(b_rewards.double())
+                    if args.reward_warm_start and progress.session == 0:  # RIME: the reward model learns it too
+                        x = torch.cat([b_obs, b_actions], 1)
+                        warm_loss = warm_start_reward_model(ensemble, reward_optimizer, x, b_rewards, entropy_stats)
                     b_rewards = b_rewards / entropy_stats.var.float().sqrt().clamp_min(1e-8)
                 else:
                     if rb.has_fresh(idx):  # steps taken since the last reward update get the model's reward
@@ -1375,6 +1412,8 @@ def main(args: Args) -> dict:
                 actor_loss = actor_loss if global_step % args.policy_frequency == 0 else torch.tensor(math.nan)
                 logged = {"losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item()}
                 logged |= {"losses/qf1_values": qf1_value.item(), "losses/alpha": alpha.item()}
+                if exploring and args.reward_warm_start and progress.session == 0:
+                    logged["reward/warm_start_loss"] = warm_loss.item()
                 tracker.scalars(logged | {"charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
         if exploring and global_step == exploration_end:  # --exploration-load reuses this in other runs

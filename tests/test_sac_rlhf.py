@@ -74,6 +74,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--surf",
         "--rune",
         "--rime",
+        "--reward-warm-start",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -300,6 +301,48 @@ def test_exploration_is_saved_and_reused(runs_dir):
         str(runs_dir),
     )
     assert wrong.returncode == 2 and "was made on 'InvertedPendulum-v5'" in wrong.stderr
+    warm = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "900",
+        "--reward-warm-start",
+        "--exploration-load",
+        str(runs_dir / "explorer"),
+        "--runs-dir",
+        str(runs_dir),
+    )
+    assert warm.returncode == 2 and "was made without --reward-warm-start, this run is with it" in warm.stderr
+
+
+def test_warm_start_fits_the_exploration_reward_and_keeps_the_critics(runs_dir):
+    """RIME's warm start: by the end of pre-exploration the reward model predicts the state-entropy reward the critics
+    learn from (one step per env step on the agent's batch), and the first session keeps the critics instead of
+    resetting them."""
+    result = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--unsupervised-steps",
+        "1000",
+        "--total-timesteps",
+        "1500",
+        "--eval-frequency",
+        "1500",
+        "--log-frequency",
+        "100",
+        "--reward-warm-start",
+        "--runs-dir",
+        str(runs_dir),
+        "--run-name",
+        "warm",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "critics kept: the reward model was warm-started" in result.stdout
+    acc = EventAccumulator(str(runs_dir / "warm"), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("reward/warm_start_loss")]
+    # logged every 100 steps from 300 to 1100 (the session at 1200 ends it); the targets' variance is about 0.1
+    assert len(losses) == 9 and losses[-1] < min(losses[0] / 4, 0.01), losses
 
 
 def test_early_stopping(runs_dir):
@@ -349,6 +392,7 @@ def test_early_stopping(runs_dir):
         (["--total-timesteps", "400"], "leave no training steps"),
         (["--surf-crop", "30"], "--surf-crop (30) must be shorter than --segment-length (20)"),
         (["--rime-flip-epsilon", "0.7"], "--rime-flip-epsilon in (0, 0.5), got 3.0, 1.0 and 0.7"),
+        (["--reward-warm-start", "--no-unsupervised-exploration"], "--reward-warm-start fits the reward model during"),
         (["--teacher-beta", "0"], "teacher beta must be > 0"),
         (["--teacher-reward", "nowhere/missing.py:f"], "teacher reward file 'nowhere/missing.py' does not exist"),
         (["--resume", "/nonexistent/run"], "no checkpoint.pt in that folder"),
