@@ -141,6 +141,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """hidden layers of each reward network"""
     reward_dropout: float = 0.0
     """dropout probability in the reward networks while training (always off when predicting)"""
+    reward_input_norm: bool = False
+    """standardise the reward model's inputs by the mean and std of the labelled segments' steps (refitted before each
+    reward training; vector observations only)"""
     reward_lr: float = 3e-4
     """learning rate of the reward model"""
     reward_weight_decay: float = 0.0
@@ -490,9 +493,20 @@ class EnsembleLinear(nn.Module):
 class RewardEnsemble(nn.Module):
     """An ensemble of reward networks r(s, a) in [-1, 1] (tanh output), evaluated as one batched op over members."""
 
-    def __init__(self, in_dim: int, members: int = 3, hidden_size: int = 256, depth: int = 3, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_dim: int,
+        members: int = 3,
+        hidden_size: int = 256,
+        depth: int = 3,
+        dropout: float = 0.0,
+        input_norm: bool = False,
+    ):
         super().__init__()
-        self.members = members
+        self.members, self.input_norm = members, input_norm
+        if input_norm:  # (--reward-input-norm) saved with the model and exported with it
+            self.register_buffer("x_mean", torch.zeros(in_dim))
+            self.register_buffer("x_std", torch.ones(in_dim))
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += [EnsembleLinear(members, in_dim if i == 0 else hidden_size, hidden_size), nn.LeakyReLU()]
@@ -503,9 +517,19 @@ class RewardEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in) shared by all members, or (M, N, in) one batch per member -> rewards (M, N)."""
+        if self.input_norm:
+            x = (x - self.x_mean) / self.x_std
         if x.dim() == 2:
             x = x.expand(self.members, *x.shape)
         return self.net(x).squeeze(-1)
+
+    @torch.no_grad()
+    def fit_input_norm(self, segments: np.ndarray, masks: np.ndarray) -> None:
+        """--reward-input-norm: the mean and std (at least 0.01) of every input over the real steps of `segments`
+        (N, T, in) with `masks` (N, T)."""
+        steps = torch.from_numpy(segments[masks > 0]).to(self.x_mean.device)
+        self.x_mean.copy_(steps.mean(0))
+        self.x_std.copy_(steps.std(0).clamp_min(0.01) if len(steps) > 1 else torch.ones_like(self.x_std))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -763,6 +787,11 @@ def train_reward_model(
     labels and the flipped ones only (`rime_select`)."""
     train_idx, val_idx = prefs.split()
     m, bs = ensemble.members, args.reward_batch_size
+    if args.reward_input_norm:  # the inputs' statistics follow the labelled steps, all of them
+        n = prefs.size
+        ensemble.fit_input_norm(
+            np.concatenate([prefs.seg_a[:n], prefs.seg_b[:n]]), np.concatenate([prefs.mask_a[:n], prefs.mask_b[:n]])
+        )
     ensemble.train()
     stats = {"reward/train_loss": float("nan"), "reward/train_accuracy": float("nan"), "reward/epochs": 0.0}
     epoch_labels, epoch_idx = prefs.labels, train_idx
@@ -1244,8 +1273,9 @@ def main(args: Args) -> dict:
 
     # ---------------------------------------------------------------- reward model, buffers, schedule
     ensemble = RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth, args.reward_dropout
-    ).to(device)
+        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth,
+        args.reward_dropout, args.reward_input_norm,
+    ).to(device)  # fmt: skip
     reward_optimizer = optim.Adam(ensemble.parameters(), lr=args.reward_lr, weight_decay=args.reward_weight_decay)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, action_dim, physics_dim, device)
     given = (

@@ -178,6 +178,9 @@ TENSORBOARD_TAGS = {
     "reward/epochs": "epochs the reward model trained in the session",
     "reward/pearson": "Pearson correlation of learned and true per-step rewards on recent steps",
     "reward/spearman": "Spearman correlation of learned and true per-step rewards on recent steps",
+    "reward/rime_trusted": "--rime: share of the training labels trusted in the session's last epoch",
+    "reward/rime_flipped": "--rime: training labels flipped in the session's last epoch",
+    "reward/warm_start_loss": "--reward-warm-start: squared error of the reward model against the exploration reward",
     "time/<phase>": "seconds spent so far in each phase (rollout, agent_update, query, label, reward_training, ...)",
 }
 """Every TensorBoard tag the scripts write, one per quantity, with its meaning (`time/` takes any phase name)."""

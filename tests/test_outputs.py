@@ -24,8 +24,10 @@ RUNS = {
     "pref_ppo.py": "--total-timesteps 1536 --num-envs 2 --num-steps 256 --unsupervised-steps 512 "
     f"--feedback-frequency 512 --eval-frequency 768 {PREFERENCE}",
 }
-# written only with --teacher-reward in sac_rlhf (test_sac_rlhf checks it) and with --feedback-async (test_async.py)
-NOT_WRITTEN_HERE = {"charts/episodic_teacher_return", "feedback/answer_delay_steps"}
+# written only with --teacher-reward, --rime and --reward-warm-start in sac_rlhf (test_sac_rlhf checks them) and with
+# --feedback-async (test_async.py)
+NOT_WRITTEN_HERE = {"charts/episodic_teacher_return", "feedback/answer_delay_steps", "reward/rime_trusted"}
+NOT_WRITTEN_HERE |= {"reward/rime_flipped", "reward/warm_start_loss"}
 
 
 def documented(tag: str) -> bool:

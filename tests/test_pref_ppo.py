@@ -69,6 +69,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--surf",
         "--rune",
         "--rime",
+        "--reward-input-norm",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -218,6 +219,7 @@ def test_sigterm_saves_and_exits_130(runs_dir):
         (["--segment-store-mb", "0"], "--segment-store-mb must be > 0, got 0.0"),
         (["--segment-store-mb", "0.001"], "--segment-store-mb 0.001 holds no 2 segments"),
         (["--env-id", "ALE/Pong-v5", "--frame-stack", "-1"], "--frame-stack must be >= 0 (0: no stacking), got -1"),
+        (["--env-id", "ALE/Pong-v5", "--reward-input-norm"], "--reward-input-norm is for vector observations"),
     ],
 )
 def test_bad_input_is_one_line(runs_dir, flags, message):

@@ -517,6 +517,47 @@ def test_reward_model_ranks_held_out_pairs(algo, cheetah_buffers):
     assert accuracy >= 0.85, f"held-out ranking accuracy {accuracy:.3f}"
 
 
+def test_input_norm_standardises_by_the_labelled_steps_and_travels_with_the_model(algo):
+    ens = algo.RewardEnsemble(3, members=2, hidden_size=8, depth=1, input_norm=True)
+    seg = np.zeros((2, 4, 3), np.float32)
+    seg[..., 0], seg[..., 1], seg[..., 2] = 100.0 + np.arange(8).reshape(2, 4), 5.0, -1.0  # feature 1, 2: constant
+    seg[1, 3] = 1e6  # a padded step after an episode's end: not counted
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.float32)
+    ens.fit_input_norm(seg, mask)
+    assert ens.x_mean.tolist() == pytest.approx([103.0, 5.0, -1.0])
+    assert ens.x_std[1:].tolist() == pytest.approx([0.01, 0.01])
+    assert ens.x_std[0].item() == pytest.approx(np.arange(7.0).std(ddof=1))
+    plain = algo.RewardEnsemble(3, members=2, hidden_size=8, depth=1)
+    plain.load_state_dict({k: v for k, v in ens.state_dict().items() if not k.startswith("x_")})
+    x = torch.from_numpy(seg[0])
+    assert torch.allclose(ens(x), plain((x - ens.x_mean) / ens.x_std))
+    again = algo.RewardEnsemble(3, members=2, hidden_size=8, depth=1, input_norm=True)
+    again.load_state_dict(ens.state_dict())  # saved in checkpoints (and exported) with the weights
+    assert torch.equal(again(x), ens(x))
+
+
+def test_input_norm_ranks_held_out_pairs_better(algo, cheetah_buffers):
+    """The reward model's defaults, 300 labels in 10 sessions: HalfCheetah's inputs range from angles near 0 to
+    velocities of several units, and standardising them lets the same training generalise further."""
+    train_rb, test_rb = cheetah_buffers
+    accuracy = {}
+    for norm in (False, True):  # measured (seeds 0-2): 0.856-0.860 plain, 0.889-0.903 standardised
+        rng = np.random.default_rng(0)
+        torch.manual_seed(0)
+        args = algo.Args(segment_length=25, reward_val_fraction=0.0, reward_input_norm=norm)
+        ens = algo.RewardEnsemble(23, 3, args.reward_hidden_size, args.reward_depth, input_norm=norm)
+        opt = torch.optim.Adam(ens.parameters(), lr=args.reward_lr)
+        prefs = algo.PreferenceBuffer(300, 25, 23)
+        for _ in range(10):
+            prefs.add(*labelled_pairs(train_rb, 30, 25, rng), 0, rng)
+            algo.train_reward_model(ens, opt, prefs, args, rng, CPU)
+        seg_a, mask_a, seg_b, mask_b, labels = labelled_pairs(test_rb, 2000, 25, rng)
+        t = torch.from_numpy
+        probs = algo.preference_probabilities(ens, t(seg_a), t(mask_a), t(seg_b), t(mask_b)).mean(0).numpy()
+        accuracy[norm] = np.mean((probs > 0.5) == (labels == 1.0))
+    assert accuracy[True] >= 0.88 and accuracy[True] > accuracy[False] + 0.02, accuracy
+
+
 def test_disagreement_sampling_finds_more_disagreement_than_uniform(algo, cheetah_buffers):
     train_rb, _ = cheetah_buffers
     rng = np.random.default_rng(2)

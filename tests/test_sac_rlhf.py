@@ -75,6 +75,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--rune",
         "--rime",
         "--reward-warm-start",
+        "--reward-input-norm",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -139,6 +140,7 @@ def test_every_feature_on(runs_dir, tmp_path):
         "feedback/labels_used",
         "reward/train_accuracy",
         "reward/rime_trusted",
+        "reward/rime_flipped",
         "reward/val_accuracy",
         "reward/pearson",
         "reward/spearman",
@@ -180,10 +182,11 @@ def test_skipped_pairs_cost_no_label(runs_dir, mode):
 
 def test_resume_after_kill_matches_a_straight_run(runs_dir):
     """A run SIGKILLed after a checkpoint and resumed ends exactly like one run straight through (RIME's running
-    statistics of a noisy teacher's labels included)."""
+    statistics of a noisy teacher's labels and the reward model's input statistics included)."""
     flags = [
         *TINY,
         "--rime",
+        "--reward-input-norm",
         "--teacher-eps-mistake",
         "0.2",
         "--total-timesteps",

@@ -38,8 +38,9 @@ def ranking_accuracy(run_dir: str | Path, n: int = 4000, seed: int = 0) -> float
     rb = sac_rlhf.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
     rb.load_state_dict(saved)
     ensemble = sac_rlhf.RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth
-    )
+        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth,
+        input_norm=args.reward_input_norm,
+    )  # fmt: skip
     ensemble.load_state_dict(checkpoint["ensemble"])
     rng = np.random.default_rng(seed)
     a, b = (rb.sample_segments(n, args.segment_length, rng) for _ in range(2))
