@@ -165,14 +165,14 @@ def main(args: Args) -> None:
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![returns per teacher]({name}.png)"
     print(f"saved {save_markdown(name, f'B-Pref teachers: PEBBLE on {args.env_id}', body)}")
 
-    names = [name for name, _ in variants(args)]
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 3.6))
-    for i, name in enumerate(names):
-        values = returns(name)
-        color = "tab:blue" if name == "oracle" else "tab:green" if name.endswith("_rime") else "tab:orange"
+    rows_named = [row for row, _ in variants(args)]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(rows_named)), 3.6))
+    for i, row in enumerate(rows_named):
+        values = returns(row)
+        color = "tab:blue" if row == "oracle" else "tab:green" if row.endswith("_rime") else "tab:orange"
         ax.bar(i, np.mean(values), color=color, alpha=0.7)
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(names)), [n.replace("_rime", "\n+ RIME") for n in names])
+    ax.set_xticks(range(len(rows_named)), [n.replace("_rime", "\n+ RIME") for n in rows_named])
     ax.set_ylabel("final evaluation return (true reward)")
     ax.set_title(f"PEBBLE, {args.env_id}, {args.total_labels} labels, {len(args.seeds)} seed(s)")
     fig.tight_layout()
