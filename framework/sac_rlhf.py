@@ -1411,6 +1411,7 @@ def main(args: Args) -> dict:
 
         # learn: SAC on the state-entropy reward while pre-exploring, then on the learned reward
         if global_step > args.learning_starts:
+            warm_loss = None  # (--reward-warm-start, before the first session)
             with timed(progress.phase_time, "agent_update" if not exploring else "exploration_update"):
                 idx = rb.sample_indices(args.batch_size, rng)
                 b_obs, b_next_obs, b_actions, b_dones = rb.tensors(idx, "obs", "next_obs", "actions", "dones")
@@ -1442,7 +1443,7 @@ def main(args: Args) -> dict:
                 actor_loss = actor_loss if global_step % args.policy_frequency == 0 else torch.tensor(math.nan)
                 logged = {"losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item()}
                 logged |= {"losses/qf1_values": qf1_value.item(), "losses/alpha": alpha.item()}
-                if exploring and args.reward_warm_start and progress.session == 0:
+                if warm_loss is not None:
                     logged["reward/warm_start_loss"] = warm_loss.item()
                 tracker.scalars(logged | {"charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
