@@ -89,6 +89,9 @@ class Args:
     invocation's, and the results file names the commit each reused run ran at"""
     extra_rlhf_flags: str = ""
     """more flags for sac_rlhf.py, space-separated"""
+    tag: str = ""
+    """suffix of the results file's name (learning_<pair>_<env>[_<labels>_labels]_<tag>), so that a comparison run with
+    --extra-rlhf-flags keeps its own table beside the default's"""
 
 
 def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
@@ -169,6 +172,16 @@ def commands(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
     return out
 
 
+def recorded_flags(cmd: list[str]) -> list[str]:
+    """What must match for a finished run to be reused: the script and its flags. The interpreter, the checkout and
+    the runs folder may differ (a folder of finished runs can be moved or copied)."""
+    flags = [Path(cmd[1]).name, *cmd[2:]]
+    if "--runs-dir" in flags:
+        at = flags.index("--runs-dir")
+        flags[at + 1 : at + 2] = ["<runs dir>"]
+    return flags
+
+
 def run_all(
     jobs: list[tuple[str, int, list[str]]], parallel: int, runs_dir: str, reuse_finished: bool = False
 ) -> dict[tuple[str, int], dict]:
@@ -183,9 +196,8 @@ def run_all(
         if reuse_finished and summary.is_file():
             record = Path(runs_dir) / f"{algo}_{seed}.json"
             ran = json.loads(record.read_text()) if record.is_file() else {"command": None, "code": "unrecorded code"}
-            flags = lambda c: [Path(c[1]).name, *c[2:]]  # the interpreter and checkout may differ
-            if ran["command"] is not None and flags(ran["command"]) != flags(cmd):
-                changed = sorted(set(flags(ran["command"])) ^ set(flags(cmd)))
+            if ran["command"] is not None and recorded_flags(ran["command"]) != recorded_flags(cmd):
+                changed = sorted(set(recorded_flags(ran["command"])) ^ set(recorded_flags(cmd)))
                 raise SystemExit(
                     f"--reuse-finished: {algo} seed {seed} in {runs_dir} ran with other flags (differing: "
                     f"{' '.join(changed)}); use another --runs-dir or remove that run"
@@ -251,6 +263,8 @@ def iqm_intervals(rl: np.ndarray, oracle: np.ndarray, reps: int = 10_000, seed: 
 
 
 def main(args: Args) -> None:
+    if not re.fullmatch(r"[a-z0-9_]*", args.tag):
+        raise SystemExit(f"--tag {args.tag!r}: use lower-case letters, digits and _ (it becomes part of a file name)")
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="prefrl-learning-")
     os.makedirs(runs_dir, exist_ok=True)
     results = run_all(commands(args, runs_dir), args.parallel, runs_dir, args.reuse_finished)
@@ -341,6 +355,8 @@ def main(args: Args) -> None:
     name = f"learning_{args.pair}_{task.split('_')[0] if '/' not in args.env_id else task}"
     if args.total_labels != Args.total_labels:  # another budget: its own file
         name += f"_{args.total_labels}_labels"
+    if args.tag:
+        name += f"_{args.tag}"
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![learning curves]({name}.png)"
     print(f"saved {save_markdown(name, f'{rl_label} against the {oracle_label}', body)}")
 

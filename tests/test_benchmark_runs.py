@@ -38,3 +38,17 @@ def test_finished_runs_are_reused_with_their_commit_and_refused_under_other_flag
     (tmp_path / "fake_1.json").unlink()  # a run from before commands were recorded: read, said to be unchecked
     old = learning.run_all([fake_job(tmp_path, "500")], 1, str(tmp_path), reuse_finished=True)
     assert old[("fake", 1)]["reused_from"] == "unrecorded code"
+
+
+def test_a_moved_runs_folder_is_still_reused_and_a_bad_tag_is_refused_in_one_line(tmp_path):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    code = "import json, os, sys; d = os.path.join(sys.argv[sys.argv.index('--runs-dir') + 1], 'fake_1'); "
+    code += "os.makedirs(d); json.dump({'final_eval_return': 300}, open(os.path.join(d, 'summary.json'), 'w'))"
+    job = lambda runs: ("fake", 1, [sys.executable, "-c", code, "--runs-dir", str(runs)])  # as the scripts take it
+    learning.run_all([job(first)], 1, str(first.mkdir() or first))
+    first.rename(moved)
+    again = learning.run_all([job(moved)], 1, str(moved), reuse_finished=True)
+    assert again[("fake", 1)]["reused"] and again[("fake", 1)]["final_eval_return"] == 300
+
+    with pytest.raises(SystemExit, match=r"^--tag 'a b': use lower-case letters"):
+        learning.main(learning.Args(tag="a b", runs_dir=str(tmp_path)))
