@@ -245,8 +245,8 @@ def reuse_note(results: dict[tuple[str, int], dict]) -> str:
     if not reused:
         return ""
     return (
-        " Reused from an earlier invocation in the same runs folder (`--reuse-finished`, same flags, checked where "
-        f"recorded): {', '.join(reused)}."
+        " Reused from an earlier invocation (`--reuse-finished`; same flags, checked where recorded; steps/s and wall "
+        f"times as measured then): {', '.join(reused)}."
     )
 
 
