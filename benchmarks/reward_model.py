@@ -45,6 +45,7 @@ from data_helpers import biased_random_buffer  # noqa: E402
 from framework import sac_rlhf as algo  # noqa: E402
 from framework.checkpoint import load_checkpoint  # noqa: E402
 from framework.teacher import SimulatedTeacher  # noqa: E402
+from toolbox.reward_ranking import saved_replay_buffer  # noqa: E402
 
 SETTINGS = (
     "default=",
@@ -105,11 +106,7 @@ def run_buffer(folder: str):
     if not path.is_file():
         raise SystemExit(f"--runs {folder!r}: no checkpoint.pt there (a finished sac_rlhf.py run writes one)")
     checkpoint = load_checkpoint(str(path))
-    saved = checkpoint["replay_buffer"]
-    obs_dim, action_dim, physics_dim = saved["obs"].shape[1], saved["actions"].shape[1], saved["physics"].shape[1]
-    rb = algo.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
-    rb.load_state_dict(saved)
-    return rb, checkpoint["args"]["env_id"]
+    return saved_replay_buffer(checkpoint), checkpoint["args"]["env_id"]
 
 
 def with_x(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

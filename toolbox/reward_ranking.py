@@ -29,16 +29,22 @@ class Args:
     """seed of the pair sampling"""
 
 
+def saved_replay_buffer(checkpoint: dict) -> sac_rlhf.ReplayBuffer:
+    """The replay buffer a sac_rlhf.py checkpoint holds, on the CPU, sized to what it stored."""
+    saved = checkpoint["replay_buffer"]
+    obs_dim, action_dim, physics_dim = saved["obs"].shape[1], saved["actions"].shape[1], saved["physics"].shape[1]
+    rb = sac_rlhf.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
+    rb.load_state_dict(saved)
+    return rb
+
+
 def ranking_accuracy(run_dir: str | Path, n: int = 4000, seed: int = 0) -> float:
     """The fraction of `n` random segment pairs of the run's replay buffer that its final reward model orders as their
     true returns do (pairs of equal true return left out)."""
     checkpoint = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"))
-    args, saved = sac_rlhf.Args(**checkpoint["args"]), checkpoint["replay_buffer"]
-    obs_dim, action_dim, physics_dim = saved["obs"].shape[1], saved["actions"].shape[1], saved["physics"].shape[1]
-    rb = sac_rlhf.ReplayBuffer(saved["size"], obs_dim, action_dim, physics_dim, torch.device("cpu"))
-    rb.load_state_dict(saved)
+    args, rb = sac_rlhf.Args(**checkpoint["args"]), saved_replay_buffer(checkpoint)
     ensemble = sac_rlhf.RewardEnsemble(
-        obs_dim + action_dim, args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth,
+        rb.obs.shape[1] + rb.actions.shape[1], args.reward_ensemble_size, args.reward_hidden_size, args.reward_depth,
         input_norm=args.reward_input_norm,
     )  # fmt: skip
     ensemble.load_state_dict(checkpoint["ensemble"])
