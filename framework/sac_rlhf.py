@@ -1226,6 +1226,11 @@ def load_exploration(folder: str, env_id: str, obs_dim: int, exploration_end: in
             f"--exploration-load: {path} explored for {saved['state']['global_step']} steps, this run "
             f"expects {exploration_end} (--learning-starts + --unsupervised-steps)"
         )
+    if len(saved["preferences"]["labels"]):
+        raise UsageError(
+            f"--exploration-load: {path} holds {len(saved['preferences']['labels'])} labels already (made with "
+            "--labels-from, or saved after its first feedback session by an older version); reuse one made without"
+        )
     if saved["args"].get("reward_warm_start", False) != warm_start:
         raise UsageError(
             f"--exploration-load: {path} was made {'with' if not warm_start else 'without'} --reward-warm-start, "
@@ -1389,6 +1394,8 @@ def main(args: Args) -> dict:
         # are exchanged between steps and learned from in batches.
         session_due = progress.session < len(sessions) and global_step >= sessions[progress.session][0]
         if session_due and not (args.feedback_async == "on" and progress.session > 0):
+            if exploring and progress.session == 0:  # before any label: --exploration-load reuses this in other runs
+                save_checkpoint(snapshot(), os.path.join(run_dir, "exploration.pt"))
             n_labels = sum(n for _, n in sessions[: progress.session + 1]) - progress.labels_used  # skips: again
             q = ask_teacher(n_labels, rb, ensemble, prefs, teacher, progress, args, rng, device, checkpoints)
             with interrupts_held():
@@ -1447,9 +1454,8 @@ def main(args: Args) -> dict:
                     logged["reward/warm_start_loss"] = warm_loss.item()
                 tracker.scalars(logged | {"charts/agent_reward_mean": b_rewards.mean().item()}, global_step)
 
-        if exploring and global_step == exploration_end:  # --exploration-load reuses this in other runs
+        if exploring and global_step == exploration_end:
             exploration_sps = clock.rate("exploration", global_step)
-            save_checkpoint(snapshot(), os.path.join(run_dir, "exploration.pt"))
         if global_step % args.log_frequency == 0:
             tracker.steps_per_second(global_step)
             tracker.scalars({f"time/{k}": v for k, v in progress.phase_time.items()}, global_step)

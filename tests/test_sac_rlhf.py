@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import kill_at_checkpoint, run_script, terminate_at
-from framework.checkpoint import load_checkpoint
+from framework.checkpoint import load_checkpoint, save_checkpoint
 from framework.preferences import read_preferences
 
 # A small but complete configuration: 200 random steps, 300 steps of pre-exploration, feedback every 400 steps.
@@ -266,6 +266,7 @@ def test_exploration_is_saved_and_reused(runs_dir):
     assert first.returncode == 0, first.stderr[-3000:]
     saved = load_checkpoint(str(runs_dir / "explorer" / "exploration.pt"))
     assert saved["state"]["global_step"] == 500 and saved["replay_buffer"]["size"] == 500
+    assert len(saved["preferences"]["labels"]) == 0, "saved before the first feedback session"
     assert np.abs(saved["replay_buffer"]["obs"]).sum() > 0 and np.abs(saved["replay_buffer"]["physics"]).sum() > 0
 
     start = time.perf_counter()
@@ -289,6 +290,8 @@ def test_exploration_is_saved_and_reused(runs_dir):
     assert summary["buffer_size"] == 900 and summary["total_timesteps"] == 900
     assert "exploration_update" not in summary["phase_time_s"], "no pre-exploration ran again"
     assert not os.path.exists(runs_dir / "reuser" / "exploration.pt")
+    reused = load_checkpoint(str(runs_dir / "reuser" / "checkpoint.pt"))
+    assert len(reused["preferences"]["labels"]) == summary["labels_used"], "the label budget, none carried over"
     assert time.perf_counter() - start < 120
 
     wrong = run_script(
@@ -316,6 +319,21 @@ def test_exploration_is_saved_and_reused(runs_dir):
         str(runs_dir),
     )
     assert warm.returncode == 2 and "was made without --reward-warm-start, this run is with it" in warm.stderr
+    saved["preferences"] = reused["preferences"]  # as if saved after a feedback session: its labels would add up
+    os.makedirs(runs_dir / "labelled")
+    save_checkpoint(saved, str(runs_dir / "labelled" / "exploration.pt"))
+    labelled = run_script(
+        "sac_rlhf.py",
+        *TINY,
+        "--total-timesteps",
+        "900",
+        "--exploration-load",
+        str(runs_dir / "labelled"),
+        "--runs-dir",
+        str(runs_dir),
+    )
+    assert labelled.returncode == 2 and f"holds {summary['labels_used']} labels already" in labelled.stderr
+    assert len(labelled.stderr.strip().splitlines()) == 1
 
 
 def test_warm_start_fits_the_exploration_reward_and_keeps_the_critics(runs_dir):
