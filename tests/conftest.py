@@ -37,6 +37,26 @@ def run_script(script: str, *args: str, timeout: float = 600, cwd: Path | None =
     )
 
 
+def run_scripts(runs: dict[str, list[str]], timeout: float = 600) -> dict[str, subprocess.CompletedProcess]:
+    """Run `python framework/<script> args...` for each script -> args of `runs` at the same time (short runs that
+    mostly wait on imports and disk); returns each one's finished process."""
+    procs = {
+        script: subprocess.Popen(
+            [sys.executable, str(ROOT / "framework" / script), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script, args in runs.items()
+    }
+    done = {}
+    for script, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=timeout)
+        done[script] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return done
+
+
 def kill_at_checkpoint(script: str, *args: str, when=lambda step: True) -> int:
     """Run `python framework/<script> args...` and SIGKILL it at the first "saved checkpoint at step N" line for which
     `when(N)` holds; returns N. Fails when the run ends first."""

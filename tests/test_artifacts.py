@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, run_scripts
 
 COMMON = "--env-id InvertedPendulum-v5 --eval-episodes 3 --no-cuda --torch-threads 1".split()
 PREFERENCE = "--labels-per-session 10 --total-labels 20 --segment-length 15"
@@ -30,13 +30,13 @@ RUNS = {
 def runs(tmp_path_factory):
     """A short run of each script: script -> its folder."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    folders = {}
-    for script, flags in RUNS.items():
-        name = script.removesuffix(".py")
-        result = run_script(script, *COMMON, *flags.split(), "--runs-dir", str(runs_dir), "--run-name", name)
+    name = {script: script.removesuffix(".py") for script in RUNS}
+    results = run_scripts(
+        {s: [*COMMON, *flags.split(), "--runs-dir", str(runs_dir), "--run-name", name[s]] for s, flags in RUNS.items()}
+    )
+    for result in results.values():
         assert result.returncode == 0, result.stderr[-3000:]
-        folders[script] = runs_dir / name
-    return folders
+    return {script: runs_dir / name[script] for script in RUNS}
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:

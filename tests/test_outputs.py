@@ -9,13 +9,13 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script
+from conftest import run_scripts
 from framework.tracking import SUMMARY_KEYS, TENSORBOARD_TAGS
 
-COMMON = "--env-id InvertedPendulum-v5 --eval-episodes 1 --no-cuda --seed 2".split()
+COMMON = "--env-id InvertedPendulum-v5 --eval-episodes 1 --no-cuda --torch-threads 1 --seed 2".split()
 PREFERENCE = "--segment-length 10 --labels-per-session 10 --total-labels 20 --reward-epochs 5"
 UPRIGHT_REWARD = "def upright(qpos):\n    return 1.0 - abs(float(qpos[1]))\n"
-# each about 10 s on a 2-core CPU
+# each about 10 s on a 2-core CPU; the four run at the same time
 RUNS = {
     "sac.py": "--total-timesteps 600 --learning-starts 200 --hidden-size 32 --log-frequency 100 --eval-frequency 300",
     "ppo.py": "--total-timesteps 1024 --num-envs 2 --num-steps 256 --eval-frequency 512",
@@ -39,15 +39,21 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, set[str]]]:
     """script -> (summary.json, TensorBoard tags) of a short run of each script."""
     runs_dir = tmp_path_factory.mktemp("runs")
     (runs_dir / "rewards.py").write_text(UPRIGHT_REWARD)
+    extra = {"pref_ppo.py": ["--teacher-reward", f"{runs_dir / 'rewards.py'}:upright"]}
+    name = {script: script.removesuffix(".py") for script in RUNS}
+    results = run_scripts(
+        {
+            s: [*COMMON, *flags.split(), *extra.get(s, []), "--runs-dir", str(runs_dir), "--run-name", name[s]]
+            for s, flags in RUNS.items()
+        }
+    )
     out = {}
-    for script, flags in RUNS.items():
-        extra = ["--teacher-reward", f"{runs_dir / 'rewards.py'}:upright"] if script == "pref_ppo.py" else []
-        name = script.removesuffix(".py")
-        result = run_script(script, *COMMON, *flags.split(), *extra, "--runs-dir", str(runs_dir), "--run-name", name)
+    for script, result in results.items():
         assert result.returncode == 0, result.stderr[-3000:]
-        accumulator = EventAccumulator(str(runs_dir / name))
+        accumulator = EventAccumulator(str(runs_dir / name[script]))
         accumulator.Reload()
-        out[script] = (json.loads((runs_dir / name / "summary.json").read_text()), set(accumulator.Tags()["scalars"]))
+        summary = json.loads((runs_dir / name[script] / "summary.json").read_text())
+        out[script] = (summary, set(accumulator.Tags()["scalars"]))
     return out
 
 

@@ -93,6 +93,8 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--teacher-ranking",
         "--ranking-pairs-per-clip",
         "3",
+        "--reward-epochs",  # a feature test: the ranking's implied pairs make each epoch long
+        "5",
         "--capture-video",
         "--track",
         "--runs-dir",
