@@ -26,10 +26,15 @@ CARTPOLE_PPO = (
 """CleanRL's `ppo.py` settings for CartPole-v1, evaluated every 5k steps: the discrete-action learning tests"""
 
 
+def script_command(script: str, *args: str) -> list[str]:
+    """The command line of `python framework/<script> args...` with this interpreter."""
+    return [sys.executable, str(ROOT / "framework" / script), *args]
+
+
 def run_script(script: str, *args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python framework/<script> args...` from the repository root and return the finished process."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "framework" / script), *args],
+        script_command(script, *args),
         cwd=cwd or ROOT,
         capture_output=True,
         text=True,
@@ -42,7 +47,7 @@ def run_scripts(runs: dict[str, list[str]], timeout: float = 600) -> dict[str, s
     mostly wait on imports and disk); returns each one's finished process."""
     procs = {
         script: subprocess.Popen(
-            [sys.executable, str(ROOT / "framework" / script), *args],
+            script_command(script, *args),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -60,7 +65,7 @@ def run_scripts(runs: dict[str, list[str]], timeout: float = 600) -> dict[str, s
 def kill_at_checkpoint(script: str, *args: str, when=lambda step: True) -> int:
     """Run `python framework/<script> args...` and SIGKILL it at the first "saved checkpoint at step N" line for which
     `when(N)` holds; returns N. Fails when the run ends first."""
-    command = [sys.executable, str(ROOT / "framework" / script), *args]
+    command = script_command(script, *args)
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     step = None
     for line in proc.stdout:
@@ -76,7 +81,7 @@ def kill_at_checkpoint(script: str, *args: str, when=lambda step: True) -> int:
 def terminate_at(script: str, *args: str, when=lambda line: True) -> tuple[int, str]:
     """Run `python framework/<script> args...`, send it SIGTERM (a batch system's preemption) at the first line of
     its output for which `when(line)` holds, and return its exit status and stderr."""
-    command = [sys.executable, str(ROOT / "framework" / script), *args]
+    command = script_command(script, *args)
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if when(line):
