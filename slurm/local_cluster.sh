@@ -82,6 +82,8 @@ AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStoragePass=$DIR/munge.socket"
   fi
+  # cred_expire=10: a requeued job starts again 10 s after its requeue (120 s by default); the schedulers look at
+  # pending jobs every 1-2 s instead of every 30/60 s, so the requeued job is started as soon as it may be
   cat >"$CONF" <<EOF
 ClusterName=prefrl
 SlurmctldHost=${host}(127.0.0.1)
@@ -99,6 +101,7 @@ SlurmdLogFile=$DIR/slurmd.daemon.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2

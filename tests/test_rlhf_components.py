@@ -615,7 +615,8 @@ def test_rime_statistics_travel_with_the_labels(algo):
 def test_rime_ranks_held_out_pairs_better_than_plain_learning_when_30_percent_of_labels_are_flipped():
     """Synthetic pairs of 20-step segments of 8 features, the true reward tanh(w . x) per step, 500 training labels
     of which 30 % are flipped, 2,000 clean held-out pairs; the reward model as the scripts build it (one session).
-    Measured over seeds 0-2: 0.70-0.72 held-out accuracy plain, 0.78-0.88 with RIME (0.95 and 0.94 with clean labels).
+    Measured over seeds 0-4: held-out accuracy 0.67 / 0.65 / 0.73 / 0.71 / 0.75 plain, 0.80 / 0.81 / 0.86 / 0.90 / 0.85
+    with RIME (0.95 and 0.94 with clean labels); the test takes seeds 0-1, RIME ahead by 0.14 and 0.15 there.
     The copies in both scripts are the same source (test above), so one is enough."""
     module = importlib.import_module(SCRIPTS[0])
     w = np.random.default_rng(100).normal(size=8)
@@ -627,7 +628,7 @@ def test_rime_ranks_held_out_pairs_better_than_plain_learning_when_30_percent_of
 
     accuracy = {}
     for rime in (False, True):
-        for seed in range(3):
+        for seed in range(2):
             rng = np.random.default_rng(seed)
             torch.manual_seed(seed)
             x, labels = pairs(rng, 500)
@@ -646,5 +647,5 @@ def test_rime_ranks_held_out_pairs_better_than_plain_learning_when_30_percent_of
             t = torch.from_numpy
             probs = module.preference_probabilities(ens, t(held_x[0]), held_mask, t(held_x[1]), held_mask).mean(0)
             accuracy[rime, seed] = float(((probs.numpy() > 0.5) == held_labels).mean())
-    plain, robust = (np.array([accuracy[r, s] for s in range(3)]) for r in (False, True))
+    plain, robust = (np.array([accuracy[r, s] for s in range(2)]) for r in (False, True))
     assert (robust > plain + 0.04).all() and robust.mean() > plain.mean() + 0.08, (plain, robust)

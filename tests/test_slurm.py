@@ -189,8 +189,8 @@ def test_preempted_and_time_limited_jobs_continue_their_runs(slurm_cluster, tmp_
             assert time.time() < deadline, out.read_text() if out.exists() else "no output"
             time.sleep(0.5)
         assert subprocess.run(interrupt[how], capture_output=True, text=True).returncode == 0
-    # (a requeued job waits about 30 s before it starts again: SLURM revokes the old job's credential meanwhile, and
-    # a job forced to start sooner fails with "Job credential revoked")
+    # (a requeued job waits about 11 s, the cluster's cred_expire, before it starts again: SLURM revokes the old
+    # job's credential meanwhile, and a job forced to start sooner fails with "Job credential revoked")
     states = wait_for_states(list(jobs.values()), timeout=240)
     logs = {how: (tmp_path / f"{how}.out").read_text() for how in jobs}
     assert states == ["COMPLETED", "COMPLETED"], logs
