@@ -85,8 +85,9 @@ class Args:
     """keep the runs here (default: a temporary folder)"""
     reuse_finished: bool = False
     """keep the results of runs already finished in --runs-dir (their summary.json) instead of running them again,
-    so an interrupted benchmark continues where it stopped; refused if a run's recorded flags differ from this
-    invocation's, and the results file names the commit each reused run ran at"""
+    and continue the runs that were stopped (`--resume` from their checkpoint.pt; stop them with SIGTERM, they save
+    first), so an interrupted benchmark continues where it stopped; refused if a run's recorded flags differ from this
+    invocation's, and the results file names the commit each reused or resumed run ran at"""
     extra_rlhf_flags: str = ""
     """more flags for sac_rlhf.py, space-separated"""
     tag: str = ""
@@ -187,41 +188,50 @@ def run_all(
 ) -> dict[tuple[str, int], dict]:
     """Run the jobs, `parallel` at a time, each logging to <runs_dir>/<algo>_<seed>.log; each job's command and the
     commit it ran at go to <algo>_<seed>.json beside it. With `reuse_finished`, a run that already wrote its
-    summary.json is read instead: refused (one line) if its recorded command differs from this one; a reused run
-    carries the commit it ran at ("reused_from")."""
+    summary.json is read instead, and one stopped before its end (a checkpoint.pt, no summary.json) continues with
+    `--resume`: either is refused (one line) if its recorded command differs from this one; a reused or resumed run
+    carries the commit it started at ("reused_from", "resumed_from")."""
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     pending, running, results = [], [], {}
     for algo, seed, cmd in jobs:
-        summary = Path(runs_dir) / f"{algo}_{seed}" / "summary.json"
-        if reuse_finished and summary.is_file():
-            record = Path(runs_dir) / f"{algo}_{seed}.json"
-            ran = json.loads(record.read_text()) if record.is_file() else {"command": None, "code": "unrecorded code"}
-            if ran["command"] is not None and recorded_flags(ran["command"]) != recorded_flags(cmd):
-                changed = sorted(set(recorded_flags(ran["command"])) ^ set(recorded_flags(cmd)))
-                raise SystemExit(
-                    f"--reuse-finished: {algo} seed {seed} in {runs_dir} ran with other flags (differing: "
-                    f"{' '.join(changed)}); use another --runs-dir or remove that run"
-                )
-            results[(algo, seed)] = {**json.loads(summary.read_text()), "reused": True, "reused_from": ran["code"]}
-            print(
-                f"reused {algo} seed {seed} ({ran['code']}): final eval return "
-                f"{results[(algo, seed)]['final_eval_return']:.1f}",
-                flush=True,
+        run = Path(runs_dir) / f"{algo}_{seed}"
+        started = (run / "summary.json").is_file() or (run / "checkpoint.pt").is_file()
+        if not (reuse_finished and started):
+            pending.append((algo, seed, cmd, None))
+            continue
+        record = Path(runs_dir) / f"{algo}_{seed}.json"
+        ran = json.loads(record.read_text()) if record.is_file() else {"command": None, "code": "unrecorded code"}
+        if ran["command"] is not None and recorded_flags(ran["command"]) != recorded_flags(cmd):
+            changed = sorted(set(recorded_flags(ran["command"])) ^ set(recorded_flags(cmd)))
+            raise SystemExit(
+                f"--reuse-finished: {algo} seed {seed} in {runs_dir} ran with other flags (differing: "
+                f"{' '.join(changed)}); use another --runs-dir or remove that run"
             )
-        else:
-            pending.append((algo, seed, cmd))
+        if not (run / "summary.json").is_file():
+            pending.append((algo, seed, [*cmd[:2], "--resume", str(run)], ran))
+            continue
+        results[(algo, seed)] = {**json.loads((run / "summary.json").read_text()), "reused": True}
+        results[(algo, seed)]["reused_from"] = ran["code"]
+        if ran.get("resumed_with"):
+            results[(algo, seed)]["resumed_from"] = ran["code"]
+        print(
+            f"reused {algo} seed {seed} ({ran['code']}): final eval return "
+            f"{results[(algo, seed)]['final_eval_return']:.1f}",
+            flush=True,
+        )
     while pending or running:
         while pending and len(running) < parallel:
-            algo, seed, cmd = pending.pop(0)
+            algo, seed, cmd, resumed = pending.pop(0)
             record = {"command": cmd, "code": code_version()}
+            if resumed:  # the record keeps the command the run started with, and says where it went on
+                record = {**resumed, "resumed_with": [*resumed.get("resumed_with", []), code_version()]}
             (Path(runs_dir) / f"{algo}_{seed}.json").write_text(json.dumps(record, indent=1))
-            log = open(Path(runs_dir) / f"{algo}_{seed}.log", "w")
-            running.append(
-                (algo, seed, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-            )
-            print(f"started {algo} seed {seed}", flush=True)
+            log = open(Path(runs_dir) / f"{algo}_{seed}.log", "a" if resumed else "w")
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((algo, seed, proc, log, resumed))
+            print(f"{'resumed' if resumed else 'started'} {algo} seed {seed}", flush=True)
         for item in list(running):
-            algo, seed, proc, log = item
+            algo, seed, proc, log, resumed = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -229,6 +239,8 @@ def run_all(
             if proc.returncode != 0:
                 raise SystemExit(f"{algo} seed {seed} failed; see {log.name}")
             results[(algo, seed)] = json.loads((Path(runs_dir) / f"{algo}_{seed}" / "summary.json").read_text())
+            if resumed:
+                results[(algo, seed)]["resumed_from"] = resumed["code"]
             print(
                 f"finished {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}",
                 flush=True,
@@ -238,16 +250,28 @@ def run_all(
 
 
 def reuse_note(results: dict[tuple[str, int], dict]) -> str:
-    """The sentence a results file carries about runs read from an earlier invocation, with the code each ran at."""
+    """The sentences a results file carries about runs read from an earlier invocation or resumed from a stopped one,
+    with the code each started at."""
+    note = ""
     reused = [
         f"{algo} seed {seed} ({r['reused_from']})" for (algo, seed), r in sorted(results.items()) if r.get("reused")
     ]
-    if not reused:
-        return ""
-    return (
-        " Reused from an earlier invocation (`--reuse-finished`; same flags, checked where recorded; steps/s and wall "
-        f"times as measured then): {', '.join(reused)}."
-    )
+    if reused:
+        note += (
+            " Reused from an earlier invocation (`--reuse-finished`; same flags, checked where recorded; steps/s and "
+            f"wall times as measured then): {', '.join(reused)}."
+        )
+    resumed = [
+        f"{algo} seed {seed} ({r['resumed_from']})"
+        for (algo, seed), r in sorted(results.items())
+        if r.get("resumed_from")
+    ]
+    if resumed:
+        note += (
+            " Stopped and resumed from their checkpoint (`--resume`, which ends as the straight run does; steps/s and "
+            f"wall time are the resumed part's): {', '.join(resumed)}."
+        )
+    return note
 
 
 def iqm_intervals(rl: np.ndarray, oracle: np.ndarray, reps: int = 10_000, seed: int = 0) -> list[str]:

@@ -1,5 +1,6 @@
 """The benchmarks' run driver (`benchmarks/learning.py`'s `run_all`, which `teachers.py` uses too): an interrupted
-benchmark continues with `--reuse-finished`, but a run made with other flags is never read as if it matched."""
+benchmark continues with `--reuse-finished` (finished runs read, stopped ones resumed), but a run made with other
+flags is never read or resumed as if it matched."""
 
 from __future__ import annotations
 
@@ -52,3 +53,41 @@ def test_a_moved_runs_folder_is_still_reused_and_a_bad_tag_is_refused_in_one_lin
 
     with pytest.raises(SystemExit, match=r"^--tag 'a b': use lower-case letters"):
         learning.main(learning.Args(tag="a b", runs_dir=str(tmp_path)))
+
+
+def test_a_stopped_run_is_resumed_from_its_checkpoint_and_keeps_its_record(tmp_path):
+    script = tmp_path / "fake.py"  # as a training script: SIGTERM saves a checkpoint and exits 130; --resume ends it
+    script.write_text(
+        "import json, os, sys\n"
+        "if '--resume' in sys.argv:\n"
+        "    run = sys.argv[sys.argv.index('--resume') + 1]\n"
+        "    step = json.load(open(os.path.join(run, 'checkpoint.pt')))['step']\n"
+        "    json.dump({'final_eval_return': 1000 + step}, open(os.path.join(run, 'summary.json'), 'w'))\n"
+        "    print('resumed at step', step)\n"
+        "else:\n"
+        "    run = os.path.join(sys.argv[sys.argv.index('--runs-dir') + 1], 'fake_1')\n"
+        "    os.makedirs(run)\n"
+        "    json.dump({'step': 7}, open(os.path.join(run, 'checkpoint.pt'), 'w'))\n"
+        "    print('stopped at step 7')\n"
+        "    sys.exit(130)\n"
+    )
+    job = lambda labels: ("fake", 1, [sys.executable, str(script), "--runs-dir", str(tmp_path), "--labels", labels])
+    with pytest.raises(SystemExit, match="fake seed 1 failed"):
+        learning.run_all([job("300")], 1, str(tmp_path))
+    first = json.loads((tmp_path / "fake_1.json").read_text())
+
+    with pytest.raises(SystemExit, match=r"fake seed 1 in .* ran with other flags \(differing: .*500"):
+        learning.run_all([job("500")], 1, str(tmp_path), reuse_finished=True)
+    assert not (tmp_path / "fake_1" / "summary.json").exists()
+
+    resumed = learning.run_all([job("300")], 1, str(tmp_path), reuse_finished=True)
+    assert resumed[("fake", 1)]["final_eval_return"] == 1007 and resumed[("fake", 1)]["resumed_from"] == first["code"]
+    record = json.loads((tmp_path / "fake_1.json").read_text())
+    assert record["command"] == first["command"] and record["code"] == first["code"]
+    assert len(record["resumed_with"]) == 1
+    assert (tmp_path / "fake_1.log").read_text().splitlines() == ["stopped at step 7", "resumed at step 7"]
+    assert "resumed from their checkpoint (`--resume`" in learning.reuse_note(resumed)
+    assert f"fake seed 1 ({first['code']})" in learning.reuse_note(resumed)
+
+    again = learning.run_all([job("300")], 1, str(tmp_path), reuse_finished=True)  # now finished: read, still said
+    assert again[("fake", 1)]["reused"] and again[("fake", 1)]["resumed_from"] == first["code"]
