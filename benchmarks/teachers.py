@@ -9,6 +9,7 @@ its own. Saves it to benchmarks/results/teachers_pebble_<env>.md with a plot.
     python benchmarks/teachers.py                                       # HalfCheetah-v5, 50k steps, 3 seeds
     python benchmarks/teachers.py --teachers oracle mistake --seeds 1   # some of them
     python benchmarks/teachers.py --teachers oracle mistake mistake30 --rime mistake mistake30  # RIME against plain
+    python benchmarks/teachers.py --tag bpref --runs-dir D --reuse-finished   # a file of its own; continue in D
 
 | teacher | B-Pref's setting | prefrl flags |
 |---|---|---|
@@ -77,6 +78,9 @@ class Args:
     """where the runs go (default: a new temporary folder)"""
     reuse_finished: bool = False
     """reuse the runs in --runs-dir that already wrote their summary.json (refused if one ran with other flags)"""
+    tag: str = ""
+    """suffix of the results file's name (teachers_pebble_<env>_<tag>), so that another set of teachers or settings
+    gets a file of its own"""
     learning: LearningArgs = field(default_factory=LearningArgs)
     """the rest of learning.py's settings (label sessions, pre-exploration, evaluation)"""
 
@@ -108,6 +112,8 @@ def jobs(args: Args, runs_dir: str) -> list[tuple[str, int, list[str]]]:
 
 
 def main(args: Args) -> None:
+    if not re.fullmatch(r"[a-z0-9_]*", args.tag):
+        raise SystemExit(f"--tag {args.tag!r}: use lower-case letters, digits and _ (it becomes part of a file name)")
     unknown = sorted(set(args.teachers) - set(TEACHERS))
     if unknown:
         raise SystemExit(f"unknown teacher(s) {unknown}; choose from {', '.join(TEACHERS)}")
@@ -161,7 +167,7 @@ def main(args: Args) -> None:
         if k not in overridden and v != getattr(LearningArgs, k, None)
     )
     task = re.sub(r"-v\d+$", "", args.env_id.split("/")[-1]).replace("-", "_").lower()
-    name = f"teachers_pebble_{task}"
+    name = f"teachers_pebble_{task}" + (f"_{args.tag}" if args.tag else "")
     body = f"{settings}\n\nCommand: `{command.strip()}`\n\n{table}\n\n![returns per teacher]({name}.png)"
     print(f"saved {save_markdown(name, f'B-Pref teachers: PEBBLE on {args.env_id}', body)}")
 

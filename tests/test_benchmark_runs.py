@@ -13,6 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import learning  # noqa: E402
+import teachers  # noqa: E402
 
 
 def fake_job(runs_dir, value: str) -> tuple[str, int, list[str]]:
@@ -53,6 +54,8 @@ def test_a_moved_runs_folder_is_still_reused_and_a_bad_tag_is_refused_in_one_lin
 
     with pytest.raises(SystemExit, match=r"^--tag 'a b': use lower-case letters"):
         learning.main(learning.Args(tag="a b", runs_dir=str(tmp_path)))
+    with pytest.raises(SystemExit, match=r"^--tag 'B': use lower-case letters"):
+        teachers.main(teachers.Args(tag="B", runs_dir=str(tmp_path)))
 
 
 def test_a_stopped_run_is_resumed_from_its_checkpoint_and_keeps_its_record(tmp_path):
