@@ -83,7 +83,8 @@ AccountingStoragePort=6819
 AccountingStoragePass=$DIR/munge.socket"
   fi
   # cred_expire=10: a requeued job starts again 10 s after its requeue (120 s by default); the schedulers look at
-  # pending jobs every 1-2 s instead of every 30/60 s, so the requeued job is started as soon as it may be
+  # pending jobs every 1-2 s instead of every 30/60 s, so the requeued job is started as soon as it may be.
+  # KillWait=30 (SLURM's default): a preempted run has 30 s between SIGTERM and SIGKILL to save its checkpoint
   cat >"$CONF" <<EOF
 ClusterName=prefrl
 SlurmctldHost=${host}(127.0.0.1)
@@ -105,7 +106,7 @@ SchedulerParameters=bf_interval=1,sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
-KillWait=5
+KillWait=30
 MinJobAge=300
 MailProg=/bin/true
 MpiDefault=none
