@@ -3,8 +3,9 @@ how much RIME's robust reward learning (`--rime`) gives back when the teacher ma
 
 Runs `sac_rlhf.py` with each of B-Pref's teachers (Lee et al. 2021) on the same env, budget and seeds, and
 prints a table: final evaluation return (true reward) per seed and its mean, the ratio to the perfect ("oracle")
-teacher's mean, labels given and pairs skipped. The teachers named in `--rime` also run with `--rime`, each as a row of
-its own. Saves it to benchmarks/results/teachers_pebble_<env>.md with a plot.
+teacher's mean, labels given, pairs skipped, and how well the learned reward follows the true one after the last
+session (Pearson r on recent steps, from each run's log). The teachers named in `--rime` also run with `--rime`, each
+as a row of its own. Saves it to benchmarks/results/teachers_pebble_<env>[_<tag>].md with a plot.
 
     python benchmarks/teachers.py                                       # HalfCheetah-v5, 50k steps, 3 seeds
     python benchmarks/teachers.py --teachers oracle mistake --seeds 1   # some of them
@@ -126,6 +127,12 @@ def main(args: Args) -> None:
     def returns(name: str) -> list[float]:
         return [results[(f"sac_rlhf_{name}", s)]["final_eval_return"] for s in args.seeds]
 
+    def last_pearson(name: str, seed: int) -> float:
+        """The learned reward's Pearson correlation with the true reward after the run's last session (its log)."""
+        log = os.path.join(runs_dir, f"sac_rlhf_{name}_{seed}.log")
+        found = re.findall(r" pearson=(\S+)", open(log).read()) if os.path.isfile(log) else []
+        return float(found[-1]) if found else float("nan")
+
     base = float(np.mean(returns("oracle"))) if "oracle" in args.teachers else float("nan")
     rows = []
     for name, flags in variants(args):
@@ -140,10 +147,11 @@ def main(args: Args) -> None:
                 f"{mean / base:.2f}" if np.isfinite(base) else "n/a",
                 float(np.mean([r["labels_used"] for r in runs])),
                 float(np.mean([r.get("pairs_skipped", 0) for r in runs])),
+                f"{np.mean([last_pearson(name, seed) for seed in args.seeds]):.2f}",
             ]
         )
     headers = ["teacher", "flags", *[f"seed {s}" for s in args.seeds], "mean", "ratio to oracle teacher"]
-    headers += ["labels given (mean)", "pairs skipped (mean)"]
+    headers += ["labels given (mean)", "pairs skipped (mean)", "learned reward's Pearson r, last session (mean)"]
     table = markdown_table(headers, rows)
     print(table)
 

@@ -94,3 +94,29 @@ def test_a_stopped_run_is_resumed_from_its_checkpoint_and_keeps_its_record(tmp_p
 
     again = learning.run_all([job("300")], 1, str(tmp_path), reuse_finished=True)  # now finished: read, still said
     assert again[("fake", 1)]["reused"] and again[("fake", 1)]["resumed_from"] == first["code"]
+
+
+def test_the_teachers_table_is_made_from_finished_runs_and_their_logs(tmp_path, monkeypatch):
+    """teachers.py over runs already finished: returns per seed, the ratio to the perfect teacher, labels, skips and
+    the learned reward's last Pearson r read from each run's log, in a results file named by --tag."""
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(teachers, "RESULTS", tmp_path / "results")
+    runs = tmp_path / "runs"
+    args = teachers.Args(teachers=("oracle", "skip"), seeds=(1, 2), runs_dir=str(runs), reuse_finished=True, tag="t")
+    finished = {("oracle", 1): (2000.0, 0, 0.6), ("oracle", 2): (4000.0, 0, 0.8), ("skip", 1): (1500.0, 40, 0.4)}
+    finished[("skip", 2)] = (3000.0, 60, 0.5)
+    for algo, seed, cmd in teachers.jobs(args, str(runs)):
+        value, skipped, pearson = finished[(algo.removeprefix("sac_rlhf_"), seed)]
+        (runs / f"{algo}_{seed}").mkdir(parents=True)
+        summary = {"final_eval_return": value, "labels_used": 500 - skipped // 2, "pairs_skipped": skipped}
+        (runs / f"{algo}_{seed}" / "summary.json").write_text(json.dumps(summary))
+        (runs / f"{algo}_{seed}.json").write_text(json.dumps({"command": cmd, "code": "commit abc"}))
+        log = f"step=4500 session=1 labels=50 pearson=0.100\nstep=9000 session=2 labels=100 pearson={pearson:.3f}\n"
+        (runs / f"{algo}_{seed}.log").write_text(log)
+    teachers.main(args)
+    table = (tmp_path / "results" / "teachers_pebble_halfcheetah_t.md").read_text()
+    assert "| oracle | (perfect) | 2,000.0 | 4,000.0 | 3,000.0 | 1.00 | 500.0 | 0.0 | 0.70 |" in table
+    assert "| skip | --teacher-eps-skip 0.1 | 1,500.0 | 3,000.0 | 2,250.0 | 0.75 | 475.0 | 50.0 | 0.45 |" in table
+    assert "--tag t" in table and (tmp_path / "results" / "teachers_pebble_halfcheetah_t.png").is_file()
