@@ -245,7 +245,7 @@ def run_all(
                 f"finished {algo} seed {seed}: final eval return {results[(algo, seed)]['final_eval_return']:.1f}",
                 flush=True,
             )
-        time.sleep(2)
+        time.sleep(0.2)
     return results
 
 
