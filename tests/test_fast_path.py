@@ -7,10 +7,11 @@ import inspect
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.optim as optim
 
-from conftest import run_scripts
+from conftest import run_script
 from framework import sac, sac_rlhf
 from framework.networks import SACActor, SoftQNetwork, TwinQNetwork
 from framework.runtime import compile_steps
@@ -87,21 +88,15 @@ def test_compiled_steps_match_the_plain_ones(monkeypatch):
         torch.testing.assert_close(compiled_param, plain_param, rtol=1e-4, atol=1e-5)
 
 
-def test_a_compiled_run_trains_and_says_cuda_graphs_need_a_gpu(runs_dir):
-    """Both SAC scripts with --cudagraphs on the CPU, at the same time (each mostly waits on torch.compile)."""
+@pytest.mark.parametrize("script", ["sac.py", "sac_rlhf.py"])
+def test_a_compiled_run_trains_and_says_cuda_graphs_need_a_gpu(runs_dir, script):
     flags = ["--env-id", "Pendulum-v1", "--total-timesteps", "1200", "--eval-frequency", "1200"]
     flags += ["--eval-episodes", "1", "--learning-starts", "300", "--no-cuda", "--cudagraphs"]
-    flags += ["--runs-dir", str(runs_dir)]
-    rlhf = ["--unsupervised-steps", "300", "--total-labels", "20", "--labels-per-session", "10"]
-    rlhf += ["--feedback-frequency", "300", "--segment-length", "20"]
-    results = run_scripts(
-        {
-            "sac.py": [*flags, "--run-name", "sac.py"],
-            "sac_rlhf.py": [*flags, *rlhf, "--run-name", "sac_rlhf.py"],
-        }
-    )
-    for script, result in results.items():
-        assert result.returncode == 0, (script, result.stderr[-3000:])
-        assert "CUDA graphs need a GPU; compiling without them on the CPU." in result.stderr
-        summary = json.loads((runs_dir / script / "summary.json").read_text())
-        assert summary["total_timesteps"] == 1200 and np.isfinite(summary["final_eval_return"])
+    if script == "sac_rlhf.py":
+        flags += ["--unsupervised-steps", "300", "--total-labels", "20", "--labels-per-session", "10"]
+        flags += ["--feedback-frequency", "300", "--segment-length", "20"]
+    result = run_script(script, *flags, "--runs-dir", str(runs_dir), "--run-name", "compiled")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CUDA graphs need a GPU; compiling without them on the CPU." in result.stderr
+    summary = json.loads((runs_dir / "compiled" / "summary.json").read_text())
+    assert summary["total_timesteps"] == 1200 and np.isfinite(summary["final_eval_return"])
