@@ -268,8 +268,9 @@ def reuse_note(results: dict[tuple[str, int], dict]) -> str:
     ]
     if resumed:
         note += (
-            " Stopped and resumed from their checkpoint (`--resume`, which ends as the straight run does; steps/s and "
-            f"wall time are the resumed part's): {', '.join(resumed)}."
+            " Stopped mid-run and resumed from the checkpoint saved then (`--resume`; a stop falls mid-episode and the "
+            "resumed run starts a new episode there, so it does not retrace the uninterrupted run; steps/s and wall "
+            f"time are the resumed part's): {', '.join(resumed)}."
         )
     return note
 
