@@ -35,15 +35,23 @@ def run_algorithm(script: str, run_name: str, runs_dir: str, *flags: str) -> dic
 
 
 def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    """The CPU's model name with its family and model numbers (Linux: /proc/cpuinfo; a virtual machine may name only
+    the vendor), else what `platform` knows, and the vector instructions torch's kernels use: two CPUs that differ in
+    either can give the same seed different float results."""
+    import torch
+
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return f"{name}, torch kernels {torch.backends.cpu.get_cpu_capability()}"
 
 
 def code_version() -> str:
