@@ -90,6 +90,10 @@ class Args:
     invocation's, and the results file names the commit each reused or resumed run ran at"""
     extra_rlhf_flags: str = ""
     """more flags for sac_rlhf.py, space-separated"""
+    late_evaluations: int = 3
+    """the table's last row: each run's mean over its last this many evaluations (steadier than the final one where
+    returns swing between evaluations, as Hopper's and Walker2d's do early on), then their interquartile mean; 0: no
+    such row"""
     tag: str = ""
     """suffix of the results file's name (learning_<pair>_<env>[_<labels>_labels]_<tag>), so that a comparison run with
     --extra-rlhf-flags keeps its own table beside the default's"""
@@ -330,6 +334,18 @@ def main(args: Args) -> None:
     )
     returns = np.array([[results[(a, s)]["final_eval_return"] for a in (rlhf, oracle_name)] for s in args.seeds])
     rows.append(["IQM [95% CI]", *iqm_intervals(returns[:, 0], returns[:, 1]), "", "", "", "", "", ""])
+    if args.late_evaluations > 0:
+        late = np.array(
+            [
+                [
+                    np.mean([v for _, v in results[(a, s)]["eval_history"][-args.late_evaluations :]])
+                    for a in (rlhf, oracle_name)
+                ]
+                for s in args.seeds
+            ]
+        )
+        label = f"IQM of each run's last {args.late_evaluations} evaluations' mean [95% CI]"
+        rows.append([label, *iqm_intervals(late[:, 0], late[:, 1]), "", "", "", "", "", ""])
     headers = [
         "seed",
         f"{rl_label} return",
@@ -347,7 +363,8 @@ def main(args: Args) -> None:
         rates = [[results[(a, s)]["final_success_rate"] for a in (rlhf, oracle_name)] for s in args.seeds]
         for row, rate in zip(rows, [*rates, list(np.mean(rates, axis=0))]):
             row[3:3] = [f"{r:.2f}" for r in rate]
-        rows[-1][3:3] = ["", ""]  # the IQM row
+        for row in rows[len(args.seeds) + 1 :]:  # the IQM rows
+            row[3:3] = ["", ""]
         headers[3:3] = [f"{rl_label} success rate", f"{oracle_label} success rate"]
     table = markdown_table(headers, rows)
     print(table)
