@@ -120,3 +120,31 @@ def test_the_teachers_table_is_made_from_finished_runs_and_their_logs(tmp_path, 
     assert "| oracle | (perfect) | 2,000.0 | 4,000.0 | 3,000.0 | 1.00 | 500.0 | 0.0 | 0.70 |" in table
     assert "| skip | --teacher-eps-skip 0.1 | 1,500.0 | 3,000.0 | 2,250.0 | 0.75 | 475.0 | 50.0 | 0.45 |" in table
     assert "--tag t" in table and (tmp_path / "results" / "teachers_pebble_halfcheetah_t.png").is_file()
+
+
+def test_the_learning_table_is_made_from_finished_runs_with_interquartile_means(tmp_path, monkeypatch):
+    """learning.py over runs already finished: per-seed returns and ratios, the interquartile mean of the final
+    evaluations and of each run's mean over its last 3 (here the final evaluations swing, the late means do not)."""
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    runs = tmp_path / "runs"
+    args = learning.Args(seeds=(1, 2, 3, 4), total_labels=300, runs_dir=str(runs), reuse_finished=True, tag="t")
+    # seed: (PEBBLE's last four evaluations, the oracle's)
+    curves = {1: ([0, 90, 120, 30], [0, 100, 100, 100]), 2: ([0, 90, 120, 30], [0, 100, 100, 100])}
+    curves |= {3: ([0, 300, 300, 300], [0, 200, 200, 200]), 4: ([0, 10, 10, 10], [0, 50, 50, 50])}
+    for algo, seed, cmd in learning.commands(args, str(runs)):
+        values = curves[seed][algo == "sac"]
+        summary = {"final_eval_return": float(values[-1]), "labels_used": 300, "wall_time_s": 60.0, "sps": 50.0}
+        summary |= {"exploration_sps": 40.0, "learning_sps": 45.0, "eval_history": list(enumerate(values))}
+        (runs / f"{algo}_{seed}").mkdir(parents=True)
+        (runs / f"{algo}_{seed}" / "summary.json").write_text(json.dumps(summary))
+        (runs / f"{algo}_{seed}.json").write_text(json.dumps({"command": cmd, "code": "commit abc"}))
+    learning.main(args)
+    table = (tmp_path / "results" / "learning_pebble_halfcheetah_300_labels_t.md").read_text()
+    assert "| 1 | 30.0 | 100.0 | 0.30 | 300 |" in table and "| 3 | 300.0 | 200.0 | 1.50 | 300 |" in table
+    # IQM of 4 seeds: the mean of the middle two (final: 30 and 30; late means: 80 and 80, over 100 and 100)
+    assert "| IQM [95% CI] | 30 [" in table and "| 0.30 [" in table
+    assert "| IQM of each run's last 3 evaluations' mean [95% CI] | 80 [" in table and "| 0.80 [" in table
+    assert "commit abc" in table and (tmp_path / "results" / "learning_pebble_halfcheetah_300_labels_t.png").is_file()
