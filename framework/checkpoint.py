@@ -8,6 +8,7 @@ captures every random state a run draws from, and `Checkpointer` decides when `<
 
 from __future__ import annotations
 
+import fcntl
 import io
 import math
 import os
@@ -25,6 +26,45 @@ import torch
 from framework.runtime import UsageError, on_interrupt, resumed_args
 
 T = TypeVar("T")
+
+
+_claimed: dict[str, Any] = {}  # run folders this process holds: real path -> the open lock file
+
+
+def claim_run_folder(run_dir: str) -> None:
+    """Hold `<run_dir>/.lock` for as long as this process lives (or until `release_run_folder`): a second process
+    that opens the same run folder (a `--resume` given twice, a requeued job whose first start still runs) is refused
+    in one line instead of writing the same checkpoint, labels and logs as the first. The kernel drops the lock when
+    its holder dies, however it dies, so a killed run is never locked out. Where the filesystem has no locks, nothing
+    is held."""
+    key = os.path.realpath(run_dir)
+    if key in _claimed:
+        return
+    lock = open(os.path.join(run_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise UsageError(
+            f"run folder {run_dir} is in use by another process (pid {holder}); wait for it to end or stop it first"
+        ) from None
+    except OSError:  # no locks on this filesystem
+        lock.close()
+        return
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _claimed[key] = lock
+
+
+def release_run_folder(run_dir: str) -> None:
+    """Let another process open the run folder (the run has ended)."""
+    lock = _claimed.pop(os.path.realpath(run_dir), None)
+    if lock is not None:
+        lock.close()
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from framework.checkpoint import atomic_write_bytes
+from framework.checkpoint import atomic_write_bytes, claim_run_folder, release_run_folder
 
 BAR_FACTS = {
     "eval/episodic_return": "eval",
@@ -51,6 +51,7 @@ class Tracker:
         self.run_name = run_name
         self.run_dir = os.path.join(runs_dir, run_name)
         os.makedirs(self.run_dir, exist_ok=True)
+        claim_run_folder(self.run_dir)  # before anything is written there
         self.wandb_run = None
         if track:
             import wandb
@@ -111,6 +112,7 @@ class Tracker:
 
             self.wandb_run.finish()
             wandb.teardown()  # waits until W&B's service process has written everything (finish() may return first)
+        release_run_folder(self.run_dir)
 
 
 @contextlib.contextmanager

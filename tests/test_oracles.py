@@ -176,6 +176,42 @@ def test_sac_resumed_after_a_kill_ends_like_a_straight_run(runs_dir):
     assert a["eval_history"] == b["eval_history"], "the resumed run continues exactly where the killed one was"
 
 
+def test_a_run_folder_in_use_is_refused_until_its_process_ends(runs_dir):
+    """Two processes never write one run folder: while a run is alive (held still with SIGSTOP after its first
+    checkpoint), `--resume` of its folder and a new run of the same name are refused in one line, writing nothing
+    there; once it is SIGKILLed, `--resume` finishes it."""
+    import signal
+    import subprocess
+
+    from conftest import ROOT, script_command
+
+    run = runs_dir / "busy"
+    flags = [*SAC_TINY, "--runs-dir", str(runs_dir), "--run-name", "busy"]
+    proc = subprocess.Popen(script_command("sac.py", *flags), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("saved checkpoint at step"):
+                proc.send_signal(signal.SIGSTOP)
+                break
+        before = sorted(p.name for p in run.iterdir())
+        for attempt in (["--resume", str(run)], flags):
+            refused = run_script("sac.py", *attempt)
+            assert refused.returncode == 2, refused.stderr[-2000:]
+            assert refused.stderr.strip() == (
+                f"error: run folder {run} is in use by another process (pid {proc.pid}); wait for it to end or stop "
+                "it first"
+            )
+        assert sorted(p.name for p in run.iterdir() if p.name != "checkpoint.pt") == [
+            n for n in before if n != "checkpoint.pt"
+        ], "a refused process writes nothing in the folder"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed = run_script("sac.py", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert summary_of(runs_dir, "busy")["total_timesteps"] == 2000
+
+
 def test_sac_saves_on_sigterm_and_resumes(runs_dir):
     flags = [*SAC_TINY, "--checkpoint-frequency", "0", "--runs-dir", str(runs_dir), "--run-name", "term"]
     returncode, stderr = terminate_at("sac.py", *flags, when=lambda line: line.startswith("step=500 "))
