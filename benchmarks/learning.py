@@ -272,9 +272,9 @@ def reuse_note(results: dict[tuple[str, int], dict]) -> str:
     ]
     if resumed:
         note += (
-            " Stopped mid-run and resumed from the checkpoint saved then (`--resume`; a stop falls mid-episode and the "
-            "resumed run starts a new episode there, so it does not retrace the uninterrupted run; steps/s and wall "
-            f"time are the resumed part's): {', '.join(resumed)}."
+            " Finished by `--resume` from a checkpoint (one saved by a stop usually falls mid-episode, and the resumed "
+            "run then starts a new episode there instead of retracing the uninterrupted run; steps/s and wall time are "
+            f"the resumed part's): {', '.join(resumed)}."
         )
     return note
 

@@ -89,7 +89,7 @@ def test_a_stopped_run_is_resumed_from_its_checkpoint_and_keeps_its_record(tmp_p
     assert record["command"] == first["command"] and record["code"] == first["code"]
     assert len(record["resumed_with"]) == 1
     assert (tmp_path / "fake_1.log").read_text().splitlines() == ["stopped at step 7", "resumed at step 7"]
-    assert "resumed from the checkpoint saved then (`--resume`" in learning.reuse_note(resumed)
+    assert "Finished by `--resume` from a checkpoint" in learning.reuse_note(resumed)
     assert f"fake seed 1 ({first['code']})" in learning.reuse_note(resumed)
 
     again = learning.run_all([job("300")], 1, str(tmp_path), reuse_finished=True)  # now finished: read, still said
