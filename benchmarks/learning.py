@@ -332,20 +332,16 @@ def main(args: Args) -> None:
             *[float(np.mean([r[i] for r in rows])) for i in range(5, 10)],
         ]
     )
-    returns = np.array([[results[(a, s)]["final_eval_return"] for a in (rlhf, oracle_name)] for s in args.seeds])
-    rows.append(["IQM [95% CI]", *iqm_intervals(returns[:, 0], returns[:, 1]), "", "", "", "", "", ""])
+
+    def last(run: dict, n: int) -> float:  # mean of the run's last n evaluations (n = 1: the final one)
+        return float(np.mean([v for _, v in run["eval_history"][-n:]])) if n > 1 else run["final_eval_return"]
+
+    iqm_rows = {"IQM [95% CI]": 1}
     if args.late_evaluations > 0:
-        late = np.array(
-            [
-                [
-                    np.mean([v for _, v in results[(a, s)]["eval_history"][-args.late_evaluations :]])
-                    for a in (rlhf, oracle_name)
-                ]
-                for s in args.seeds
-            ]
-        )
-        label = f"IQM of each run's last {args.late_evaluations} evaluations' mean [95% CI]"
-        rows.append([label, *iqm_intervals(late[:, 0], late[:, 1]), "", "", "", "", "", ""])
+        iqm_rows[f"IQM of each run's last {args.late_evaluations} evaluations' mean [95% CI]"] = args.late_evaluations
+    for label, n in iqm_rows.items():
+        values = np.array([[last(results[(a, s)], n) for a in (rlhf, oracle_name)] for s in args.seeds])
+        rows.append([label, *iqm_intervals(values[:, 0], values[:, 1]), "", "", "", "", "", ""])
     headers = [
         "seed",
         f"{rl_label} return",
