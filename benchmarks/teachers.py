@@ -10,6 +10,8 @@ as a row of its own. Saves it to benchmarks/results/teachers_pebble_<env>[_<tag>
     python benchmarks/teachers.py                                       # HalfCheetah-v5, 50k steps, 3 seeds
     python benchmarks/teachers.py --teachers oracle mistake --seeds 1   # some of them
     python benchmarks/teachers.py --teachers oracle mistake mistake30 --rime mistake mistake30  # RIME against plain
+    python benchmarks/teachers.py --teachers oracle mistake mistake30 --rime mistake mistake30 \
+        --rime-flags=--reward-warm-start --tag warmstart                 # RIME with its warm start
     python benchmarks/teachers.py --tag bpref --runs-dir D --reuse-finished   # a file of its own; continue in D
 
 | teacher | B-Pref's setting | prefrl flags |
@@ -65,6 +67,9 @@ class Args:
     rime: tuple[str, ...] = ()
     """teachers of --teachers that also run with --rime (rows "<teacher> + RIME", run folders
     sac_rlhf_<teacher>_rime_<seed>)"""
+    rime_flags: str = ""
+    """more sac_rlhf.py flags for the RIME rows only, e.g. "--reward-warm-start" (RIME's warm start), so that RIME
+    in full compares with plain PEBBLE"""
     env_id: str = "HalfCheetah-v5"
     """the environment"""
     total_timesteps: int = 50_000
@@ -89,7 +94,7 @@ class Args:
 def variants(args: Args) -> list[tuple[str, str]]:
     """(name, sac_rlhf.py flags) of every row: each teacher, and each teacher of --rime again with --rime."""
     out = [(t, TEACHERS[t]) for t in args.teachers]
-    out += [(f"{t}_rime", f"{TEACHERS[t]} --rime") for t in args.teachers if t in args.rime]
+    out += [(f"{t}_rime", f"{TEACHERS[t]} --rime {args.rime_flags}".strip()) for t in args.teachers if t in args.rime]
     return out
 
 
@@ -163,14 +168,20 @@ def main(args: Args) -> None:
         "skipped pair costs no label (a later session asks again), so every teacher gives the whole budget but for "
         "the last session's skips."
     ) + reuse_note(results)
+
+    def flag(name: str, value: object) -> str:
+        """`--name value` as a shell takes it back: tuples spaced out, a value that starts with - joined by =."""
+        value = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return f"--{name.replace('_', '-')}" + (f'="{value}"' if value.startswith("-") else f" {value}")
+
     command = "python benchmarks/teachers.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+        flag(k, v)
         for k, v in vars(args).items()
         if k not in ("runs_dir", "learning", "reuse_finished") and v != getattr(Args, k, None)
     )
     overridden = {"env_id", "total_timesteps", "seeds", "total_labels", "runs_dir", "reuse_finished", "parallel"}
     command += "".join(
-        f" --learning.{k.replace('_', '-')} {v}"
+        " " + flag(f"learning.{k}", v)
         for k, v in vars(args.learning).items()
         if k not in overridden and v != getattr(LearningArgs, k, None)
     )

@@ -122,6 +122,16 @@ def test_the_teachers_table_is_made_from_finished_runs_and_their_logs(tmp_path, 
     assert "--tag t" in table and (tmp_path / "results" / "teachers_pebble_halfcheetah_t.png").is_file()
 
 
+def test_rime_flags_go_to_the_rime_rows_only():
+    """--rime-flags (RIME's warm start) is added to the "+ RIME" rows, never to the plain rows they compare with."""
+    args = teachers.Args(teachers=("oracle", "mistake"), rime=("mistake",), rime_flags="--reward-warm-start")
+    flags = {algo: " ".join(cmd) for algo, seed, cmd in teachers.jobs(args, "runs") if seed == 1}
+    assert set(flags) == {"sac_rlhf_oracle", "sac_rlhf_mistake", "sac_rlhf_mistake_rime"}
+    assert "--rime --reward-warm-start" in flags["sac_rlhf_mistake_rime"]
+    assert "--teacher-eps-mistake 0.1" in flags["sac_rlhf_mistake_rime"]
+    assert not any("--rime" in flags[name] or "warm" in flags[name] for name in ("sac_rlhf_oracle", "sac_rlhf_mistake"))
+
+
 def test_the_learning_table_is_made_from_finished_runs_with_interquartile_means(tmp_path, monkeypatch):
     """learning.py over runs already finished: per-seed returns and ratios, the interquartile mean of the final
     evaluations and of each run's mean over its last 3 (here the final evaluations swing, the late means do not)."""
