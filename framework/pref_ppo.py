@@ -172,6 +172,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """how queries are chosen from the candidate pool"""
     query_pool_multiplier: int = 10
     """candidate pairs drawn per query asked (disagreement and entropy pick the best of them)"""
+    query_recent_steps: int = 0
+    """draw the candidate pairs only from the last this many env steps stored (QPA's policy-aligned queries: clips of
+    what the agent does now, not of what it did); 0: from everything stored"""
     total_labels: int = 1000
     """label budget of the whole run"""
     labels_per_session: int = 100
@@ -306,6 +309,7 @@ def validate(args: Args) -> None:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
     for name in [
         "unsupervised_steps",
+        "query_recent_steps",
         "total_labels",
         "reward_depth",
         "checkpoint_frequency",
@@ -435,9 +439,14 @@ class SegmentStore:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """`n` stored segments, drawn with replacement (same keys as a replay buffer's segments)."""
-        rows = rng.integers(0, self.size, n)
+    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator, recent: int = 0) -> dict[str, np.ndarray]:
+        """`n` stored segments, drawn with replacement (same keys as a replay buffer's segments); with `recent`, from
+        the newest segments that hold the last `recent` env steps (at least one)."""
+        if recent:
+            newest = min(max(recent // seg_len, 1), self.size)
+            rows = (self.pos - 1 - rng.integers(0, newest, n)) % self.capacity
+        else:
+            rows = rng.integers(0, self.size, n)
         return {
             "obs": self.obs[rows],
             "actions": self.actions[rows],
@@ -954,8 +963,8 @@ def choose_queries(
     """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
     (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
     pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
-    seg_a = buffer.sample_segments(pool, args.segment_length, rng)
-    seg_b = buffer.sample_segments(pool, args.segment_length, rng)
+    seg_a = buffer.sample_segments(pool, args.segment_length, rng, args.query_recent_steps)
+    seg_b = buffer.sample_segments(pool, args.segment_length, rng, args.query_recent_steps)
     x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)  # (pool, T, obs + action)
     x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
     if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet

@@ -164,6 +164,9 @@ class Args(HumanFeedbackArgs, RunArgs):
     """how queries are chosen from the candidate pool"""
     query_pool_multiplier: int = 10
     """candidate pairs drawn per query asked (disagreement and entropy pick the best of them)"""
+    query_recent_steps: int = 0
+    """draw the candidate pairs only from the last this many env steps stored (QPA's policy-aligned queries: clips of
+    what the agent does now, not of what it did); 0: from everything stored"""
     total_labels: int = 1000
     """label budget of the whole run"""
     labels_per_session: int = 100
@@ -304,6 +307,7 @@ def validate(args: Args) -> None:
     for name in [
         "learning_starts",
         "unsupervised_steps",
+        "query_recent_steps",
         "total_labels",
         "reward_depth",
         "checkpoint_frequency",
@@ -417,10 +421,12 @@ class ReplayBuffer:
         oldest = self.pos if self.size == self.capacity else 0
         return (oldest + j) % self.capacity
 
-    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """`n` segments of `seg_len` consecutive steps. A segment that reaches the end of its episode is masked
-        from there on (`mask` 0): masked steps count as zero reward for both teacher and reward model."""
-        starts = rng.integers(0, self.size - seg_len + 1, n)
+    def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator, recent: int = 0) -> dict[str, np.ndarray]:
+        """`n` segments of `seg_len` consecutive steps, from the last `recent` transitions stored (0: from all). A
+        segment that reaches the end of its episode is masked from there on (`mask` 0): masked steps count as zero
+        reward for both teacher and reward model."""
+        first = max(self.size - max(recent, seg_len), 0) if recent else 0
+        starts = rng.integers(first, self.size - seg_len + 1, n)
         rows = self.ordered(starts[:, None] + np.arange(seg_len))  # (n, seg_len)
         ends = self.episode_ends[rows]
         mask = (np.cumsum(ends, axis=1) - ends) == 0  # keep steps up to and including the first episode end
@@ -917,8 +923,8 @@ def choose_queries(
     """Draw a pool of candidate pairs of segments from `buffer` and pick `n_labels` of them with `--query-sampling`
     (at random before the reward model has any labels). Returns what the session keeps of the chosen pairs."""
     pool = n_labels * (args.query_pool_multiplier if args.query_sampling != "uniform" else 1)
-    seg_a = buffer.sample_segments(pool, args.segment_length, rng)
-    seg_b = buffer.sample_segments(pool, args.segment_length, rng)
+    seg_a = buffer.sample_segments(pool, args.segment_length, rng, args.query_recent_steps)
+    seg_b = buffer.sample_segments(pool, args.segment_length, rng, args.query_recent_steps)
     x_a = np.concatenate([seg_a["obs"], seg_a["actions"]], -1)  # (pool, T, obs + action)
     x_b = np.concatenate([seg_b["obs"], seg_b["actions"]], -1)
     if args.query_sampling == "uniform" or prefs.size == 0:  # an untrained model has no opinion yet

@@ -70,6 +70,8 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--rune",
         "--rime",
         "--reward-input-norm",
+        "--query-recent-steps",
+        "600",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -212,6 +214,7 @@ def test_sigterm_saves_and_exits_130(runs_dir):
     "flags, message",
     [
         (["--total-labels", "-1"], "--total-labels must be >= 0, got -1"),
+        (["--query-recent-steps", "-1"], "--query-recent-steps must be >= 0, got -1"),
         (["--labels-per-session", "100", "--total-labels", "60"], "is more than the whole label budget"),
         (["--num-steps", "16"], "--num-steps (16) must be at least --segment-length (32)"),
         (["--total-timesteps", "600"], "at least two rollouts"),

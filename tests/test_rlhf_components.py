@@ -360,6 +360,33 @@ def test_replay_buffer_wraps_around():
     assert seg["obs"].min() >= 15 and (np.diff(seg["obs"][..., 0], axis=1) == 1).all(), "oldest-to-newest order"
 
 
+def test_recent_queries_come_from_the_last_steps_stored_and_the_rest_is_unchanged():
+    """--query-recent-steps: a wrapped replay buffer's segments lie within its last N steps (at least one segment's
+    worth), and PrefPPO's store gives its newest segments; 0 draws what it drew before the option existed."""
+    algo = importlib.import_module("framework.sac_rlhf")
+    rb = algo.ReplayBuffer(capacity=100, obs_dim=1, action_dim=1, physics_dim=1, device=CPU)
+    for t in range(250):  # wraps: the buffer holds steps 150-249
+        rb.add([t], [t + 1], [0.0], 0.0, 0.0, False, False, None)
+    recent = rb.sample_segments(500, 4, np.random.default_rng(0), recent=20)["obs"][..., 0]
+    assert recent.min() == 230 and recent.max() == 249 and (np.diff(recent, axis=1) == 1).all()
+    assert set(rb.sample_segments(50, 4, np.random.default_rng(0), recent=2)["obs"][:, 0, 0]) == {246}
+    everything = rb.sample_segments(500, 4, np.random.default_rng(0), recent=0)["obs"][..., 0]
+    np.testing.assert_array_equal(everything, rb.sample_segments(500, 4, np.random.default_rng(0))["obs"][..., 0])
+    assert everything.min() < 160 and everything.max() == 249
+    from framework.pref_ppo import SegmentStore
+
+    store = SegmentStore(capacity=5, seg_len=2, obs_dim=1, action_dim=1, physics_dim=1)
+    for rollout in range(4):  # 2 segments per rollout, the ring wraps: it holds rollouts 1, 2, 2, 3, 3
+        obs = np.full((4, 1, 1), rollout, np.float32)
+        store.add_rollout(
+            obs, np.zeros((4, 1, 1)), np.zeros((4, 1)), np.zeros((4, 1)), np.zeros((4, 1), bool), np.zeros((4, 1, 1))
+        )
+    assert set(store.sample_segments(50, 2, np.random.default_rng(0), recent=4)["obs"][:, 0, 0]) == {3}
+    assert set(store.sample_segments(50, 2, np.random.default_rng(0), recent=1)["obs"][:, 0, 0]) == {3}
+    assert set(store.sample_segments(200, 2, np.random.default_rng(0), recent=8)["obs"][:, 0, 0]) == {2, 3}
+    assert set(store.sample_segments(200, 2, np.random.default_rng(0), recent=1000)["obs"][:, 0, 0]) == {1, 2, 3}
+
+
 def test_relabel_touches_only_filled_rows_with_the_ensemble_mean():
     algo = importlib.import_module("framework.sac_rlhf")
     rb = algo.ReplayBuffer(capacity=1000, obs_dim=3, action_dim=2, physics_dim=1, device=CPU)

@@ -76,6 +76,8 @@ def test_every_feature_on(runs_dir, tmp_path):
         "--rime",
         "--reward-warm-start",
         "--reward-input-norm",
+        "--query-recent-steps",
+        "600",
         "--query-sampling",
         "entropy",
         "--label-schedule",
@@ -409,6 +411,7 @@ def test_early_stopping(runs_dir):
     "flags, message",
     [
         (["--total-labels", "-5"], "--total-labels must be >= 0, got -5"),
+        (["--query-recent-steps", "-2"], "--query-recent-steps must be >= 0, got -2"),
         (["--labels-per-session", "200", "--total-labels", "100"], "is more than the whole label budget"),
         (["--total-timesteps", "400"], "leave no training steps"),
         (["--surf-crop", "30"], "--surf-crop (30) must be shorter than --segment-length (20)"),
