@@ -439,12 +439,16 @@ class SegmentStore:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
+    def newest_rows(self, steps: int) -> np.ndarray:
+        """Rows of the newest segments that hold the last `steps` env steps (at least one), newest first."""
+        return (self.pos - 1 - np.arange(min(max(steps // self.seg_len, 1), self.size))) % self.capacity
+
     def sample_segments(self, n: int, seg_len: int, rng: np.random.Generator, recent: int = 0) -> dict[str, np.ndarray]:
         """`n` stored segments, drawn with replacement (same keys as a replay buffer's segments); with `recent`, from
         the newest segments that hold the last `recent` env steps (at least one)."""
         if recent:
-            newest = min(max(recent // seg_len, 1), self.size)
-            rows = (self.pos - 1 - rng.integers(0, newest, n)) % self.capacity
+            newest = self.newest_rows(recent)
+            rows = newest[rng.integers(0, len(newest), n)]
         else:
             rows = rng.integers(0, self.size, n)
         return {
@@ -1204,8 +1208,7 @@ def learned_and_true_rewards(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Learned and true rewards of the steps of the most recent stored segments (about `--correlation-window`
     steps). Nothing is relabelled: each rollout is rewarded by the model of its time when it is collected."""
-    recent = store.pos - 1 - np.arange(min(store.size, max(args.correlation_window // args.segment_length, 1)))
-    recent = recent % store.capacity
+    recent = store.newest_rows(args.correlation_window)
     x = np.concatenate([store.obs[recent], store.actions[recent]], -1)  # (segments, T, obs + action)
     mask = store.mask[recent].reshape(-1) > 0
     if isinstance(ensemble, FrameRewardEnsemble):  # stacks rebuilt within each segment

@@ -381,6 +381,8 @@ def test_recent_queries_come_from_the_last_steps_stored_and_the_rest_is_unchange
         store.add_rollout(
             obs, np.zeros((4, 1, 1)), np.zeros((4, 1)), np.zeros((4, 1)), np.zeros((4, 1), bool), np.zeros((4, 1, 1))
         )
+    assert store.obs[store.newest_rows(1000), 0, 0].tolist() == [3, 3, 2, 2, 1], "newest first, the whole ring at most"
+    assert store.obs[store.newest_rows(1), 0, 0].tolist() == [3], "at least one segment"
     assert set(store.sample_segments(50, 2, np.random.default_rng(0), recent=4)["obs"][:, 0, 0]) == {3}
     assert set(store.sample_segments(50, 2, np.random.default_rng(0), recent=1)["obs"][:, 0, 0]) == {3}
     assert set(store.sample_segments(200, 2, np.random.default_rng(0), recent=8)["obs"][:, 0, 0]) == {2, 3}
